@@ -1,0 +1,231 @@
+"""coalmine's judge as a benchmark method: the production judge on simulated releases.
+
+The run's traces are aggregated with numpy into the batches the judge keeps anyway
+(count, sum and sum of squares per minute cell and arm; latency sketch bins), fed to an
+``Evidence`` in time order, and judged at the end of every minute with the same
+``judge`` the controller calls. Per-trace ingestion gives the same evidence (a test
+checks it); batches only make 2,000 runs per scenario affordable.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.baselines import Outcome
+from bench.scenarios import Run
+from controller.judge import Arm, Decision, Evidence, StepStatus, judge
+from controller.judge.evidence import COST_FLOOR_USD, LOG_BIN_BASE
+from policies import Policy, load_policy_text
+
+SCORE_TIMEOUT = "30m"
+
+POLICY_TEMPLATE = """
+apiVersion: coalmine/v1
+kind: Release
+name: bench
+target: {{prompt: {{name: bench}}}}
+steps:
+  - {{weight: {weight}, minDuration: {min_duration}, maxDuration: {max_duration}}}
+analysis:
+  interval: 60s
+  alpha: 0.05
+  minSamples: 20
+  onMaxDuration: {on_max}
+  scoreTimeout: {timeout}
+  metrics:
+{metrics}
+"""
+
+
+def bench_policy(
+    run: Run,
+    *,
+    score_tolerance: float = 0.0,
+    on_max: str = "promote",
+    min_duration: str = "0s",
+    max_duration: str = "120m",
+) -> Policy:
+    """The policy an SRE would write for the simulated release."""
+    lines = []
+    for name, values in run.scores.items():
+        boolean = bool(np.all(np.isnan(values) | (values == 0.0) | (values == 1.0)))
+        kind = "boolean" if boolean else "numeric"
+        weight = 4 if name == "helpfulness" else 1
+        lines.append(
+            f"    - {{name: {name}, source: score, score: {name}, scoreType: {kind}, "
+            f"tolerance: {score_tolerance}, effectSize: 0.05, critical: true, "
+            f"alphaWeight: {weight}}}"
+        )
+    lines.append(
+        "    - {name: errors, source: error_rate, tolerance: 0.0, effectSize: 0.02, critical: true}"
+    )
+    lines.append("    - {name: cost, source: cost, tolerancePercent: 10, effectSize: 10}")
+    lines.append("    - {name: latency, source: latency, quantile: 0.95, tolerancePercent: 20}")
+    text = POLICY_TEMPLATE.format(
+        weight=round(run.canary_weight * 100, 4),
+        min_duration=min_duration,
+        max_duration=max_duration,
+        on_max=on_max,
+        timeout=SCORE_TIMEOUT,
+        metrics="\n".join(lines),
+    )
+    return load_policy_text(text, "bench-policy.yaml")
+
+
+Batches = dict[int, list[tuple[object, ...]]]  # look -> updates
+
+
+def _moments_batches(
+    batches: Batches,
+    metric: str,
+    *,
+    look: np.ndarray,
+    cell: np.ndarray,
+    canary: np.ndarray,
+    value: np.ndarray,
+    harmful: np.ndarray | None,
+) -> None:
+    """Group observations by (look, cell, arm) and queue their moments."""
+    if look.size == 0:
+        return
+    key = (look * 100_000 + cell) * 2 + canary.astype(np.int64)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    value = value[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    counts = np.diff(np.r_[starts, key.size])
+    sums = np.add.reduceat(value, starts)
+    squares = np.add.reduceat(value * value, starts)
+    bad = np.add.reduceat(harmful[order].astype(np.int64), starts) if harmful is not None else None
+    for i, start in enumerate(starts):
+        k = int(key[start])
+        arm = Arm.CANARY if k % 2 else Arm.BASELINE
+        rest = k // 2
+        moments = (int(counts[i]), float(sums[i]), float(squares[i]))
+        harm = int(bad[i]) if bad is not None else 0
+        batches[rest // 100_000].append(("m", metric, (0, rest % 100_000), arm, moments, harm))
+
+
+@dataclass
+class CoalmineJudge:
+    """The production judge, looking every minute."""
+
+    score_tolerance: float = 0.0
+    on_max: str = "promote"
+    label: str = "coalmine"
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def decide(self, run: Run) -> Outcome:
+        policy = bench_policy(run, score_tolerance=self.score_tolerance, on_max=self.on_max)
+        batches = self._batches(run, policy)
+        evidence = Evidence(policy, 0.0)
+        step = StepStatus(0, 0.0)
+        for minute in range(1, run.minutes + 1):
+            for update in batches.get(minute, ()):
+                self._apply(evidence, update)
+            now = minute * 60.0
+            evidence.advance(now)
+            judgement = judge(policy, evidence, step, now)
+            decision = judgement.decision
+            if decision is Decision.CONTINUE:
+                continue
+            label = {
+                Decision.ROLLBACK: "rollback",
+                Decision.PROMOTE: "promote",
+                Decision.ADVANCE: "promote",
+                Decision.PAUSE: "pause",
+            }[decision]
+            return Outcome(label, float(minute), judgement.reason)  # type: ignore[arg-type]
+        return Outcome("none", None, "")
+
+    @staticmethod
+    def _apply(evidence: Evidence, update: tuple[object, ...]) -> None:
+        kind = update[0]
+        if kind == "m":
+            _, metric, cell, arm, moments, harm = update
+            evidence.add_batch(metric, cell, arm, moments, harm)  # type: ignore[arg-type]
+        elif kind == "t":
+            _, cell, baseline, canary, errors = update
+            evidence.add_traffic(cell, baseline, canary, errors)  # type: ignore[arg-type]
+        elif kind == "c":
+            _, metric, cell, arm, traces, unscored = update
+            evidence.add_coverage(metric, cell, arm, traces, unscored)  # type: ignore[arg-type]
+        else:
+            _, metric, arm, bins = update
+            evidence.add_quantile_bins(metric, 0, arm, bins)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _batches(run: Run, policy: Policy) -> Batches:
+        batches: Batches = defaultdict(list)
+        kept = np.ones(run.n, dtype=bool) if run.lost is None else ~run.lost
+        ts = run.ts[kept]
+        canary = run.canary[kept]
+        error = run.error[kept]
+        cell = np.floor(ts / 60.0).astype(np.int64)
+        look = np.maximum(np.ceil(ts / 60.0), 1).astype(np.int64)
+        # traffic and the proxy-side metrics: visible at the trace's start
+        for minute in np.unique(look):
+            at = look == minute
+            for block in np.unique(cell[at]):
+                here = at & (cell == block)
+                n_c = int(np.count_nonzero(here & canary))
+                n_b = int(np.count_nonzero(here & ~canary))
+                errors = int(np.count_nonzero(here & canary & error))
+                batches[int(minute)].append(("t", (0, int(block)), n_b, n_c, errors))
+        errors_f = error.astype(float)
+        _moments_batches(
+            batches, "errors", look=look, cell=cell, canary=canary, value=errors_f, harmful=error
+        )
+        log_cost = np.log(run.cost[kept] + COST_FLOOR_USD)
+        _moments_batches(
+            batches, "cost", look=look, cell=cell, canary=canary, value=log_cost, harmful=None
+        )
+        bins = np.ceil(np.log(np.maximum(run.latency[kept], 1e-9)) / LOG_BIN_BASE).astype(np.int64)
+        for minute in np.unique(look):
+            at = look == minute
+            for arm, mask in ((Arm.CANARY, canary), (Arm.BASELINE, ~canary)):
+                values, counts = np.unique(bins[at & mask], return_counts=True)
+                if values.size:
+                    found = dict(zip(values.tolist(), counts.tolist(), strict=True))
+                    batches[int(minute)].append(("q", "latency", arm, found))
+        timeout = policy.analysis.score_timeout
+        for name in run.scores:
+            values = run.scores[name][kept]
+            arrival = run.score_arrival[name][kept]
+            scored = np.isfinite(arrival) & ~np.isnan(values)
+            seen = scored & (arrival <= run.minutes * 60.0)
+            score_look = np.maximum(np.ceil(arrival[seen] / 60.0), 1).astype(np.int64)
+            harmful = values[seen] == 0.0
+            _moments_batches(
+                batches,
+                name,
+                look=score_look,
+                cell=cell[seen],
+                canary=canary[seen],
+                value=values[seen],
+                harmful=harmful,
+            )
+            # coverage: non-error traces, once scoreTimeout has passed
+            due = ts + timeout
+            eligible = ~error & (due <= run.minutes * 60.0)
+            missing = eligible & ~(scored & (arrival <= due))
+            due_look = np.maximum(np.ceil(due / 60.0), 1).astype(np.int64)
+            for arm, mask in ((Arm.CANARY, canary), (Arm.BASELINE, ~canary)):
+                sel = eligible & mask
+                key = due_look[sel] * 100_000 + cell[sel]
+                keys, totals = np.unique(key, return_counts=True)
+                miss_keys, misses = np.unique(
+                    due_look[missing & mask] * 100_000 + cell[missing & mask], return_counts=True
+                )
+                miss = dict(zip(miss_keys.tolist(), misses.tolist(), strict=True))
+                for k, total in zip(keys.tolist(), totals.tolist(), strict=True):
+                    batches[k // 100_000].append(
+                        ("c", name, (0, k % 100_000), arm, int(total), int(miss.get(k, 0)))
+                    )
+        return batches

@@ -1,0 +1,1 @@
+"""coalmine: canary and shadow-traffic release controller for LLM applications."""

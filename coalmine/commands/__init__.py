@@ -1,0 +1,1 @@
+"""Subcommands of the `coalmine` CLI, one module each."""

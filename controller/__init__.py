@@ -1,0 +1,1 @@
+"""The control plane: Langfuse samples in, judged decisions out."""

@@ -1,0 +1,527 @@
+"""Evidence: what the judge knows about a release, gathered trace by trace.
+
+An ``Evidence`` is a pure accumulator (no I/O, no clock). Traces and late scores are
+added as the source delivers them; ``advance(now)`` makes visible what the judge may use
+at ``now``: a score counts once its trace has aged ``analysis.scoreSettle`` and the score
+has arrived; a trace's missing score counts against coverage once it is
+``analysis.scoreTimeout`` old. Observations are kept as sufficient statistics per
+(step, time block, arm), so each look costs a pass over blocks, not over traces, and
+steps are never pooled: every comparison is within one block of one step.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controller.judge.model import Arm, ScoreValue, Trace
+from policies.model import Metric, MetricSource, Policy, ScoreType
+
+COST_FLOOR_USD = 1e-6  # zero-cost traces (cache hits) are counted as this on the log scale
+WORST_KEPT = 5  # canary traces kept per metric as "regressed most"
+
+Cell = tuple[int, int]  # (step, block)
+
+
+def metric_value(metric: Metric, raw: object) -> float | None:
+    """The number a metric compares for one observation, or None if ``raw`` is unusable.
+
+    Scores keep their own units; booleans and categorical "bad" values become 0/1; cost
+    is compared on the log scale (a ratio of geometric means) because it is heavy-tailed.
+    """
+    if metric.source is MetricSource.SCORE:
+        if metric.score_type is ScoreType.BOOLEAN:
+            return _boolean(raw)
+        if metric.score_type is ScoreType.CATEGORICAL:
+            if not isinstance(raw, str) or metric.bad_values is None:
+                return None
+            return 1.0 if raw in metric.bad_values else 0.0
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+            return None
+        low, high = (0.0, 1.0) if metric.range is None else (metric.range.min, metric.range.max)
+        return float(raw) if low <= raw <= high else None
+    if metric.source is MetricSource.ERROR_RATE:
+        return _boolean(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        return None
+    if raw < 0:
+        return None
+    if metric.source is MetricSource.COST:
+        return math.log(float(raw) + COST_FLOOR_USD)
+    return float(raw)
+
+
+def _boolean(raw: object) -> float | None:
+    if isinstance(raw, bool):
+        return 1.0 if raw else 0.0
+    if isinstance(raw, int | float) and raw in (0, 1):
+        return float(raw)
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+        return 1.0 if raw.strip().lower() == "true" else 0.0
+    return None
+
+
+def is_indicator(metric: Metric) -> bool:
+    """True for metrics whose observations are 0/1 (rates)."""
+    return metric.source is MetricSource.ERROR_RATE or (
+        metric.score_type
+        in (
+            ScoreType.BOOLEAN,
+            ScoreType.CATEGORICAL,
+        )
+        and metric.source is MetricSource.SCORE
+    )
+
+
+@dataclass(slots=True)
+class ArmMoments:
+    """Running count, sum and sum of squares for one arm in one cell."""
+
+    n: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    def add(self, n: int, total: float, total_sq: float) -> None:
+        self.n += n
+        self.total += total
+        self.total_sq += total_sq
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else math.nan
+
+    @property
+    def within_ss(self) -> float:
+        if self.n < 2:
+            return 0.0
+        return max(self.total_sq - self.total * self.total / self.n, 0.0)
+
+
+@dataclass(slots=True)
+class CellMoments:
+    """Both arms of one (step, block) cell, and what the cell adds to the series sums."""
+
+    baseline: ArmMoments = field(default_factory=ArmMoments)
+    canary: ArmMoments = field(default_factory=ArmMoments)
+    contribution: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+    def arm(self, arm: Arm) -> ArmMoments:
+        return self.canary if arm is Arm.CANARY else self.baseline
+
+
+def cell_contribution(cell: CellMoments) -> tuple[float, float, float, float]:
+    """(w, w*d, a, b) of a cell, with w = n_c*n_b/(n_c+n_b) and d = mean_c - mean_b.
+
+    The stratified estimate is sum(w*d)/sum(w); its variance is
+    (var_c*sum(a) + var_b*sum(b)) / sum(w)^2 with a = w^2/n_c and b = w^2/n_b. The
+    weights depend on counts only, so the sums can be kept up to date one observation
+    at a time.
+    """
+    n_c, n_b = cell.canary.n, cell.baseline.n
+    if n_c == 0 or n_b == 0:
+        return (0.0, 0.0, 0.0, 0.0)
+    w = n_c * n_b / (n_c + n_b)
+    return (w, w * (cell.canary.mean - cell.baseline.mean), w * w / n_c, w * w / n_b)
+
+
+@dataclass(slots=True)
+class MeanSeries:
+    """Observations of one mean-type metric: stratified sums kept current.
+
+    ``arms[i]`` holds [n, sum, sum of squares, pooled within-cell sum of squares, pooled
+    degrees of freedom] for baseline (0) and canary (1).
+    """
+
+    cells: dict[Cell, CellMoments] = field(default_factory=dict)
+    step_counts: dict[int, list[int]] = field(default_factory=dict)  # step -> [baseline, canary]
+    arms: tuple[list[float], list[float]] = field(default_factory=lambda: ([0.0] * 5, [0.0] * 5))
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # w, wd, a, b
+    canary_bad: int = 0  # canary observations on the harmful side (for 0/1 metrics)
+
+    def add(self, cell: Cell, arm: Arm, value: float) -> None:
+        self.add_batch(cell, arm, 1, value, value * value)
+
+    def add_batch(self, cell: Cell, arm: Arm, n: int, total: float, total_sq: float) -> None:
+        """Add ``n`` observations with the given sum and sum of squares to a cell."""
+        if n <= 0:
+            return
+        moments = self.cells.get(cell)
+        if moments is None:
+            moments = self.cells[cell] = CellMoments()
+        side = moments.arm(arm)
+        stats = self.arms[1 if arm is Arm.CANARY else 0]
+        old_ss, old_df = side.within_ss, max(side.n - 1, 0)
+        side.add(n, total, total_sq)
+        stats[0] += n
+        stats[1] += total
+        stats[2] += total_sq
+        stats[3] += side.within_ss - old_ss
+        stats[4] += max(side.n - 1, 0) - old_df
+        old = moments.contribution
+        new = cell_contribution(moments)
+        moments.contribution = new
+        sums = self.sums
+        for i in range(4):
+            sums[i] += new[i] - old[i]
+        counts = self.step_counts.get(cell[0])
+        if counts is None:
+            counts = self.step_counts[cell[0]] = [0, 0]
+        counts[1 if arm is Arm.CANARY else 0] += n
+
+    def step_count(self, step: int) -> tuple[int, int]:
+        counts = self.step_counts.get(step, [0, 0])
+        return counts[0], counts[1]
+
+    @property
+    def totals(self) -> tuple[int, int]:
+        return int(self.arms[0][0]), int(self.arms[1][0])
+
+
+LOG_BIN_BASE = math.log(1.01)  # quantile sketch: values within 1% share a bin
+
+
+def sketch_bin(value: float) -> int:
+    """Bin of a nonnegative value in a log-spaced sketch (relative accuracy 1%)."""
+    if value <= 0.0:
+        return -(10**9)
+    return math.ceil(math.log(value) / LOG_BIN_BASE)
+
+
+def bin_value(index: int) -> float:
+    """A representative value of a sketch bin (its upper edge)."""
+    if index <= -(10**9):
+        return 0.0
+    return math.exp(index * LOG_BIN_BASE)
+
+
+@dataclass(slots=True)
+class Sketch:
+    """Counts of values per log-spaced bin: quantiles and exceedances to within 1%."""
+
+    bins: dict[int, int] = field(default_factory=dict)
+    n: int = 0
+
+    def add(self, value: float) -> None:
+        index = sketch_bin(value)
+        self.bins[index] = self.bins.get(index, 0) + 1
+        self.n += 1
+
+    def quantile(self, q: float) -> float:
+        """Smallest bin value with at least a share ``q`` of values at or below it."""
+        if self.n == 0:
+            return math.nan
+        rank = max(math.ceil(q * self.n), 1)
+        seen = 0
+        for index in sorted(self.bins):
+            seen += self.bins[index]
+            if seen >= rank:
+                return bin_value(index)
+        return bin_value(max(self.bins))
+
+    def count_above(self, threshold: float) -> int:
+        """Values in bins strictly above the bin of ``threshold``."""
+        edge = sketch_bin(threshold)
+        return sum(count for index, count in self.bins.items() if index > edge)
+
+
+@dataclass(slots=True)
+class QuantileSeries:
+    """Values of a quantile metric per step and arm, as sketches."""
+
+    steps: dict[int, tuple[Sketch, Sketch]] = field(default_factory=dict)
+
+    def add(self, step: int, arm: Arm, value: float) -> None:
+        pair = self.steps.get(step)
+        if pair is None:
+            pair = self.steps[step] = (Sketch(), Sketch())
+        pair[1 if arm is Arm.CANARY else 0].add(value)
+
+    def step_count(self, step: int) -> tuple[int, int]:
+        pair = self.steps.get(step)
+        return (0, 0) if pair is None else (pair[0].n, pair[1].n)
+
+    @property
+    def totals(self) -> tuple[int, int]:
+        return (
+            sum(b.n for b, _ in self.steps.values()),
+            sum(c.n for _, c in self.steps.values()),
+        )
+
+
+@dataclass(slots=True)
+class MetricSeries:
+    """All that is known about one metric."""
+
+    metric: Metric
+    indicator: bool
+    means: MeanSeries | None
+    quantiles: QuantileSeries | None
+    coverage: MeanSeries | None  # score metrics: 1 = unscored after scoreTimeout
+    worst: list[tuple[float, float, str]] = field(default_factory=list)  # min-heap
+    invalid: int = 0
+
+
+@dataclass(slots=True)
+class _TraceInfo:
+    arm: Arm
+    ts: float
+    cell: Cell
+    error: bool
+    scored: set[str] = field(default_factory=set)
+
+
+@dataclass(order=True, slots=True)
+class _Pending:
+    due: float
+    seq: int
+    metric: str = field(compare=False)
+    trace_id: str = field(compare=False)
+    value: float | None = field(compare=False)  # None: a coverage check
+
+
+class Evidence:
+    """Everything the judge may use about one release, built incrementally."""
+
+    def __init__(self, policy: Policy, started_at: float) -> None:
+        self.policy = policy
+        self.started_at = started_at
+        self.block_seconds = policy.analysis.interval
+        self.observed_until = started_at
+        self._step_starts: list[float] = [started_at]
+        self._traces: dict[str, _TraceInfo] = {}
+        self._pending: list[_Pending] = []
+        self._seq = 0
+        self.series: dict[str, MetricSeries] = {}
+        self._by_score: dict[str, list[MetricSeries]] = {}
+        for metric in policy.analysis.metrics:
+            indicator = is_indicator(metric)
+            quantile = metric.source is MetricSource.LATENCY
+            is_score = metric.source is MetricSource.SCORE
+            series = MetricSeries(
+                metric=metric,
+                indicator=indicator,
+                means=None if quantile else MeanSeries(),
+                quantiles=QuantileSeries() if quantile else None,
+                coverage=MeanSeries() if is_score else None,
+            )
+            self.series[metric.name] = series
+            if is_score and metric.score is not None:
+                self._by_score.setdefault(metric.score, []).append(series)
+        self.step_traffic: dict[int, list[int]] = {}  # step -> [baseline, canary] traces
+        self.block_canary: dict[int, list[int]] = {}  # block -> [canary traces, errors]
+        self.shadow_traces = 0
+        self.duplicate_traces = 0
+        self.orphan_scores = 0  # scores for traces never seen
+
+    # -- steps and cells ---------------------------------------------------------------
+
+    def open_step(self, index: int, at: float) -> None:
+        """Traces that start at or after ``at`` belong to step ``index`` (0-based)."""
+        if index != len(self._step_starts):
+            raise ValueError(f"step {index} opened after {len(self._step_starts) - 1} steps")
+        if at < self._step_starts[-1]:
+            raise ValueError("steps must open in time order")
+        self._step_starts.append(at)
+
+    @property
+    def step_count(self) -> int:
+        return len(self._step_starts)
+
+    def step_of(self, ts: float) -> int:
+        return max(bisect.bisect_right(self._step_starts, ts) - 1, 0)
+
+    def cell_of(self, ts: float) -> Cell:
+        block = math.floor((ts - self.started_at) / self.block_seconds)
+        return self.step_of(ts), block
+
+    # -- input -------------------------------------------------------------------------
+
+    def add_trace(self, trace: Trace) -> bool:
+        """Record a new trace; False (and counted) if its id was seen before."""
+        if trace.arm is Arm.SHADOW:
+            self.shadow_traces += 1
+            return True
+        if trace.trace_id in self._traces:
+            self.duplicate_traces += 1
+            return False
+        cell = self.cell_of(trace.ts)
+        error = trace.error is True
+        info = _TraceInfo(arm=trace.arm, ts=trace.ts, cell=cell, error=error)
+        self._traces[trace.trace_id] = info
+        step_traffic = self.step_traffic.setdefault(cell[0], [0, 0])
+        if trace.arm is Arm.CANARY:
+            step_traffic[1] += 1
+            block = self.block_canary.setdefault(cell[1], [0, 0])
+            block[0] += 1
+            block[1] += error
+        else:
+            step_traffic[0] += 1
+        for series in self.series.values():
+            source = series.metric.source
+            if source is MetricSource.ERROR_RATE:
+                raw: object = trace.error
+            elif source is MetricSource.COST:
+                raw = trace.cost_usd
+            elif source is MetricSource.LATENCY:
+                raw = trace.latency_ms
+            else:
+                continue
+            if raw is None:
+                continue
+            self._push(series, trace.trace_id, trace.ts, metric_value(series.metric, raw))
+        if not error:
+            timeout = self.policy.analysis.score_timeout
+            for name, group in self._by_score.items():
+                del name
+                for series in group:
+                    self._schedule(trace.ts + timeout, series.metric.name, trace.trace_id, None)
+        if trace.scores:
+            self.add_scores(trace.trace_id, trace.scores, trace.ts)
+        return True
+
+    def add_scores(self, trace_id: str, scores: Mapping[str, ScoreValue], at: float) -> None:
+        """Record scores that arrived at ``at`` for a trace added earlier."""
+        info = self._traces.get(trace_id)
+        if info is None:
+            self.orphan_scores += len(scores)
+            return
+        settle = self.policy.analysis.score_settle
+        for name, raw in scores.items():
+            group = self._by_score.get(name)
+            if not group or name in info.scored:
+                continue
+            info.scored.add(name)
+            for series in group:
+                value = metric_value(series.metric, raw)
+                if value is None:
+                    series.invalid += 1
+                    continue
+                self._schedule(max(at, info.ts + settle), series.metric.name, trace_id, value)
+
+    def _push(self, series: MetricSeries, trace_id: str, ts: float, value: float | None) -> None:
+        if value is None:
+            series.invalid += 1
+            return
+        self._schedule(ts, series.metric.name, trace_id, value)
+
+    def _schedule(self, due: float, metric: str, trace_id: str, value: float | None) -> None:
+        self._seq += 1
+        heapq.heappush(self._pending, _Pending(due, self._seq, metric, trace_id, value))
+
+    # -- aggregates -------------------------------------------------------------------
+    # The same evidence from pre-aggregated batches (a metrics API, a simulation):
+    # visible at once, so call these in time order and ``advance`` after each batch.
+
+    def add_traffic(self, cell: Cell, baseline: int, canary: int, canary_errors: int) -> None:
+        """Count traces that started in a cell, by arm."""
+        step_traffic = self.step_traffic.setdefault(cell[0], [0, 0])
+        step_traffic[0] += baseline
+        step_traffic[1] += canary
+        block = self.block_canary.setdefault(cell[1], [0, 0])
+        block[0] += canary
+        block[1] += canary_errors
+
+    def add_batch(
+        self,
+        metric: str,
+        cell: Cell,
+        arm: Arm,
+        moments: tuple[int, float, float],
+        harmful: int = 0,
+    ) -> None:
+        """Add (count, sum, sum of squares) of a mean metric's values in a cell.
+
+        ``harmful`` counts the canary's observations on the harmful side of a 0/1 metric.
+        """
+        series = self.series[metric]
+        if series.means is None:
+            raise ValueError(f"{metric} is a quantile metric: use add_quantile_bins")
+        series.means.add_batch(cell, arm, *moments)
+        if arm is Arm.CANARY:
+            series.means.canary_bad += harmful
+
+    def add_coverage(self, metric: str, cell: Cell, arm: Arm, traces: int, unscored: int) -> None:
+        """Count traces past scoreTimeout in a cell, and how many of them were never scored."""
+        coverage = self.series[metric].coverage
+        if coverage is None:
+            raise ValueError(f"{metric} is not a score metric")
+        coverage.add_batch(cell, arm, traces, float(unscored), float(unscored))
+
+    def add_quantile_bins(self, metric: str, step: int, arm: Arm, bins: Mapping[int, int]) -> None:
+        """Add counts per sketch bin (see ``sketch_bin``) of a quantile metric's values."""
+        quantiles = self.series[metric].quantiles
+        if quantiles is None:
+            raise ValueError(f"{metric} is not a quantile metric")
+        pair = quantiles.steps.get(step)
+        if pair is None:
+            pair = quantiles.steps[step] = (Sketch(), Sketch())
+        sketch = pair[1 if arm is Arm.CANARY else 0]
+        for index, count in bins.items():
+            sketch.bins[index] = sketch.bins.get(index, 0) + count
+            sketch.n += count
+
+    # -- time --------------------------------------------------------------------------
+
+    def advance(self, now: float) -> None:
+        """Make visible everything the judge may use at ``now``. Time only moves forward."""
+        if now < self.observed_until:
+            raise ValueError("evidence cannot go back in time")
+        pending = self._pending
+        while pending and pending[0].due <= now:
+            item = heapq.heappop(pending)
+            info = self._traces[item.trace_id]
+            series = self.series[item.metric]
+            if item.value is None:
+                assert series.coverage is not None
+                unscored = 0.0 if series.metric.score in info.scored else 1.0
+                series.coverage.add(info.cell, info.arm, unscored)
+                continue
+            self._observe(series, info, item.trace_id, item.value)
+        self.observed_until = now
+
+    def _observe(self, series: MetricSeries, info: _TraceInfo, trace_id: str, value: float) -> None:
+        if series.quantiles is not None:
+            series.quantiles.add(info.cell[0], info.arm, value)
+        else:
+            assert series.means is not None
+            series.means.add(info.cell, info.arm, value)
+        if info.arm is not Arm.CANARY:
+            return
+        badness = value if series.metric.direction == "lower" else -value
+        if series.indicator:
+            if badness <= 0:
+                return
+            if series.means is not None:
+                series.means.canary_bad += 1
+            badness = info.ts  # among failures, the most recent
+        entry = (badness, info.ts, trace_id)
+        if len(series.worst) < WORST_KEPT:
+            heapq.heappush(series.worst, entry)
+        elif entry > series.worst[0]:
+            heapq.heapreplace(series.worst, entry)
+
+    # -- read side ---------------------------------------------------------------------
+
+    def traffic_in_step(self, step: int) -> tuple[int, int]:
+        """(baseline, canary) traces that started in ``step``."""
+        counts = self.step_traffic.get(step, [0, 0])
+        return counts[0], counts[1]
+
+    def recent_canary(self, since: float, until: float) -> tuple[int, int]:
+        """(canary traces, canary errors) in the blocks between ``since`` and ``until``."""
+        first = math.floor((since - self.started_at) / self.block_seconds)
+        last = math.floor((until - self.started_at) / self.block_seconds)
+        requests = errors = 0
+        for block in range(first, last + 1):
+            counts = self.block_canary.get(block)
+            if counts is not None:
+                requests += counts[0]
+                errors += counts[1]
+        return requests, errors
+
+    def worst_traces(self, name: str) -> tuple[str, ...]:
+        series = self.series[name]
+        return tuple(trace_id for _, _, trace_id in sorted(series.worst, reverse=True))

@@ -1,0 +1,593 @@
+"""The release policy: one YAML file per release, validated by this pydantic model.
+
+YAML keys are the camelCase aliases of the attribute names (`minDuration` for
+`min_duration`); Python code may use either. Durations are float seconds in the model and
+strings with a unit in YAML (see `policies.durations`). Rules that involve several fields
+raise `RuleError`, which names the most specific field involved so that the loader can
+point at it.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+
+from policies.durations import Duration, format_duration
+from policies.errors import FieldPath, RuleError
+
+__all__ = [
+    "API_VERSION",
+    "KIND",
+    "LABEL_PATTERN",
+    "METRIC_NAME_PATTERN",
+    "RELEASE_NAME_PATTERN",
+    "Analysis",
+    "CircuitBreaker",
+    "Direction",
+    "Metric",
+    "MetricSource",
+    "OnMaxDuration",
+    "Policy",
+    "PromptTarget",
+    "Routing",
+    "SampleRatio",
+    "ScoreRange",
+    "ScoreType",
+    "Shadow",
+    "Step",
+    "Stickiness",
+    "Target",
+    "Upstreams",
+    "policy_json_schema",
+    "policy_json_schema_text",
+]
+
+API_VERSION: Final = "coalmine/v1"
+KIND: Final = "Release"
+
+RELEASE_NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+METRIC_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_.-]*$"
+LABEL_PATTERN: Final = r"^[a-z0-9_.-]+$"
+TOKEN_PATTERN: Final = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+METHOD_PATTERN: Final = r"^[A-Z]+$"
+URL_PATTERN: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+"
+
+PATTERN_MESSAGES: Final = {
+    RELEASE_NAME_PATTERN: (
+        "must be lower-case letters, digits and '-', starting and ending with a letter or digit"
+    ),
+    METRIC_NAME_PATTERN: (
+        "must be lower-case letters, digits, '_', '.' and '-', starting with a letter or digit"
+    ),
+    LABEL_PATTERN: "must be a Langfuse label: lower-case letters, digits, '_', '-' and '.'",
+    TOKEN_PATTERN: "must be a header or cookie name: letters, digits and !#$%&'*+-.^_`|~",
+    METHOD_PATTERN: "must be an upper-case HTTP method name such as POST",
+}
+"""Plain messages for the patterns above, used by the loader in place of the regex."""
+
+LATENCY_DEFAULT_QUANTILE: Final = 0.95
+STICKINESS_DEFAULT_HEADER: Final = "x-user-id"
+
+Number = Annotated[float, Strict()]
+Count = Annotated[int, Strict()]
+Flag = Annotated[bool, Strict()]
+
+
+def _check_url(value: str) -> str:
+    message = "must be an http or https URL"
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError for a malformed port
+    except ValueError:
+        raise ValueError(message) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(message)
+    if any(character.isspace() for character in value):
+        raise ValueError(message)
+    return value
+
+
+HttpUrl = Annotated[
+    str,
+    AfterValidator(_check_url),
+    WithJsonSchema({"type": "string", "format": "uri", "pattern": URL_PATTERN}),
+]
+"""An absolute http or https URL with a host, kept as the string the policy gave."""
+
+
+def _duration_default(seconds: float) -> dict[str, Any]:
+    """Schema extra that shows a duration default the way a policy spells it."""
+    return {"default": format_duration(seconds)}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
+        use_attribute_docstrings=True,
+    )
+
+
+def _rule(*violations: tuple[FieldPath, str]) -> RuleError:
+    return RuleError(violations)
+
+
+class Direction(StrEnum):
+    """Which way is better for a metric."""
+
+    HIGHER = "higher"
+    LOWER = "lower"
+
+
+class MetricSource(StrEnum):
+    """Where a metric's per-trace values come from."""
+
+    SCORE = "score"
+    ERROR_RATE = "error_rate"
+    COST = "cost"
+    LATENCY = "latency"
+
+
+class ScoreType(StrEnum):
+    """The data type of a Langfuse score."""
+
+    NUMERIC = "numeric"
+    BOOLEAN = "boolean"
+    CATEGORICAL = "categorical"
+
+
+class OnMaxDuration(StrEnum):
+    """What to do when a step reaches its maxDuration without a verdict."""
+
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
+    PROMOTE = "promote"
+
+
+class PromptTarget(_Model):
+    """A Langfuse prompt: stable is the version holding stableLabel, canary canaryLabel."""
+
+    name: str = Field(min_length=1)
+    """The Langfuse prompt name."""
+
+    stable_label: str = Field(default="production", pattern=LABEL_PATTERN, max_length=36)
+    """The label on the stable version; promotion moves it to the canary version."""
+
+    canary_label: str = Field(default="canary", pattern=LABEL_PATTERN, max_length=36)
+    """The label on the candidate version; a rollback parks it on the stable version."""
+
+    @field_validator("stable_label", "canary_label")
+    @classmethod
+    def _not_latest(cls, label: str) -> str:
+        if label == "latest":
+            raise ValueError("'latest' is managed by Langfuse and cannot be moved")
+        return label
+
+    @model_validator(mode="after")
+    def _labels_differ(self) -> PromptTarget:
+        if self.stable_label == self.canary_label:
+            raise _rule((("canaryLabel",), f"must differ from stableLabel ('{self.stable_label}')"))
+        return self
+
+
+class Upstreams(_Model):
+    """Agent versions as HTTP upstreams of the proxy."""
+
+    stable: HttpUrl
+    """URL of the stable version."""
+
+    canary: HttpUrl | None = None
+    """URL of the candidate version; absent when only the prompt changes."""
+
+
+class Target(_Model):
+    """What is released: a prompt, agent upstreams, or both."""
+
+    prompt: PromptTarget | None = None
+    """The Langfuse prompt whose labels the release moves."""
+
+    upstreams: Upstreams | None = None
+    """The agent versions the proxy routes between."""
+
+    @model_validator(mode="after")
+    def _something(self) -> Target:
+        if self.prompt is None and self.upstreams is None:
+            raise _rule(((), "needs prompt or upstreams"))
+        return self
+
+
+class Stickiness(_Model):
+    """The request key that keeps a user in one arm: a header or a cookie."""
+
+    header: str | None = Field(default=None, pattern=TOKEN_PATTERN)
+    """Name of the request header that identifies the user or session."""
+
+    cookie: str | None = Field(default=None, pattern=TOKEN_PATTERN)
+    """Name of the cookie that identifies the user or session."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Stickiness:
+        if self.header is not None and self.cookie is not None:
+            raise _rule(((), "set header or cookie, not both"))
+        if self.header is None and self.cookie is None:
+            raise _rule(((), "needs header or cookie"))
+        return self
+
+
+def _stickiness_schema(schema: dict[str, Any]) -> None:
+    choices = schema["properties"]["stickiness"]["anyOf"]
+    choices.insert(-1, {"const": "none", "description": "Assign every request afresh."})
+
+
+class Routing(_Model):
+    """How the proxy assigns requests to arms."""
+
+    model_config = ConfigDict(json_schema_extra=_stickiness_schema)
+
+    stickiness: Stickiness | None = Stickiness(header=STICKINESS_DEFAULT_HEADER)
+    """`{header: NAME}`, `{cookie: NAME}` or `none` (no stickiness)."""
+
+    @field_validator("stickiness", mode="before")
+    @classmethod
+    def _none(cls, value: Any) -> Any:
+        if value == "none":
+            return None
+        if isinstance(value, str):
+            raise ValueError("must be {header: NAME}, {cookie: NAME} or none")
+        return value
+
+
+class Step(_Model):
+    """One step of the rollout: the canary's share of traffic and how long to hold it."""
+
+    weight: Number = Field(gt=0, le=100)
+    """Percent of traffic sent to the canary during this step."""
+
+    min_duration: Duration = Field(default=0.0, ge=0, json_schema_extra=_duration_default(0))
+    """Time to hold this step before advancing, even when the analysis passes."""
+
+    max_duration: Annotated[Duration, Field(gt=0)] | None = None
+    """Time after which analysis.onMaxDuration applies if no verdict was reached."""
+
+    min_samples: Count | None = Field(default=None, ge=1)
+    """Samples per arm needed before advancing; overrides analysis.minSamples."""
+
+    @model_validator(mode="after")
+    def _durations_ordered(self) -> Step:
+        if self.max_duration is not None and self.min_duration > self.max_duration:
+            minimum = format_duration(self.min_duration)
+            raise _rule((("maxDuration",), f"must be >= minDuration ({minimum})"))
+        return self
+
+
+class Shadow(_Model):
+    """Mirror a sample of requests to a staging upstream; its responses are dropped."""
+
+    upstream: HttpUrl
+    """URL of the staging upstream that receives the mirrored requests."""
+
+    percent: Number = Field(gt=0, le=100)
+    """Percent of requests to mirror."""
+
+    methods: tuple[Annotated[str, Field(pattern=METHOD_PATTERN)], ...] = Field(
+        default=("POST",), min_length=1
+    )
+    """HTTP methods that may be mirrored."""
+
+    max_body_bytes: Count = Field(default=1048576, ge=1)
+    """Requests with a larger body are not mirrored."""
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for index, method in enumerate(methods):
+            if method in seen:
+                raise _rule(((index,), f"duplicate method '{method}'"))
+            seen.add(method)
+        return methods
+
+
+class ScoreRange(_Model):
+    """The range of a numeric score."""
+
+    min: Number
+    """Lowest possible value."""
+
+    max: Number
+    """Highest possible value."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoreRange:
+        if self.min >= self.max:
+            raise _rule((("max",), f"must be greater than min ({_number(self.min)})"))
+        return self
+
+
+class SampleRatio(_Model):
+    """The sample-ratio check: traffic split differing from the weights pauses a release."""
+
+    alpha: Number = Field(default=0.001, gt=0, lt=0.5)
+    """False-alarm rate of the sample-ratio test."""
+
+
+class CircuitBreaker(_Model):
+    """Roll back at once when the canary fails this often, without waiting for statistics."""
+
+    error_rate: Number = Field(default=0.5, gt=0, le=1)
+    """Canary error rate that trips the breaker."""
+
+    min_requests: Count = Field(default=20, ge=1)
+    """Canary requests needed before the breaker can trip."""
+
+
+class Metric(_Model):
+    """One metric compared between canary and baseline."""
+
+    name: str = Field(pattern=METRIC_NAME_PATTERN)
+    """Metric id, unique within the policy."""
+
+    source: MetricSource
+    """`score` (a Langfuse score), `error_rate`, `cost` or `latency`."""
+
+    score: str | None = Field(default=None, min_length=1)
+    """The Langfuse score name; required for source score."""
+
+    score_type: ScoreType = ScoreType.NUMERIC
+    """`numeric`, `boolean` or `categorical` (source score only)."""
+
+    range: ScoreRange | None = None
+    """The range of a numeric score; default 0 to 1."""
+
+    bad_values: tuple[Annotated[str, Field(min_length=1)], ...] | None = Field(
+        default=None, min_length=1
+    )
+    """Values of a categorical score that count as bad; the metric is their rate."""
+
+    direction: Direction | None = None
+    """`higher` or `lower` is better. Default: higher for numeric and boolean scores, lower
+    for everything else, which must be lower."""
+
+    tolerance: Number | None = Field(default=None, ge=0)
+    """Largest acceptable degradation, absolute, in the metric's units (latency: ms)."""
+
+    tolerance_percent: Number | None = Field(default=None, ge=0)
+    """Largest acceptable degradation, in percent of the baseline (cost and latency)."""
+
+    quantile: Number | None = Field(default=None, gt=0, lt=1)
+    """The latency quantile compared (latency only); default 0.95."""
+
+    critical: Flag = False
+    """A failing critical metric rolls the release back; any other failing metric pauses it."""
+
+    effect_size: Number | None = Field(default=None, gt=0)
+    """The degradation beyond tolerance that the rollback test is tuned to catch fastest, in
+    the metric's units (in percent when the metric uses tolerancePercent)."""
+
+    alpha_weight: Number = Field(default=1.0, gt=0)
+    """The metric's relative share of analysis.alpha."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Metric:
+        violations: list[tuple[FieldPath, str]] = []
+        source = self.source
+        is_score = source is MetricSource.SCORE
+        numeric = is_score and self.score_type is ScoreType.NUMERIC
+        categorical = is_score and self.score_type is ScoreType.CATEGORICAL
+        rate = source is MetricSource.ERROR_RATE or (
+            is_score and self.score_type is not ScoreType.NUMERIC
+        )
+        kind = f"{self.score_type} score" if is_score else source.value
+
+        if is_score and self.score is None:
+            violations.append(
+                (("score",), "required when source is score (the Langfuse score name)")
+            )
+        if not is_score and self.score is not None:
+            violations.append((("score",), f"only for source score, not {source}"))
+        if not is_score and self.score_type is not ScoreType.NUMERIC:
+            violations.append((("scoreType",), f"only for source score, not {source}"))
+        if self.range is not None and not numeric:
+            violations.append((("range",), f"only for numeric scores, not {kind} metrics"))
+        if categorical and self.bad_values is None:
+            violations.append(
+                (("badValues",), "required for categorical scores: the values that count as bad")
+            )
+        if not categorical and self.bad_values is not None:
+            violations.append((("badValues",), f"only for categorical scores, not {kind}"))
+        lower_only = not is_score or categorical
+        if lower_only and self.direction is Direction.HIGHER:
+            violations.append((("direction",), f"must be lower for {kind} metrics"))
+        if self.quantile is not None and source is not MetricSource.LATENCY:
+            violations.append((("quantile",), f"only for latency metrics, not {kind}"))
+
+        if self.tolerance is not None and self.tolerance_percent is not None:
+            violations.append(((), "set tolerance or tolerancePercent, not both"))
+        elif self.tolerance is None and self.tolerance_percent is None:
+            violations.append(((), "needs tolerance or tolerancePercent"))
+        elif self.tolerance_percent is not None and source in (
+            MetricSource.SCORE,
+            MetricSource.ERROR_RATE,
+        ):
+            violations.append(
+                (("tolerancePercent",), f"{source} metrics take tolerance, not tolerancePercent")
+            )
+        elif self.tolerance is not None and source is MetricSource.COST:
+            violations.append((("tolerance",), "cost metrics take tolerancePercent, not tolerance"))
+        elif self.tolerance is not None and rate and self.tolerance >= 1:
+            violations.append((("tolerance",), f"must be < 1: {kind} metrics are rates"))
+        elif self.tolerance is not None and numeric:
+            score_range = self.range or ScoreRange(min=0, max=1)
+            width = score_range.max - score_range.min
+            if self.tolerance >= width:
+                violations.append(
+                    (
+                        ("tolerance",),
+                        f"must be less than the width of the score range ({_number(width)})",
+                    )
+                )
+
+        if violations:
+            raise RuleError(violations)
+
+        # Fill in the defaults that depend on other fields.
+        if self.direction is None:
+            default = Direction.HIGHER if is_score and not categorical else Direction.LOWER
+            object.__setattr__(self, "direction", default)
+        if numeric and self.range is None:
+            object.__setattr__(self, "range", ScoreRange(min=0, max=1))
+        if source is MetricSource.LATENCY and self.quantile is None:
+            object.__setattr__(self, "quantile", LATENCY_DEFAULT_QUANTILE)
+        return self
+
+
+class Analysis(_Model):
+    """How canary and baseline are compared, and how sure a decision must be."""
+
+    interval: Duration = Field(default=60.0, ge=1, json_schema_extra=_duration_default(60))
+    """Time between two analyses."""
+
+    alpha: Number = Field(default=0.05, gt=0, lt=0.5)
+    """Bound on the probability that a good canary is rolled back, however often the
+    controller looks."""
+
+    on_max_duration: OnMaxDuration = OnMaxDuration.PAUSE
+    """What to do when a step reaches maxDuration without a verdict."""
+
+    min_samples: Count = Field(default=30, ge=1)
+    """Samples per arm and step needed before advancing."""
+
+    score_settle: Duration = Field(default=0.0, ge=0, json_schema_extra=_duration_default(0))
+    """Age a trace must reach before its scores count."""
+
+    score_timeout: Duration = Field(default=1800.0, gt=0, json_schema_extra=_duration_default(1800))
+    """A trace without a score after this long counts as unscored in the coverage check."""
+
+    coverage_tolerance: Number = Field(default=0.02, ge=0, le=1)
+    """Largest acceptable difference between the arms' fractions of scored traces."""
+
+    sample_ratio: SampleRatio = SampleRatio()
+    """The sample-ratio check."""
+
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+    """The error-rate circuit breaker."""
+
+    metrics: tuple[Metric, ...] = Field(min_length=1)
+    """The metrics compared; a release needs at least one."""
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_names(cls, metrics: tuple[Metric, ...]) -> tuple[Metric, ...]:
+        first: dict[str, int] = {}
+        violations: list[tuple[FieldPath, str]] = []
+        for index, metric in enumerate(metrics):
+            if metric.name in first:
+                violations.append(
+                    (
+                        (index, "name"),
+                        f"duplicate metric name '{metric.name}' "
+                        f"(also analysis.metrics[{first[metric.name]}])",
+                    )
+                )
+            else:
+                first[metric.name] = index
+        if violations:
+            raise RuleError(violations)
+        return metrics
+
+    @model_validator(mode="after")
+    def _timeout_after_settle(self) -> Analysis:
+        if self.score_timeout <= self.score_settle:
+            settle = format_duration(self.score_settle)
+            raise _rule((("scoreTimeout",), f"must be greater than scoreSettle ({settle})"))
+        return self
+
+
+class Policy(_Model):
+    """A coalmine release policy: one rollout of a candidate against the stable version."""
+
+    api_version: Literal["coalmine/v1"]
+    """Always `coalmine/v1`."""
+
+    kind: Literal["Release"]
+    """Always `Release`."""
+
+    name: str = Field(pattern=RELEASE_NAME_PATTERN, max_length=63)
+    """The release id: lower-case letters, digits and '-'."""
+
+    target: Target
+    """What is released."""
+
+    routing: Routing = Routing()
+    """How requests are assigned to arms."""
+
+    steps: tuple[Step, ...] = Field(min_length=1)
+    """Canary weights in increasing order; after the last step the canary is promoted."""
+
+    shadow: Shadow | None = None
+    """Mirror a sample of requests to staging."""
+
+    analysis: Analysis
+    """How the canary is judged."""
+
+    @field_validator("steps")
+    @classmethod
+    def _weights_increase(cls, steps: tuple[Step, ...]) -> tuple[Step, ...]:
+        violations: list[tuple[FieldPath, str]] = []
+        for index in range(1, len(steps)):
+            previous = steps[index - 1].weight
+            if steps[index].weight <= previous:
+                violations.append(
+                    (
+                        (index, "weight"),
+                        f"must be greater than the previous step's weight ({_number(previous)})",
+                    )
+                )
+        if violations:
+            raise RuleError(violations)
+        return steps
+
+
+def _number(value: float) -> str:
+    """1.0 → '1', 0.25 → '0.25'."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class _PolicySchemaGenerator(GenerateJsonSchema):
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def policy_json_schema() -> dict[str, Any]:
+    """The JSON Schema of policy files (YAML spelling), for editors and other tools."""
+    schema = Policy.model_json_schema(
+        by_alias=True, mode="validation", schema_generator=_PolicySchemaGenerator
+    )
+    head: JsonSchemaValue = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "coalmine release policy",
+    }
+    return {**schema, **head}
+
+
+def policy_json_schema_text() -> str:
+    """`policy_json_schema()` as committed in policies/schema.json: stable, 2-space indent."""
+    return json.dumps(policy_json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
