@@ -32,7 +32,7 @@ from controller.judge.model import (
 )
 from policies.model import Metric, OnMaxDuration, Policy
 
-COVERAGE_EFFECT = 0.05  # coverage test tuned to catch five more points of unscored traces
+COVERAGE_EFFECT = 0.02  # coverage test tuned for two more points of unscored traces
 BREAKER_WINDOW_INTERVALS = 5  # the circuit breaker looks at the last five intervals
 STALE_AFTER_INTERVALS = 2  # data older than two intervals cannot support an advance
 
@@ -306,7 +306,8 @@ def _coverage_check(
     var_b, var_c = arm_variances(coverage, indicator=True)
     variance = max((var_c * a + var_b * b) / (w * w), 1e-12)
     missing = wd / w
-    log_e = stats.rollback_log_evalue(missing, variance, tolerance, COVERAGE_EFFECT)
+    effect = tolerance if tolerance > 0 else COVERAGE_EFFECT
+    log_e = stats.rollback_log_evalue(missing, variance, tolerance, effect)
     canary_missing = coverage.arms[1][1]
     if log_e >= threshold and canary_missing >= 5:
         rate_c = coverage.arms[1][1] / n_c
@@ -319,9 +320,7 @@ def _coverage_check(
             log_e,
             threshold,
         )
-    halfwidth = stats.mixture_radius(
-        variance, COVERAGE_EFFECT, math.log(1.0 / policy.analysis.alpha)
-    )
+    halfwidth = stats.mixture_radius(variance, effect, math.log(1.0 / policy.analysis.alpha))
     if missing + halfwidth < tolerance:
         return CheckResult(name, CheckState.OK, "score coverage shown equal", log_e, threshold)
     return CheckResult(
