@@ -44,11 +44,17 @@ def bench_policy(
     run: Run,
     *,
     score_tolerance: float = 0.0,
-    on_max: str = "promote",
+    promote_tolerance: float = 0.03,
+    on_max: str = "pause",
     min_duration: str = "0s",
     max_duration: str = "120m",
 ) -> Policy:
-    """The policy an SRE would write for the simulated release."""
+    """The policy an SRE would write for the simulated release.
+
+    Roll back on any drop shown in a critical score or the error rate (tolerance 0);
+    promote once every metric is shown no worse than its promotion tolerance; at two
+    hours without a decision, pause for a human.
+    """
     lines = []
     for name, values in run.scores.items():
         boolean = bool(np.all(np.isnan(values) | (values == 0.0) | (values == 1.0)))
@@ -56,14 +62,21 @@ def bench_policy(
         weight = 4 if name == "helpfulness" else 1
         lines.append(
             f"    - {{name: {name}, source: score, score: {name}, scoreType: {kind}, "
-            f"tolerance: {score_tolerance}, effectSize: 0.05, critical: true, "
-            f"alphaWeight: {weight}}}"
+            f"tolerance: {score_tolerance}, promoteTolerance: {promote_tolerance}, "
+            f"effectSize: 0.05, critical: true, alphaWeight: {weight}}}"
         )
     lines.append(
-        "    - {name: errors, source: error_rate, tolerance: 0.0, effectSize: 0.02, critical: true}"
+        "    - {name: errors, source: error_rate, tolerance: 0.0, promoteTolerance: 0.02, "
+        "effectSize: 0.02, critical: true}"
     )
-    lines.append("    - {name: cost, source: cost, tolerancePercent: 10, effectSize: 10}")
-    lines.append("    - {name: latency, source: latency, quantile: 0.95, tolerancePercent: 20}")
+    lines.append(
+        "    - {name: cost, source: cost, tolerancePercent: 10, promoteTolerancePercent: 25, "
+        "effectSize: 10}"
+    )
+    lines.append(
+        "    - {name: latency, source: latency, quantile: 0.95, tolerancePercent: 20, "
+        "promoteTolerancePercent: 50}"
+    )
     text = POLICY_TEMPLATE.format(
         weight=round(run.canary_weight * 100, 4),
         min_duration=min_duration,
@@ -114,7 +127,8 @@ class CoalmineJudge:
     """The production judge, looking every minute."""
 
     score_tolerance: float = 0.0
-    on_max: str = "promote"
+    promote_tolerance: float = 0.03
+    on_max: str = "pause"
     label: str = "coalmine"
 
     @property
@@ -122,7 +136,12 @@ class CoalmineJudge:
         return self.label
 
     def decide(self, run: Run) -> Outcome:
-        policy = bench_policy(run, score_tolerance=self.score_tolerance, on_max=self.on_max)
+        policy = bench_policy(
+            run,
+            score_tolerance=self.score_tolerance,
+            promote_tolerance=self.promote_tolerance,
+            on_max=self.on_max,
+        )
         batches = self._batches(run, policy)
         evidence = Evidence(policy, 0.0)
         step = StepStatus(0, 0.0)
@@ -151,8 +170,8 @@ class CoalmineJudge:
             _, metric, cell, arm, moments, harm = update
             evidence.add_batch(metric, cell, arm, moments, harm)  # type: ignore[arg-type]
         elif kind == "t":
-            _, cell, baseline, canary, errors = update
-            evidence.add_traffic(cell, baseline, canary, errors)  # type: ignore[arg-type]
+            _, cell, baseline, canary, errors, base_errors = update
+            evidence.add_traffic(cell, baseline, canary, errors, base_errors)  # type: ignore[arg-type]
         elif kind == "c":
             _, metric, cell, arm, traces, unscored = update
             evidence.add_coverage(metric, cell, arm, traces, unscored)  # type: ignore[arg-type]
@@ -177,7 +196,8 @@ class CoalmineJudge:
                 n_c = int(np.count_nonzero(here & canary))
                 n_b = int(np.count_nonzero(here & ~canary))
                 errors = int(np.count_nonzero(here & canary & error))
-                batches[int(minute)].append(("t", (0, int(block)), n_b, n_c, errors))
+                base_errors = int(np.count_nonzero(here & ~canary & error))
+                batches[int(minute)].append(("t", (0, int(block)), n_b, n_c, errors, base_errors))
         errors_f = error.astype(float)
         _moments_batches(
             batches, "errors", look=look, cell=cell, canary=canary, value=errors_f, harmful=error

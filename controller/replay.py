@@ -100,12 +100,16 @@ class Replay:
             self.counters.traces[record.arm.value] += 1
 
     def finish(self) -> Iterator[Event]:
-        """One last look at the first look time after the stream's end."""
+        """One last look at the first look time at or after the stream's end."""
         if self.evidence is not None and not self.finished:
-            yield from self._look_until(self.next_look)
+            event = self._look(self.next_look)
+            self.next_look += self.interval
+            if event is not None:
+                yield event
 
     def _look_until(self, ts: float) -> Iterator[Event]:
-        while not self.finished and self.next_look <= ts:
+        """Every look before ``ts``: a record at a look's own time is visible to it."""
+        while not self.finished and self.next_look < ts:
             event = self._look(self.next_look)
             self.next_look += self.interval
             if event is not None:

@@ -62,8 +62,8 @@ def parse_line(text: str, line: int) -> Trace | LateScores | None:
         return None
     try:
         record = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise StreamError(line, f"not valid JSON ({error.msg} at column {error.colno})") from None
+    except ValueError:
+        raise StreamError(line, _json_problem(text)) from None
     if not isinstance(record, dict):
         raise StreamError(line, "must be a JSON object")
     ts = parse_ts(record.get("ts"), line)
@@ -95,13 +95,24 @@ def parse_line(text: str, line: int) -> Trace | LateScores | None:
     )
 
 
+def _json_problem(text: str) -> str:
+    """Why a line is not JSON, with the column on the line (not past its line break)."""
+    try:
+        json.loads(text.rstrip(" \t\r\n"))
+    except json.JSONDecodeError as error:
+        return f"not valid JSON ({error.msg} at column {error.colno})"
+    except ValueError:  # an integer literal longer than Python converts (4300 digits)
+        return "not valid JSON (a number too long to read)"
+    return "not valid JSON"
+
+
 def _amount(record: dict[str, object], key: str, line: int) -> float | None:
     raw = record.get(key)
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise StreamError(line, f"{key}: must be a number")
-    if not math.isfinite(raw) or raw < 0:
+    if not _finite(raw) or raw < 0:
         raise StreamError(line, f"{key}: must be a finite number >= 0")
     return float(raw)
 
@@ -114,7 +125,16 @@ def _scores(raw: object, line: int) -> dict[str, ScoreValue]:
     for name, value in raw.items():
         if isinstance(value, bool | str):
             continue
-        if isinstance(value, int | float) and math.isfinite(value):
+        if isinstance(value, int | float) and _finite(value):
             continue
-        raise StreamError(line, f"scores.{name}: must be a number, true/false or a string")
+        label = name if name.isprintable() else repr(name)
+        raise StreamError(line, f"scores.{label}: must be a number, true/false or a string")
     return raw
+
+
+def _finite(value: int | float) -> bool:
+    """A finite number that fits a float (JSON integers can be arbitrarily large)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

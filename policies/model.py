@@ -372,6 +372,14 @@ class Metric(_Model):
     tolerance_percent: Number | None = Field(default=None, ge=0)
     """Largest acceptable degradation, in percent of the baseline (cost and latency)."""
 
+    promote_tolerance: Number | None = Field(default=None, ge=0)
+    """Largest degradation that may still be promoted: the canary must be shown no worse
+    than this before a step advances. Default: tolerance. A value above tolerance lets a
+    release be promoted without proving it is within the stricter rollback margin."""
+
+    promote_tolerance_percent: Number | None = Field(default=None, ge=0)
+    """promoteTolerance for metrics that use tolerancePercent. Default: tolerancePercent."""
+
     quantile: Number | None = Field(default=None, gt=0, lt=1)
     """The latency quantile compared (latency only); default 0.95."""
 
@@ -444,6 +452,24 @@ class Metric(_Model):
                         f"must be less than the width of the score range ({_number(width)})",
                     )
                 )
+
+        if self.promote_tolerance is not None and self.tolerance is None:
+            violations.append(
+                (("promoteTolerance",), "goes with tolerance; use promoteTolerancePercent")
+            )
+        if self.promote_tolerance_percent is not None and self.tolerance_percent is None:
+            violations.append(
+                (("promoteTolerancePercent",), "goes with tolerancePercent; use promoteTolerance")
+            )
+        if self.promote_tolerance is not None and rate and self.promote_tolerance >= 1:
+            violations.append((("promoteTolerance",), f"must be < 1: {kind} metrics are rates"))
+        if self.effect_size is not None and source is MetricSource.LATENCY:
+            violations.append(
+                (
+                    ("effectSize",),
+                    "not for latency metrics: their test is tuned to the quantile itself",
+                )
+            )
 
         if violations:
             raise RuleError(violations)

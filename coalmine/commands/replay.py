@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import typer
 
@@ -61,13 +63,20 @@ def run_replay(policy_path: Path, samples: Path, interval: str | None, as_json: 
     engine = Replay(policy, step_interval)
     events: list[Event] = []
     lines = 0
+    # Bytes, decoded line by line: a text file decodes whole chunks ahead of the line
+    # being read, so a bad byte would be reported on the wrong line.
+    handle: IO[bytes] | IO[str]
     try:
-        handle = sys.stdin if str(samples) == "-" else samples.open(encoding="utf-8")
+        if str(samples) == "-":
+            handle = getattr(sys.stdin, "buffer", sys.stdin)
+            opened: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        else:
+            handle = opened = samples.open("rb")
     except OSError as error:
         raise InputError(f"{samples}: cannot read ({error.strerror})") from None
-    with handle:
+    with opened:
         try:
-            for lines, text in enumerate(handle, start=1):
+            for lines, text in enumerate(_decoded(handle), start=1):
                 record = parse_line(text, lines)
                 if record is not None:
                     events.extend(engine.feed(record))
@@ -85,6 +94,11 @@ def run_replay(policy_path: Path, samples: Path, interval: str | None, as_json: 
         print(json.dumps(summary, allow_nan=False))
     else:
         _print_table(engine, events, summary)
+
+
+def _decoded(handle: IO[bytes] | IO[str]) -> Iterator[str]:
+    for line in handle:
+        yield line.decode("utf-8") if isinstance(line, bytes) else line
 
 
 def _number(value: float | None) -> float | None:

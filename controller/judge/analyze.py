@@ -36,8 +36,9 @@ class Harm:
 
     harm: float
     variance: float
-    margin: float
+    margin: float  # rollback: fail when shown beyond it
     effect: float
+    promote_margin: float  # pass when shown within it
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,17 @@ def margin_and_effect(metric: Metric) -> tuple[float, float]:
     if metric.score_type is ScoreType.NUMERIC and metric.range is not None:
         return margin, DEFAULT_SCORE_EFFECT * (metric.range.max - metric.range.min)
     return margin, DEFAULT_SCORE_EFFECT
+
+
+def promote_margin(metric: Metric) -> float:
+    """The margin a metric must be shown within before a step advances."""
+    if metric.promote_tolerance_percent is not None:
+        return math.log1p(metric.promote_tolerance_percent / 100.0)
+    if metric.promote_tolerance is not None:
+        return metric.promote_tolerance
+    if metric.source is MetricSource.COST:
+        return math.log1p((metric.tolerance_percent or 0.0) / 100.0)
+    return metric.tolerance or 0.0
 
 
 def orientation(metric: Metric) -> float:
@@ -110,54 +122,101 @@ def mean_harm(series: MetricSeries) -> tuple[Harm, float] | None:
     variance = max((var_c * a + var_b * b) / (w * w), VARIANCE_FLOOR)
     difference = wd / w
     margin, effect = margin_and_effect(series.metric)
-    return Harm(orientation(series.metric) * difference, variance, margin, effect), difference
+    harm = Harm(
+        orientation(series.metric) * difference,
+        variance,
+        margin,
+        effect,
+        promote_margin(series.metric),
+    )
+    return harm, difference
 
 
-def quantile_harm(
-    series: MetricSeries,
-) -> tuple[Harm, int] | None:
-    """(harm, canary exceedances) of a latency metric, combined over steps."""
+def quantile_harm(series: MetricSeries) -> tuple[Harm, int] | None:
+    """(harm, canary exceedances) of a latency metric, combined over steps.
+
+    The harm is measured at the rollback threshold (margin 0); ``promote_margin`` carries
+    how far below zero the share must be shown at the promotion threshold, expressed on
+    the same scale: the share slower than the promotion threshold, minus 1 - q.
+    """
     quantiles = series.quantiles
     assert quantiles is not None
     metric = series.metric
     q = metric.quantile if metric.quantile is not None else 0.95
-    information = weighted = 0.0
+    information = weighted = weighted_promote = 0.0
     exceedances = 0
     for baseline, canary in quantiles.steps.values():
         if baseline.n == 0 or canary.n == 0:
             continue
-        threshold = tolerated_threshold(metric, baseline.quantile(q))
-        above = canary.count_above(threshold)
+        base = baseline.quantile(q)
+        above = canary.count_above(tolerated_threshold(metric, base))
+        above_promote = canary.count_above(tolerated_threshold(metric, base, promote=True))
         exceedances += above
-        difference = above / canary.n - (1.0 - q)
         variance = q * (1.0 - q) * (1.0 / canary.n + 1.0 / baseline.n)
         information += 1.0 / variance
-        weighted += difference / variance
+        weighted += (above / canary.n - (1.0 - q)) / variance
+        weighted_promote += (above_promote / canary.n - (1.0 - q)) / variance
     if information <= 0.0:
         return None
-    return Harm(weighted / information, 1.0 / information, 0.0, 1.0 - q), exceedances
+    harm = weighted / information
+    # pass when harm_promote + c < 0, i.e. harm + c < harm - harm_promote
+    margin_promote = harm - weighted_promote / information
+    return Harm(harm, 1.0 / information, 0.0, 1.0 - q, margin_promote), exceedances
 
 
-def tolerated_threshold(metric: Metric, baseline_quantile: float) -> float:
+def tolerated_threshold(
+    metric: Metric, baseline_quantile: float, *, promote: bool = False
+) -> float:
     """The slowest canary quantile still within tolerance of the baseline's."""
-    if metric.tolerance_percent is not None:
-        return baseline_quantile * (1.0 + metric.tolerance_percent / 100.0)
-    return baseline_quantile + (metric.tolerance or 0.0)
+    percent = metric.tolerance_percent
+    absolute = metric.tolerance
+    if promote:
+        if metric.promote_tolerance_percent is not None:
+            percent = metric.promote_tolerance_percent
+        if metric.promote_tolerance is not None:
+            absolute = metric.promote_tolerance
+    if percent is not None:
+        return baseline_quantile * (1.0 + percent / 100.0)
+    return baseline_quantile + (absolute or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Radii:
+    """Distances from the harm estimate to its confidence-sequence bounds.
+
+    ``worse`` comes from the rollback mixture (tuned to the effect), ``better`` from a
+    mixture tuned to the promotion margin, so a failing metric's lower harm bound always
+    lies beyond its tolerance and a passing metric's upper bound inside its promotion
+    margin: the bounds a judgement shows agree with its verdicts.
+    """
+
+    worse: float
+    better: float
+
+    @classmethod
+    def of(cls, harm: Harm, alpha: float) -> Radii:
+        level = math.log(1.0 / alpha)
+        distance = harm.promote_margin if harm.promote_margin > 0 else harm.effect
+        return cls(
+            worse=stats.mixture_radius(harm.variance, harm.effect, level),
+            better=stats.mixture_radius(harm.variance, distance, level, grid=stats.PROMOTE_GRID),
+        )
 
 
 def analyze(evidence: Evidence, name: str, limits: Limits) -> MetricResult:
     """Estimate, bounds, rollback e-value and verdict of one metric."""
     series = evidence.series[name]
     metric = series.metric
+    quantile = series.quantiles is not None
     if series.quantiles is not None:
-        return _analyze_quantile(evidence, series, series.quantiles, limits)
-    means = series.means
-    assert means is not None
-    n_b, n_c = means.totals
-    step_b, step_c = means.step_count(limits.step)
-    found = mean_harm(series)
-    cost = metric.source is MetricSource.COST
-    scale = Scale.RATIO if cost else Scale.DIFFERENCE
+        n_b, n_c = series.quantiles.totals
+        step_b, step_c = series.quantiles.step_count(limits.step)
+        scale = Scale.RATIO if metric.tolerance_percent is not None else Scale.DIFFERENCE
+    else:
+        assert series.means is not None
+        n_b, n_c = series.means.totals
+        step_b, step_c = series.means.step_count(limits.step)
+        scale = Scale.RATIO if metric.source is MetricSource.COST else Scale.DIFFERENCE
     common = {
         "name": metric.name,
         "source": str(metric.source),
@@ -171,61 +230,13 @@ def analyze(evidence: Evidence, name: str, limits: Limits) -> MetricResult:
         "worst_traces": evidence.worst_traces(name),
         "invalid": series.invalid,
     }
-    if found is None:
-        return MetricResult(
-            verdict=Verdict.NODATA,
-            reason=_nodata_reason(n_b, n_c),
-            estimate=None,
-            lower=None,
-            upper=None,
-            log_evalue=0.0,
-            below_floor=True,
-            **common,  # type: ignore[arg-type]
-        )
-    harm, difference = found
-    halfwidth = stats.mixture_radius(harm.variance, harm.effect, math.log(1 / limits.alpha_bounds))
-    lower, upper = difference - halfwidth, difference + halfwidth
-    if cost:
-        estimate, lower, upper = math.exp(difference), math.exp(lower), math.exp(upper)
+    if quantile:
+        found_q = quantile_harm(series)
+        found = None if found_q is None else (found_q[0], float("nan"), found_q[1])
     else:
-        estimate = difference
-    log_e = stats.rollback_log_evalue(harm.harm, harm.variance, harm.margin, harm.effect)
-    counts = Counts(n_b, n_c, step_b, step_c, means.canary_bad if series.indicator else n_c)
-    verdict, reason = _verdict(harm, halfwidth=halfwidth, log_e=log_e, limits=limits, counts=counts)
-    return MetricResult(
-        verdict=verdict,
-        reason=reason,
-        estimate=estimate,
-        lower=lower,
-        upper=upper,
-        log_evalue=log_e,
-        below_floor=counts.below_floor(limits),
-        **common,  # type: ignore[arg-type]
-    )
-
-
-def _analyze_quantile(
-    evidence: Evidence, series: MetricSeries, quantiles: QuantileSeries, limits: Limits
-) -> MetricResult:
-    metric = series.metric
-    q = metric.quantile if metric.quantile is not None else 0.95
-    n_b, n_c = quantiles.totals
-    step_b, step_c = quantiles.step_count(limits.step)
-    ratio = metric.tolerance_percent is not None
-    common = {
-        "name": metric.name,
-        "source": str(metric.source),
-        "critical": metric.critical,
-        "scale": Scale.RATIO if ratio else Scale.DIFFERENCE,
-        "n_baseline": n_b,
-        "n_canary": n_c,
-        "n_baseline_step": step_b,
-        "n_canary_step": step_c,
-        "log_threshold": math.log(1.0 / limits.alpha_metric),
-        "worst_traces": evidence.worst_traces(metric.name),
-        "invalid": series.invalid,
-    }
-    found = quantile_harm(series)
+        found_m = mean_harm(series)
+        harmful = series.means.canary_bad if series.means and series.indicator else n_c
+        found = None if found_m is None else (found_m[0], found_m[1], harmful)
     if found is None:
         return MetricResult(
             verdict=Verdict.NODATA,
@@ -237,12 +248,18 @@ def _analyze_quantile(
             below_floor=True,
             **common,  # type: ignore[arg-type]
         )
-    harm, exceedances = found
-    halfwidth = stats.mixture_radius(harm.variance, harm.effect, math.log(1 / limits.alpha_bounds))
-    estimate, lower, upper = _quantile_bounds(quantiles, q, halfwidth, ratio)
+    harm, difference, harmful = found
+    radii = Radii.of(harm, limits.alpha_bounds)
+    if quantile:
+        assert series.quantiles is not None
+        estimate, lower, upper = _quantile_bounds(
+            series.quantiles, metric, radii, scale is Scale.RATIO
+        )
+    else:
+        estimate, lower, upper = _mean_bounds(metric, difference, radii)
     log_e = stats.rollback_log_evalue(harm.harm, harm.variance, harm.margin, harm.effect)
-    counts = Counts(n_b, n_c, step_b, step_c, exceedances)
-    verdict, reason = _verdict(harm, halfwidth=halfwidth, log_e=log_e, limits=limits, counts=counts)
+    counts = Counts(n_b, n_c, step_b, step_c, harmful)
+    verdict, reason = _verdict(harm, radii=radii, log_e=log_e, limits=limits, counts=counts)
     return MetricResult(
         verdict=verdict,
         reason=reason,
@@ -253,25 +270,38 @@ def _analyze_quantile(
         below_floor=counts.below_floor(limits),
         **common,  # type: ignore[arg-type]
     )
+
+
+def _mean_bounds(metric: Metric, difference: float, radii: Radii) -> tuple[float, float, float]:
+    """Estimate and bounds of canary minus baseline (cost: canary over baseline)."""
+    if orientation(metric) > 0:  # harm = difference
+        lower, upper = difference - radii.better, difference + radii.worse
+    else:  # harm = -difference
+        lower, upper = difference - radii.worse, difference + radii.better
+    if metric.source is MetricSource.COST:
+        return math.exp(difference), math.exp(lower), math.exp(upper)
+    return difference, lower, upper
 
 
 def _quantile_bounds(
-    quantiles: QuantileSeries, q: float, halfwidth: float, ratio: bool
+    quantiles: QuantileSeries, metric: Metric, radii: Radii, ratio: bool
 ) -> tuple[float | None, float | None, float | None]:
     """Canary quantile against baseline's in the latest step with both arms.
 
-    The bounds read the canary's quantile at q -/+ the confidence half-width on the
-    exceedance scale: approximate, for display; the verdict uses the exceedance test.
+    The bounds read the canary's quantile at q -/+ the confidence radii on the exceedance
+    scale: approximate, for display; the verdict uses the exceedance test.
     """
+    q = metric.quantile if metric.quantile is not None else 0.95
     for step in sorted(quantiles.steps, reverse=True):
         baseline, canary = quantiles.steps[step]
         if baseline.n == 0 or canary.n == 0:
             continue
         base = baseline.quantile(q)
+        low_level, high_level = q - radii.better, q + radii.worse
         points = (
             canary.quantile(q),
-            canary.quantile(max(q - halfwidth, 0.0)) if q - halfwidth > 0 else 0.0,
-            canary.quantile(q + halfwidth) if q + halfwidth < 1 else math.inf,
+            canary.quantile(low_level) if low_level > 0 else 0.0,
+            canary.quantile(high_level) if high_level < 1 else math.inf,
         )
         if ratio:
             if base <= 0:
@@ -298,21 +328,15 @@ class Counts:
 
 
 def _verdict(
-    harm: Harm, *, halfwidth: float, log_e: float, limits: Limits, counts: Counts
+    harm: Harm, *, radii: Radii, log_e: float, limits: Limits, counts: Counts
 ) -> tuple[Verdict, str]:
     threshold = math.log(1.0 / limits.alpha_metric)
     floor = limits.min_samples_total
-    n_b, n_c, step_b, step_c = (
-        counts.baseline,
-        counts.canary,
-        counts.baseline_step,
-        counts.canary_step,
-    )
     if log_e >= threshold:
-        if n_b < floor or n_c < floor:
+        if counts.baseline < floor or counts.canary < floor:
             return Verdict.INCONCLUSIVE, (
-                f"worse than tolerated, but only {n_c} canary and {n_b} baseline "
-                f"observations (floor {floor})"
+                f"worse than tolerated, but only {counts.canary} canary and "
+                f"{counts.baseline} baseline observations (floor {floor})"
             )
         if counts.harmful < MIN_HARMFUL_EVENTS:
             return Verdict.INCONCLUSIVE, (
@@ -323,12 +347,12 @@ def _verdict(
             f"worse than the baseline beyond tolerance: e-value {math.exp(log_e):.3g} "
             f">= {math.exp(threshold):.3g}"
         )
-    if harm.harm + halfwidth < harm.margin:
+    if harm.harm + radii.better < harm.promote_margin:
         need = limits.min_samples_step
-        if step_b < need or step_c < need:
+        if counts.baseline_step < need or counts.canary_step < need:
             return Verdict.INCONCLUSIVE, (
-                f"within tolerance so far, {step_c} canary and {step_b} baseline "
-                f"observations in this step (need {need} each)"
+                f"within tolerance so far, {counts.canary_step} canary and "
+                f"{counts.baseline_step} baseline observations in this step (need {need} each)"
             )
         return Verdict.PASS, "shown within tolerance"
     return Verdict.INCONCLUSIVE, "not yet shown within tolerance or beyond it"

@@ -220,16 +220,31 @@ def combined_critical(policy: Policy, results: tuple[MetricResult, ...]) -> Chec
 
 
 def circuit_breaker(policy: Policy, evidence: Evidence, now: float) -> CheckResult:
-    """Roll back at once when the canary's recent error rate is catastrophic."""
+    """Roll back at once when the canary's recent error rate is catastrophic.
+
+    Catastrophic means at or above ``circuitBreaker.errorRate`` over at least
+    ``minRequests`` canary requests in the last five intervals, and at least twice the
+    baseline's rate in the same window: an outage both arms share is not the canary's
+    doing, and rolling back would page the wrong people.
+    """
     breaker = policy.analysis.circuit_breaker
     window = BREAKER_WINDOW_INTERVALS * policy.analysis.interval
-    requests, errors = evidence.recent_canary(now - window, now)
-    if requests >= breaker.min_requests and errors >= breaker.error_rate * requests:
+    requests, errors, baseline, baseline_errors = evidence.recent_errors(now - window, now)
+    rate = errors / requests if requests else 0.0
+    baseline_rate = baseline_errors / baseline if baseline else 0.0
+    if requests >= breaker.min_requests and rate >= breaker.error_rate:
+        if rate < 2.0 * baseline_rate:
+            return CheckResult(
+                "circuit_breaker",
+                CheckState.OK,
+                f"canary error rate {rate:.0%} is high, but so is the baseline's "
+                f"({baseline_rate:.0%}): a shared outage, not the canary",
+            )
         return CheckResult(
             "circuit_breaker",
             CheckState.FAILED,
-            f"circuit breaker: canary error rate {errors / requests:.0%} over the last "
-            f"{requests} requests >= {breaker.error_rate:.0%}",
+            f"circuit breaker: canary error rate {rate:.0%} over the last {requests} "
+            f"requests >= {breaker.error_rate:.0%} (baseline {baseline_rate:.0%})",
         )
     return CheckResult("circuit_breaker", CheckState.OK, "canary error rate below the breaker")
 

@@ -311,7 +311,8 @@ class Evidence:
             if is_score and metric.score is not None:
                 self._by_score.setdefault(metric.score, []).append(series)
         self.step_traffic: dict[int, list[int]] = {}  # step -> [baseline, canary] traces
-        self.block_canary: dict[int, list[int]] = {}  # block -> [canary traces, errors]
+        # block -> [canary traces, canary errors, baseline traces, baseline errors]
+        self.block_errors: dict[int, list[int]] = {}
         self.shadow_traces = 0
         self.duplicate_traces = 0
         self.orphan_scores = 0  # scores for traces never seen
@@ -352,13 +353,15 @@ class Evidence:
         info = _TraceInfo(arm=trace.arm, ts=trace.ts, cell=cell, error=error)
         self._traces[trace.trace_id] = info
         step_traffic = self.step_traffic.setdefault(cell[0], [0, 0])
+        block = self.block_errors.setdefault(cell[1], [0, 0, 0, 0])
         if trace.arm is Arm.CANARY:
             step_traffic[1] += 1
-            block = self.block_canary.setdefault(cell[1], [0, 0])
             block[0] += 1
             block[1] += error
         else:
             step_traffic[0] += 1
+            block[2] += 1
+            block[3] += error
         for series in self.series.values():
             source = series.metric.source
             if source is MetricSource.ERROR_RATE:
@@ -415,14 +418,23 @@ class Evidence:
     # The same evidence from pre-aggregated batches (a metrics API, a simulation):
     # visible at once, so call these in time order and ``advance`` after each batch.
 
-    def add_traffic(self, cell: Cell, baseline: int, canary: int, canary_errors: int) -> None:
-        """Count traces that started in a cell, by arm."""
+    def add_traffic(
+        self,
+        cell: Cell,
+        baseline: int,
+        canary: int,
+        canary_errors: int,
+        baseline_errors: int = 0,
+    ) -> None:
+        """Count traces that started in a cell, and errors among them, by arm."""
         step_traffic = self.step_traffic.setdefault(cell[0], [0, 0])
         step_traffic[0] += baseline
         step_traffic[1] += canary
-        block = self.block_canary.setdefault(cell[1], [0, 0])
+        block = self.block_errors.setdefault(cell[1], [0, 0, 0, 0])
         block[0] += canary
         block[1] += canary_errors
+        block[2] += baseline
+        block[3] += baseline_errors
 
     def add_batch(
         self,
@@ -510,17 +522,18 @@ class Evidence:
         counts = self.step_traffic.get(step, [0, 0])
         return counts[0], counts[1]
 
-    def recent_canary(self, since: float, until: float) -> tuple[int, int]:
-        """(canary traces, canary errors) in the blocks between ``since`` and ``until``."""
+    def recent_errors(self, since: float, until: float) -> tuple[int, int, int, int]:
+        """(canary traces, canary errors, baseline traces, baseline errors) in the blocks
+        between ``since`` and ``until``."""
         first = math.floor((since - self.started_at) / self.block_seconds)
         last = math.floor((until - self.started_at) / self.block_seconds)
-        requests = errors = 0
+        totals = [0, 0, 0, 0]
         for block in range(first, last + 1):
-            counts = self.block_canary.get(block)
+            counts = self.block_errors.get(block)
             if counts is not None:
-                requests += counts[0]
-                errors += counts[1]
-        return requests, errors
+                for i in range(4):
+                    totals[i] += counts[i]
+        return totals[0], totals[1], totals[2], totals[3]
 
     def worst_traces(self, name: str) -> tuple[str, ...]:
         series = self.series[name]

@@ -32,6 +32,9 @@ EFFECT_GRID: tuple[tuple[float, float], ...] = (
     (4.0, 0.1),
     (8.0, 0.05),
 )
+# Mixing weights for showing a metric *within* a margin: centred on the distance from
+# the margin to a release as good as the stable one.
+PROMOTE_GRID: tuple[tuple[float, float], ...] = ((0.5, 0.25), (1.0, 0.5), (2.0, 0.25))
 
 
 def log_sum_exp(values: list[float]) -> float:
@@ -65,7 +68,12 @@ def rollback_log_evalue(harm: float, variance: float, margin: float, effect: flo
     return log_sum_exp(terms)
 
 
-def mixture_radius(variance: float, effect: float, log_level: float) -> float:
+def mixture_radius(
+    variance: float,
+    effect: float,
+    log_level: float,
+    grid: tuple[tuple[float, float], ...] = EFFECT_GRID,
+) -> float:
     """Distance from the estimate to a one-sided confidence-sequence bound.
 
     The bound is the set of true values that the same mixture as
@@ -79,10 +87,9 @@ def mixture_radius(variance: float, effect: float, log_level: float) -> float:
     information = 1.0 / variance
     # log e(c) = log sum_k exp(slope_k * c - offset_k): convex and increasing in c, so
     # Newton's method started right of the root walks down onto it monotonically.
-    slopes = [scale * effect * information for scale, _ in EFFECT_GRID]
+    slopes = [scale * effect * information for scale, _ in grid]
     offsets = [
-        (scale * effect) ** 2 * information / 2.0 - math.log(weight)
-        for scale, weight in EFFECT_GRID
+        (scale * effect) ** 2 * information / 2.0 - math.log(weight) for scale, weight in grid
     ]
     c = max((log_level + offset) / slope for slope, offset in zip(slopes, offsets, strict=True))
     for _ in range(100):
