@@ -273,13 +273,9 @@ class _TraceInfo:
     scored: set[str] = field(default_factory=set)
 
 
-@dataclass(order=True, slots=True)
-class _Pending:
-    due: float
-    seq: int
-    metric: str = field(compare=False)
-    trace_id: str = field(compare=False)
-    value: float | None = field(compare=False)  # None: a coverage check
+# A pending observation: (due, sequence, metric, trace id, value or None for a coverage
+# check). Plain tuples keep the heap's comparisons in C; the sequence breaks ties.
+_Pending = tuple[float, int, str, str, float | None]
 
 
 class Evidence:
@@ -412,7 +408,7 @@ class Evidence:
 
     def _schedule(self, due: float, metric: str, trace_id: str, value: float | None) -> None:
         self._seq += 1
-        heapq.heappush(self._pending, _Pending(due, self._seq, metric, trace_id, value))
+        heapq.heappush(self._pending, (due, self._seq, metric, trace_id, value))
 
     # -- aggregates -------------------------------------------------------------------
     # The same evidence from pre-aggregated batches (a metrics API, a simulation):
@@ -482,16 +478,16 @@ class Evidence:
         if now < self.observed_until:
             raise ValueError("evidence cannot go back in time")
         pending = self._pending
-        while pending and pending[0].due <= now:
-            item = heapq.heappop(pending)
-            info = self._traces[item.trace_id]
-            series = self.series[item.metric]
-            if item.value is None:
+        while pending and pending[0][0] <= now:
+            _, _, metric, trace_id, value = heapq.heappop(pending)
+            info = self._traces[trace_id]
+            series = self.series[metric]
+            if value is None:
                 assert series.coverage is not None
                 unscored = 0.0 if series.metric.score in info.scored else 1.0
                 series.coverage.add(info.cell, info.arm, unscored)
                 continue
-            self._observe(series, info, item.trace_id, item.value)
+            self._observe(series, info, trace_id, value)
         self.observed_until = now
 
     def _observe(self, series: MetricSeries, info: _TraceInfo, trace_id: str, value: float) -> None:
