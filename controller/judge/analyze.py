@@ -273,11 +273,16 @@ def analyze(evidence: Evidence, name: str, limits: Limits) -> MetricResult:
 
 
 def _mean_bounds(metric: Metric, difference: float, radii: Radii) -> tuple[float, float, float]:
-    """Estimate and bounds of canary minus baseline (cost: canary over baseline)."""
+    """Estimate and bounds of canary minus baseline (cost: canary over baseline).
+
+    On the harm scale the bounds are [harm - worse, harm + better]: the lower one is what
+    a rollback must push beyond the tolerance, the upper one what a promotion must pull
+    inside its margin.
+    """
     if orientation(metric) > 0:  # harm = difference
-        lower, upper = difference - radii.better, difference + radii.worse
-    else:  # harm = -difference
         lower, upper = difference - radii.worse, difference + radii.better
+    else:  # harm = -difference
+        lower, upper = difference - radii.better, difference + radii.worse
     if metric.source is MetricSource.COST:
         return math.exp(difference), math.exp(lower), math.exp(upper)
     return difference, lower, upper
@@ -297,7 +302,7 @@ def _quantile_bounds(
         if baseline.n == 0 or canary.n == 0:
             continue
         base = baseline.quantile(q)
-        low_level, high_level = q - radii.better, q + radii.worse
+        low_level, high_level = q - radii.worse, q + radii.better
         points = (
             canary.quantile(q),
             canary.quantile(low_level) if low_level > 0 else 0.0,
@@ -344,8 +349,8 @@ def _verdict(
                 f"(floor {MIN_HARMFUL_EVENTS})"
             )
         return Verdict.FAIL, (
-            f"worse than the baseline beyond tolerance: e-value {math.exp(log_e):.3g} "
-            f">= {math.exp(threshold):.3g}"
+            f"worse than the baseline beyond tolerance: e-value {stats.format_evalue(log_e)} "
+            f">= {stats.format_evalue(threshold)}"
         )
     if harm.harm + radii.better < harm.promote_margin:
         need = limits.min_samples_step

@@ -111,9 +111,14 @@ def decide(
     broken = [c for c in checks if c.name.startswith("coverage:") and c.state is CheckState.FAILED]
     if broken:
         return Decision.PAUSE, broken[0].reason
-    if failed:
-        return Decision.PAUSE, _listing("non-critical metric shown worse", failed)
     elapsed = now - step.started_at
+    at_max = current.max_duration is not None and elapsed >= current.max_duration
+    if failed:
+        why = _listing("non-critical metric shown worse", failed)
+        if at_max and analysis.on_max_duration is OnMaxDuration.ROLLBACK:
+            # a release shown worse is not treated more gently than an undecided one
+            return Decision.ROLLBACK, f"maxDuration reached, {why}"
+        return Decision.PAUSE, why
     waiting = _waiting(policy, step, now, results, checks)
     if not waiting:
         return (
@@ -121,7 +126,7 @@ def decide(
             if last
             else (Decision.ADVANCE, "every metric shown within tolerance")
         )
-    if current.max_duration is not None and elapsed >= current.max_duration:
+    if at_max:
         return _at_max_duration(analysis.on_max_duration, results, checks, waiting, last)
     return Decision.CONTINUE, "waiting: " + "; ".join(waiting)
 
@@ -196,7 +201,7 @@ def combined_critical(policy: Policy, results: tuple[MetricResult, ...]) -> Chec
             continue
         log_e = 0.0 if result.below_floor else result.log_evalue
         terms.append(math.log(metric.alpha_weight / total_weight) + log_e)
-        parts.append(f"{result.name} {math.exp(min(log_e, 700.0)):.3g}")
+        parts.append(f"{result.name} {stats.format_evalue(log_e)}")
     if not terms:
         return CheckResult("critical_combined", CheckState.OK, "no critical metrics")
     log_mean = stats.log_sum_exp(terms)
@@ -205,7 +210,7 @@ def combined_critical(policy: Policy, results: tuple[MetricResult, ...]) -> Chec
             "critical_combined",
             CheckState.FAILED,
             "critical metrics worse taken together: weighted e-value "
-            f"{math.exp(min(log_mean, 700.0)):.3g} >= {1 / policy.analysis.alpha:.3g} "
+            f"{stats.format_evalue(log_mean)} >= {1 / policy.analysis.alpha:.3g} "
             f"({', '.join(parts)})",
             log_mean,
             threshold,
@@ -276,7 +281,7 @@ def sample_ratio(policy: Policy, evidence: Evidence, current: int) -> CheckResul
         return CheckResult(
             "sample_ratio",
             CheckState.FAILED,
-            f"sample-ratio mismatch: {worst} (e-value {math.exp(min(total, 700.0)):.3g})",
+            f"sample-ratio mismatch: {worst} (e-value {stats.format_evalue(total)})",
             total,
             threshold,
         )

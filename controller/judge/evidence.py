@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.judge.model import Arm, ScoreValue, Trace
-from policies.model import Metric, MetricSource, Policy, ScoreType
+from policies.model import Direction, Metric, MetricSource, Policy, ScoreType
 
 COST_FLOOR_USD = 1e-6  # zero-cost traces (cache hits) are counted as this on the log scale
 WORST_KEPT = 5  # canary traces kept per metric as "regressed most"
@@ -270,7 +270,7 @@ class _TraceInfo:
     ts: float
     cell: Cell
     error: bool
-    scored: set[str] = field(default_factory=set)
+    scored: dict[str, float] = field(default_factory=dict)  # score name -> arrived at
 
 
 # A pending observation: (due, sequence, metric, trace id, value or None for a coverage
@@ -392,7 +392,7 @@ class Evidence:
             group = self._by_score.get(name)
             if not group or name in info.scored:
                 continue
-            info.scored.add(name)
+            info.scored[name] = at
             for series in group:
                 value = metric_value(series.metric, raw)
                 if value is None:
@@ -479,12 +479,13 @@ class Evidence:
             raise ValueError("evidence cannot go back in time")
         pending = self._pending
         while pending and pending[0][0] <= now:
-            _, _, metric, trace_id, value = heapq.heappop(pending)
+            due, _, metric, trace_id, value = heapq.heappop(pending)
             info = self._traces[trace_id]
             series = self.series[metric]
             if value is None:
                 assert series.coverage is not None
-                unscored = 0.0 if series.metric.score in info.scored else 1.0
+                arrived = info.scored.get(series.metric.score or "", math.inf)
+                unscored = 0.0 if arrived <= due else 1.0
                 series.coverage.add(info.cell, info.arm, unscored)
                 continue
             self._observe(series, info, trace_id, value)
@@ -498,9 +499,11 @@ class Evidence:
             series.means.add(info.cell, info.arm, value)
         if info.arm is not Arm.CANARY:
             return
-        badness = value if series.metric.direction == "lower" else -value
+        lower_is_better = series.metric.direction is Direction.LOWER
+        badness = value if lower_is_better else -value
         if series.indicator:
-            if badness <= 0:
+            harmful = value >= 0.5 if lower_is_better else value < 0.5
+            if not harmful:
                 return
             if series.means is not None:
                 series.means.canary_bad += 1

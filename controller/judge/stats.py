@@ -45,6 +45,13 @@ def log_sum_exp(values: list[float]) -> float:
     return top + math.log(sum(math.exp(v - top) for v in values))
 
 
+def format_evalue(log_e: float) -> str:
+    """An e-value for people: 3 significant digits, or a power of ten past floats."""
+    if log_e < 690.0:
+        return f"{math.exp(log_e):.3g}"
+    return f"1e{log_e / math.log(10.0):.0f}"
+
+
 def normal_cdf(x: float) -> float:
     """Standard normal distribution function."""
     return 0.5 * math.erfc(-x / SQRT2)
