@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Benchmarks: decision quality against the incumbents' rules, and replay throughput.
-# Results go to bench/out/ and the tables to docs/benchmarks.md.
+# Benchmarks: decision quality against the incumbents' rules (both traffic splits) and
+# replay throughput. Raw results go to bench/out/, the tables to docs/benchmarks.md.
+# Takes about 40 minutes on 2 cores; pass e.g. RUNS=300 for a quicker look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-python -m bench.harness "$@"
-python -m bench.replay_speed
+RUNS="${RUNS:-2000}"
+python -m bench.harness --runs "$RUNS" --traffic 10/90 --out bench/out/1090
+python -m bench.harness --runs "$RUNS" --traffic 50/50 --out bench/out/5050
+python -m bench.replay_speed --lines 1000000 --out bench/out
+python -m bench.summary --out bench/out --doc docs/benchmarks.md
