@@ -1,0 +1,7 @@
+"""Routes of the public API: prompts (to be filled)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
