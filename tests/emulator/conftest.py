@@ -15,10 +15,10 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from spec_check import Checked, SpecCheckingApp  # noqa: E402
+from spec_check import Checked, SpecCheckingApp
 
-from coalmine.emulator.app import create_app  # noqa: E402
-from coalmine.emulator.settings import EmulatorSettings  # noqa: E402
+from coalmine.emulator.app import create_app
+from coalmine.emulator.settings import EmulatorSettings
 
 
 @dataclass

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from openapi_core import Config, OpenAPI
-from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.templating.paths.exceptions import PathNotFound
+from openapi_core.testing import MockRequest, MockResponse
 
 from coalmine.emulator.compat import difference
 
@@ -63,7 +63,7 @@ class Checked:
 
 
 def check(
-    method: str, path: str, query: str, status: int, body: bytes, content_type: str
+    method: str, path: str, *, query: str, status: int, body: bytes, content_type: str
 ) -> str | None:
     """None when the response matches the spec (or a listed difference), else why not."""
     found = path_template(path)
@@ -128,10 +128,10 @@ class SpecCheckingApp:
         problem = check(
             scope["method"],
             scope["path"],
-            scope.get("query_string", b"").decode(),
-            status,
-            body,
-            content_type,
+            query=scope.get("query_string", b"").decode(),
+            status=status,
+            body=body,
+            content_type=content_type,
         )
         if problem is not None:
             self.checked.violations.append(problem)
