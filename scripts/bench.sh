@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks: decision quality against the incumbents' rules (both traffic splits) and
 # replay throughput. Raw results go to bench/out/, the tables to docs/benchmarks.md.
-# Takes about 40 minutes on 2 cores; pass e.g. RUNS=300 for a quicker look.
+# Takes about 20 minutes on 2 cores; RUNS=300 scripts/bench.sh for a quicker look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -18,7 +18,6 @@ multinomial sample-ratio test.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 SQRT2 = math.sqrt(2.0)
 
@@ -136,23 +135,3 @@ def binomial_ratio_log_evalue(successes: int, trials: int, expected: float) -> f
 def log_beta(a: float, b: float) -> float:
     """log B(a, b)."""
     return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
-
-
-@dataclass(frozen=True, slots=True)
-class Moments:
-    """Count, sum and sum of squares of a batch of observations."""
-
-    n: int = 0
-    total: float = 0.0
-    total_sq: float = 0.0
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.n if self.n else math.nan
-
-    @property
-    def within_ss(self) -> float:
-        """Sum of squared deviations from the batch mean."""
-        if self.n < 2:
-            return 0.0
-        return max(self.total_sq - self.total * self.total / self.n, 0.0)
