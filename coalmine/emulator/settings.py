@@ -9,6 +9,8 @@ from pathlib import Path
 DEFAULT_PUBLIC_KEY = "pk-lf-coalmine-local"
 DEFAULT_SECRET_KEY = "sk-lf-coalmine-local"
 DEFAULT_MAX_BYTES = 1 << 30
+MAX_BODY_BYTES = 5 * 1024 * 1024
+"""Langfuse's request size limit (Next.js body parser, ``5mb``)."""
 
 
 class Plan(StrEnum):
@@ -41,3 +43,13 @@ class EmulatorSettings:
 
     project_id: str = "coalmine-local"
     """Project id reported on stored objects."""
+
+    max_body_bytes: int = MAX_BODY_BYTES
+    """Requests with a larger body are answered 413 before any route sees them."""
+
+    faults: tuple[str, ...] = ()
+    """Faults injected from the start, in the syntax of ``coalmine.emulator.faults``;
+    more can be switched on and off at run time through ``/emulator/faults``."""
+
+    fault_seed: int = 0
+    """Seed of the random draws of faults with a rate below 1, so runs repeat."""

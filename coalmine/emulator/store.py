@@ -50,15 +50,20 @@ class Store:
             try:
                 yield self._db
             except sqlite3.OperationalError as error:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 if "full" in str(error).lower():
                     raise StoreFullError(str(error)) from error
                 raise
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             else:
                 self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        # SQLite has already rolled back on some errors, "database or disk is full" among them.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         """Rows of a read-only query."""

@@ -5,19 +5,24 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from langfuse import Langfuse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from spec_check import Checked, SpecCheckingApp
 
 from coalmine.emulator.app import create_app
+from coalmine.emulator.ratelimit import Clock
 from coalmine.emulator.settings import EmulatorSettings
 
 
@@ -30,6 +35,8 @@ class LiveEmulator:
     checked: Checked
     server: uvicorn.Server
     thread: threading.Thread
+    app: Any = None
+    """The emulator's FastAPI app (its state: store, rate limiter, faults)."""
 
     def client(self, **kwargs: object) -> httpx.Client:
         """An HTTP client with the project's keys."""
@@ -45,10 +52,13 @@ class LiveEmulator:
         self.thread.join(timeout=10)
 
 
-def start_emulator(settings: EmulatorSettings) -> LiveEmulator:
-    """Serve a new emulator app on a free loopback port and wait until it listens."""
+def start_emulator(settings: EmulatorSettings, *, clock: Clock | None = None) -> LiveEmulator:
+    """Serve a new emulator app on a free loopback port and wait until it listens.
+
+    ``clock`` replaces the monotonic clock of the rate limit windows."""
     checked = Checked()
-    app = SpecCheckingApp(create_app(settings), checked)
+    emulator_app = create_app(settings, clock=clock)
+    app = SpecCheckingApp(emulator_app, checked)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -59,7 +69,34 @@ def start_emulator(settings: EmulatorSettings) -> LiveEmulator:
             raise RuntimeError("emulator did not start")
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    return LiveEmulator(f"http://127.0.0.1:{port}", settings, checked, server, thread)
+    return LiveEmulator(f"http://127.0.0.1:{port}", settings, checked, server, thread, emulator_app)
+
+
+def sdk_emulator_settings() -> EmulatorSettings:
+    """Keys of their own for a test that uses the SDK.
+
+    The SDK keeps one set of resources (exporters, score queue, HTTP client) per public
+    key for the whole process; a client made after ``shutdown()`` with the same key gets
+    the closed ones, still pointing at the previous test's emulator.
+    """
+    tag = uuid.uuid4().hex[:12]
+    return EmulatorSettings(public_key=f"pk-lf-{tag}", secret_key=f"sk-lf-{tag}")
+
+
+@contextmanager
+def langfuse_client(emulator: LiveEmulator, **options: Any) -> Iterator[Langfuse]:
+    """The official SDK pointed at an emulator; flushed and shut down afterwards."""
+    client = Langfuse(
+        public_key=emulator.settings.public_key,
+        secret_key=emulator.settings.secret_key,
+        base_url=emulator.base_url,
+        **options,
+    )
+    try:
+        yield client
+    finally:
+        client.flush()
+        client.shutdown()
 
 
 @pytest.fixture
