@@ -186,6 +186,12 @@ def render(out: Path) -> str:
     speed = _load(out / "replay_speed.json")
     if speed is not None:
         parts += ["## Replay speed", "", *replay_speed(speed), ""]
+    emulator = out / "emulator_speed.md"
+    if emulator.exists():
+        # its own report, one heading level down
+        lines = emulator.read_text(encoding="utf-8").splitlines()
+        parts += ["#" + line if line.startswith("#") else line for line in lines]
+        parts.append("")
     return "\n".join(parts)
 
 

@@ -10,4 +10,5 @@ RUNS="${RUNS:-2000}"
 python -m bench.harness --runs "$RUNS" --traffic 10/90 --out bench/out/1090
 python -m bench.harness --runs "$RUNS" --traffic 50/50 --out bench/out/5050
 python -m bench.replay_speed --lines 1000000 --out bench/out
+python -m bench.emulator_speed --out bench/out
 python -m bench.summary --out bench/out --doc docs/benchmarks.md

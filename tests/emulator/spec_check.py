@@ -23,7 +23,8 @@ from openapi_core.testing import MockRequest, MockResponse
 
 from coalmine.emulator.compat import difference
 
-SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "reference" / "langfuse-openapi.yml"
+SPEC_PATH = Path(__file__).resolve().parent / "langfuse-openapi.yml"
+"""The Langfuse server's OpenAPI spec (4.16.0), kept beside the tests."""
 
 
 @functools.cache

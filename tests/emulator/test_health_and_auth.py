@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import httpx
 from conftest import LiveEmulator
+from spec_check import SPEC_PATH
 
 PROMPTS = "/api/public/v2/prompts"
 HINT = ". Confirm that you've configured the correct host."
@@ -107,3 +109,9 @@ def test_a_body_just_under_the_limit_gets_through(client: httpx.Client) -> None:
     response = client.post(PROMPTS, json={"name": "big", "prompt": prompt})
     assert response.status_code == 201
     assert client.get(f"{PROMPTS}/big", params={"label": "latest"}).json()["prompt"] == prompt
+
+
+def test_the_spec_beside_the_tests_is_the_reference_copy() -> None:
+    """The spec the responses are checked against is Langfuse 4.16.0's, unmodified."""
+    digest = hashlib.sha256(SPEC_PATH.read_bytes()).hexdigest()
+    assert digest.startswith("896774f9") and digest.endswith("b233")

@@ -87,3 +87,66 @@ def test_a_full_store_answers_507_and_keeps_what_it_had() -> None:
             assert http.post(PROMPTS, json={"name": "small", "prompt": "x"}).status_code == 201
     finally:
         stop(live)
+
+
+def _span_export(trace_id: str, span_id: str, tags: list[str]) -> dict[str, object]:
+    attributes = [
+        {
+            "key": "langfuse.trace.tags",
+            "value": {"arrayValue": {"values": [{"stringValue": tag} for tag in tags]}},
+        }
+    ]
+    span = {
+        "traceId": trace_id,
+        "spanId": span_id,
+        "name": "chat",
+        "kind": 1,
+        "startTimeUnixNano": "1790000000000000000",
+        "endTimeUnixNano": "1790000000500000000",
+        "attributes": attributes,
+        "status": {"code": 2, "message": "boom"},
+    }
+    return {"resourceSpans": [{"resource": {}, "scopeSpans": [{"spans": [span]}]}]}
+
+
+def test_spans_and_scores_survive_a_restart(tmp_path: Path) -> None:
+    settings = EmulatorSettings(db=tmp_path / "langfuse.db")
+    trace_id, span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    first = start_emulator(settings)
+    try:
+        with first.client() as http:
+            sent = http.post(
+                "/api/public/otel/v1/traces",
+                json=_span_export(trace_id, span_id, ["coalmine:arm:canary"]),
+            )
+            assert sent.status_code == 200, sent.text
+            scored = http.post(
+                "/api/public/scores",
+                json={"name": "helpfulness", "value": 0.4, "traceId": trace_id},
+            )
+            assert scored.status_code == 200, scored.text
+            spans_before = http.get(
+                "/api/public/v2/observations", params={"fields": "core,basic,trace_context"}
+            ).json()["data"]
+            scores_before = http.get("/api/public/v3/scores", params={"fields": "subject"}).json()[
+                "data"
+            ]
+    finally:
+        stop(first)
+    assert [span["level"] for span in spans_before] == ["ERROR"]
+
+    second = start_emulator(settings)
+    try:
+        with second.client() as http:
+            spans_after = http.get(
+                "/api/public/v2/observations", params={"fields": "core,basic,trace_context"}
+            ).json()["data"]
+            scores_after = http.get("/api/public/v3/scores", params={"fields": "subject"}).json()[
+                "data"
+            ]
+    finally:
+        stop(second)
+    assert spans_after == spans_before
+    assert scores_after == scores_before
+    assert spans_after[0]["tags"] == ["coalmine:arm:canary"]
+    assert scores_after[0]["subject"]["id"] == trace_id
