@@ -282,9 +282,21 @@ def run_queries(
     def tags(arm: str) -> dict[str, Any]:
         return {"type": "arrayOptions", "column": "tags", "operator": "any of", "value": [arm]}
 
-    shapes: dict[str, tuple[str, Any]] = {
+    def metrics_window() -> tuple[str, str]:
+        width = int(span_ns * rng.uniform(0.25, 1.0))
+        begin = first + rng.randrange(0, span_ns - width + 1)
+        return _iso(begin), _iso(begin + width + 1_000_000)
+
+    def metrics(query: dict[str, Any]) -> dict[str, Any]:
+        start, end = metrics_window()
+        return {"query": json.dumps({**query, "fromTimestamp": start, "toTimestamp": end})}
+
+    both_arms = {"column": "tags", "operator": "any of", "value": list(ARMS)}
+    observations = "/api/public/v2/observations"
+    shapes: dict[str, tuple[str, str, Any]] = {
         "roots": (
-            "tags any of [arm] + isRootObservation + startTime window; "
+            observations,
+            "observations v2: tags any of [arm] + isRootObservation + startTime window; "
             "fields core,basic,usage,metrics,trace_context",
             lambda arm: {
                 "filter": json.dumps(
@@ -304,7 +316,8 @@ def run_queries(
             },
         ),
         "generations": (
-            "tags any of [arm] + type GENERATION + startTime window; "
+            observations,
+            "observations v2: tags any of [arm] + type GENERATION + startTime window; "
             "fields core,basic,usage,prompt",
             lambda arm: {
                 "filter": json.dumps([tags(arm), *window()]),
@@ -313,25 +326,65 @@ def run_queries(
                 "limit": 1000,
             },
         ),
+        "metrics-arms": (
+            "/api/public/v2/metrics",
+            "metrics v2, observations view, by tags: count, p95 latency, sum totalCost, "
+            "uniq traceId of root spans of both arms in a time window",
+            lambda arm: metrics(
+                {
+                    "view": "observations",
+                    "dimensions": [{"field": "tags"}],
+                    "metrics": [
+                        {"measure": "count", "aggregation": "count"},
+                        {"measure": "latency", "aggregation": "p95"},
+                        {"measure": "totalCost", "aggregation": "sum"},
+                        {"measure": "traceId", "aggregation": "uniq"},
+                    ],
+                    "filters": [
+                        {**both_arms, "type": "arrayOptions"},
+                        {
+                            "column": "isRootObservation",
+                            "operator": "=",
+                            "value": True,
+                            "type": "boolean",
+                        },
+                    ],
+                }
+            ),
+        ),
+        "metrics-levels": (
+            "/api/public/v2/metrics",
+            "metrics v2, observations view, by tags and level: count (error rate per arm)",
+            lambda arm: metrics(
+                {
+                    "view": "observations",
+                    "dimensions": [{"field": "tags"}, {"field": "level"}],
+                    "metrics": [{"measure": "count", "aggregation": "count"}],
+                    "filters": [{**both_arms, "type": "arrayOptions"}],
+                }
+            ),
+        ),
     }
     latencies: dict[str, list[float]] = {name: [] for name in shapes}
     rows: dict[str, int] = dict.fromkeys(shapes, 0)
     names = list(shapes)
     with httpx.Client(base_url=base_url, auth=(PUBLIC_KEY, SECRET_KEY), timeout=30) as client:
-        for warm in range(5):  # connection and caches
-            client.get("/api/public/v2/observations", params=shapes[names[warm % 2]][1](ARMS[0]))
+        for warm in range(len(names)):  # connection and caches
+            path, _, build = shapes[names[warm]]
+            client.get(path, params=build(ARMS[0]))
         for index in range(queries):
             name = names[index % len(names)]
-            params = shapes[name][1](ARMS[(index // len(names)) % 2])
+            path, _, build = shapes[name]
+            params = build(ARMS[(index // len(names)) % 2])
             started = time.perf_counter()
-            response = client.get("/api/public/v2/observations", params=params)
+            response = client.get(path, params=params)
             body = response.content
             latencies[name].append((time.perf_counter() - started) * 1000)
             if response.status_code != 200:
                 raise RuntimeError(f"query failed: {response.status_code} {body[:300]!r}")
             rows[name] += len(json.loads(body)["data"])
     return [
-        QueryShape(name, shapes[name][0], latencies[name], rows[name] // len(latencies[name]))
+        QueryShape(name, shapes[name][1], latencies[name], rows[name] // len(latencies[name]))
         for name in names
     ]
 
@@ -399,7 +452,8 @@ def markdown(
         "",
         f"## Queries at {spans:,} stored spans",
         "",
-        "`GET /api/public/v2/observations`, `limit=1000`, arms and time windows varied; "
+        "`GET /api/public/v2/observations` (`limit=1000`) and `GET /api/public/v2/metrics`, "
+        "arms and time windows varied; "
         "latency from request to the last byte of the response, on one keep-alive "
         "connection.",
         "",

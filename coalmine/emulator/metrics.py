@@ -2,8 +2,10 @@
 
 Follows ``web/src/pages/api/public/v2/metrics.ts`` and the query engine in
 ``packages/shared/src/features/query`` (``dataModel.ts`` v2 views, ``queryBuilder.ts``,
-``validateQuery.ts``), computed in Python over the store instead of compiled to
-ClickHouse SQL.
+``validateQuery.ts``). Instead of ClickHouse SQL, the common observation queries are
+compiled to SQLite (`coalmine.emulator.metrics_sql`: filters, groups, counts, sums,
+extremes), and the rest is computed in Python over the rows loaded from the store; both
+paths give the same rows.
 
 Views:
 
@@ -331,7 +333,7 @@ _OBSERVATION_COLUMNS = (
 )
 
 
-def _json(text: str | None, default: Any) -> Any:
+def json_column(text: str | None, default: Any) -> Any:
     if not text:
         return default
     try:
@@ -342,7 +344,8 @@ def _json(text: str | None, default: Any) -> Any:
 
 def _load_observations(store: Store, lo: int, hi: int, relations: set[str]) -> list[Entity]:
     rows = store.query(
-        f"SELECT {_OBSERVATION_COLUMNS} FROM observations WHERE start_ms >= ? AND start_ms <= ?",
+        f"SELECT {_OBSERVATION_COLUMNS} FROM observations WHERE start_ms >= ? AND start_ms <= ? "
+        "ORDER BY start_ms DESC, id DESC",  # index order; groups keep their first appearance
         (lo, hi),
     )
     counts: dict[str, int] = {}
@@ -363,10 +366,10 @@ def _load_observations(store: Store, lo: int, hi: int, relations: set[str]) -> l
             if e["id"] not in counts:
                 continue  # INNER JOIN scores
             e["score_count"] = counts[e["id"]]
-        e["tags"] = _json(e["tags"], [])
-        e["usage_details"] = _json(e["usage_details"], {})
-        e["cost_details"] = _json(e["cost_details"], {})
-        e["metadata"] = _json(e["metadata"], {})
+        e["tags"] = json_column(e["tags"], [])
+        e["usage_details"] = json_column(e["usage_details"], {})
+        e["cost_details"] = json_column(e["cost_details"], {})
+        e["metadata"] = json_column(e["metadata"], {})
         completion = e.pop("completion_start_time")
         e["completion_start_ms"] = parse_time_ms(completion) if completion else None
         entities.append(e)
@@ -404,8 +407,8 @@ def _load_scores(store: Store, view: View, lo: int, hi: int, relations: set[str]
         if "observation" in relations and row["o_seq"] is None:
             continue
         e = dict(row)
-        e["r_tags"] = _json(e["r_tags"], [])
-        e["metadata"] = _json(e["metadata"], {})
+        e["r_tags"] = json_column(e["r_tags"], [])
+        e["metadata"] = json_column(e["metadata"], {})
         entities[e["id"]] = e
     return list(entities.values())
 
@@ -734,12 +737,18 @@ def _check_fields(query: Query) -> None:
         )
 
 
-def _filter_dimension(view: View, column: str) -> Dimension | None:
+def filter_dimension_name(view: View, column: str) -> str | None:
+    """The dimension a filter on ``column`` tests."""
     if column in view.dimensions:
-        return view.dimensions[column]
+        return column
     if column.endswith("Name") and "name" in view.dimensions:
-        return view.dimensions["name"]  # Langfuse's fallback: scoreName, traceName -> name
+        return "name"  # Langfuse's fallback: scoreName, traceName -> name
     return None
+
+
+def _filter_dimension(view: View, column: str) -> Dimension | None:
+    name = filter_dimension_name(view, column)
+    return None if name is None else view.dimensions[name]
 
 
 # ----------------------------------------------------------------------- filtering
@@ -787,7 +796,7 @@ def _string_match(text: str, operator: str, value: str, *, nullable: bool) -> bo
     return text.endswith(value)
 
 
-def _predicate(view: View, raw: dict[str, Any]) -> Callable[[Entity], bool]:
+def predicate(view: View, raw: dict[str, Any]) -> Callable[[Entity], bool]:
     kind, operator, value, column = raw["type"], raw["operator"], raw["value"], raw["column"]
     if column == view.time_column and kind == "datetime":
         bound = parse_time_ms(value)
@@ -874,7 +883,7 @@ def histogram(values: Sequence[float], bins: int) -> list[list[float]]:
     ]
 
 
-def _finite(value: float) -> float | None:
+def finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
@@ -892,13 +901,13 @@ def aggregate(aggregation: str, values: Sequence[Any], measure_type: str, bins: 
         return None
     integer = measure_type == "integer"
     if aggregation == "sum":
-        return int(sum(numbers)) if integer else _finite(math.fsum(numbers))
+        return int(sum(numbers)) if integer else finite(math.fsum(numbers))
     if aggregation in ("min", "max"):
         found = min(numbers) if aggregation == "min" else max(numbers)
         return int(found) if integer else found
     if aggregation == "avg":
-        return _finite(math.fsum(numbers) / len(numbers))
-    return _finite(quantile(numbers, QUANTILES[aggregation]))
+        return finite(math.fsum(numbers) / len(numbers))
+    return finite(quantile(numbers, QUANTILES[aggregation]))
 
 
 def _is_64bit_integer(aggregation: str, measure_type: str) -> bool:
@@ -911,7 +920,7 @@ def _is_64bit_integer(aggregation: str, measure_type: str) -> bool:
 # --------------------------------------------------------------------- time buckets
 
 
-def _granularity(query: Query) -> str | None:
+def granularity_of(query: Query) -> str | None:
     if query.granularity != "auto":
         return query.granularity
     hours = (query.to_ms - query.from_ms) / 3_600_000
@@ -966,7 +975,7 @@ def _metric_key(measure: str, aggregation: str) -> str:
     return f"{aggregation}_{measure}"
 
 
-def _group_key(value: Any) -> Any:
+def group_key(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -980,8 +989,35 @@ def _order(rows: list[dict[str, Any]], order: Sequence[tuple[str, str]]) -> list
     return rows
 
 
-def run_query(store: Store, query: Query) -> list[dict[str, Any]]:
-    """The rows of ``{"data": rows}``."""
+def run_query(store: Store, query: Query, *, sql: bool = True) -> list[dict[str, Any]]:
+    """The rows of ``{"data": rows}``.
+
+    Aggregates in SQL where `metrics_sql` can express the query (``sql=True``), in
+    Python over the loaded rows otherwise; both give the same rows.
+    """
+    rows = None
+    if sql:
+        from coalmine.emulator import metrics_sql  # noqa: PLC0415 (it imports this module)
+
+        rows = metrics_sql.grouped_rows(store, query)
+    if rows is None:
+        rows = _grouped_rows(store, query)
+    return _finish(query, rows)
+
+
+def output_names(query: Query) -> list[str]:
+    """Result keys of the metrics: ``count`` alone for a query without metrics."""
+    return [_metric_key(m, a) for m, a in query.metrics] or ["count"]
+
+
+def query_metrics(query: Query) -> list[tuple[str, str]]:
+    """(measure, aggregation) pairs to compute: a count for a query without metrics."""
+    return query.metrics or [("count", "count")]
+
+
+def _grouped_rows(store: Store, query: Query) -> list[dict[str, Any]]:
+    """One row per group, with raw aggregates, in order of each group's first row
+    (newest first): loaded, filtered and aggregated in Python."""
     view = query.view
     if view is OBSERVATIONS:
         entities = _load_observations(store, query.from_ms, query.to_ms, query.relations)
@@ -989,16 +1025,16 @@ def run_query(store: Store, query: Query) -> list[dict[str, Any]]:
     else:
         entities = _load_scores(store, view, query.from_ms, query.to_ms, query.relations)
         time_key = "timestamp_ms"
-    predicates = [_predicate(view, raw) for raw in query.filters]
+    predicates = [predicate(view, raw) for raw in query.filters]
     entities = [e for e in entities if all(p(e) for p in predicates)]
 
-    granularity = _granularity(query)
-    metrics = query.metrics or [("count", "count")]
+    granularity = granularity_of(query)
+    metrics = query_metrics(query)
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for e in entities:
         dims = [view.dimensions[d].get(e) for d in query.dimensions]
         bucket = bucket_start(e[time_key], granularity) if granularity else None
-        key = (*(_group_key(d) for d in dims), bucket)
+        key = (*(group_key(d) for d in dims), bucket)
         group = groups.get(key)
         if group is None:
             group = groups[key] = {"dims": dims, "bucket": bucket, "values": [[] for _ in metrics]}
@@ -1007,7 +1043,7 @@ def run_query(store: Store, query: Query) -> list[dict[str, Any]]:
     if not groups and not query.dimensions and not granularity:
         groups[()] = {"dims": [], "bucket": None, "values": [[] for _ in metrics]}
 
-    names = [_metric_key(m, a) for m, a in query.metrics] or ["count"]
+    names = output_names(query)
     rows: list[dict[str, Any]] = []
     for group in groups.values():
         row: dict[str, Any] = dict(zip(query.dimensions, group["dims"], strict=True))
@@ -1019,7 +1055,15 @@ def run_query(store: Store, query: Query) -> list[dict[str, Any]]:
             spec = view.measures[measure]
             row[name] = aggregate(aggregation, values, spec.type, query.bins)
         rows.append(row)
+    return rows
 
+
+def _finish(query: Query, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Order, fill, cut and type the grouped rows as Langfuse answers them."""
+    view = query.view
+    granularity = granularity_of(query)
+    metrics = query_metrics(query)
+    names = output_names(query)
     order = query.order_by
     if not order:
         if granularity:

@@ -69,6 +69,11 @@ CREATE TABLE IF NOT EXISTS observations (
 );
 CREATE INDEX IF NOT EXISTS observations_start ON observations (start_ms DESC, id DESC);
 CREATE INDEX IF NOT EXISTS observations_trace ON observations (trace_id);
+-- Metrics v2 (metrics_sql.py): covers the common queries (arms by tags, error rate by
+-- tags and level, latency, cost, traces), which read it alone, grouped by tags and level
+-- in index order; its distinct tags texts are read with one seek each.
+CREATE INDEX IF NOT EXISTS observations_metrics
+    ON observations (tags, level, start_ms, is_root, type, end_ms, total_cost, trace_id);
 -- One row per distinct tag of an observation, with the observation's sort key, so a
 -- tag filter can walk one tag's observations newest first and stop at the page size.
 CREATE TABLE IF NOT EXISTS observation_tags (
