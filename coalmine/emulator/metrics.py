@@ -473,7 +473,7 @@ def _check_filter(problems: list[dict[str, Any]], path: list[str | int], raw: An
     if not _expect(problems, path, raw, "object"):
         return
     kind = raw.get("type")
-    if kind not in FILTER_OPERATORS:
+    if not isinstance(kind, str) or kind not in FILTER_OPERATORS:
         problems.append(
             issue(
                 "invalid_union",

@@ -627,3 +627,16 @@ def test_metrics_need_the_secret_key(emulator: LiveEmulator) -> None:
     with httpx.Client(base_url=emulator.base_url, headers=bearer) as http:
         response = http.get(METRICS, params={"query": json.dumps(GOOD)})
     assert response.status_code == 401
+
+
+def test_a_filter_type_that_is_not_a_string_is_a_400(client: httpx.Client) -> None:
+    query = {
+        "view": "observations",
+        "metrics": [{"measure": "count", "aggregation": "count"}],
+        "filters": [{"column": "level", "operator": "=", "value": "ERROR", "type": ["string"]}],
+        "fromTimestamp": "2026-01-01T00:00:00Z",
+        "toTimestamp": "2026-01-02T00:00:00Z",
+    }
+    response = client.get("/api/public/v2/metrics", params={"query": json.dumps(query)})
+    assert response.status_code == 400
+    assert "filter type" in response.text
