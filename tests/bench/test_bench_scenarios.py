@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pytest
 
@@ -200,15 +198,8 @@ def test_oracle_effects_travel_with_the_run() -> None:
     assert dict(r.oracle_effects) == {"helpfulness": -0.15, "error": 0.09}
 
 
-def test_generation_is_seeded_and_fast() -> None:
+def test_generation_is_seeded() -> None:
     a = SCENARIOS["bad"].make_run(np.random.default_rng(5), T)
     b = SCENARIOS["bad"].make_run(np.random.default_rng(5), T)
     np.testing.assert_array_equal(a.ts, b.ts)
     np.testing.assert_array_equal(a.scores["helpfulness"], b.scores["helpfulness"])
-    rng = np.random.default_rng(0)
-    best = np.inf
-    for _ in range(5):
-        t0 = time.perf_counter()
-        SCENARIOS["neutral"].make_run(rng, T)
-        best = min(best, time.perf_counter() - t0)
-    assert best < 0.010

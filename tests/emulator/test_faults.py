@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveEmulator, start_emulator
+from emulator_support import LiveEmulator, start_emulator
 
 from coalmine.emulator.faults import Fault, parse_fault
 from coalmine.emulator.settings import EmulatorSettings
@@ -50,9 +50,7 @@ def test_a_latency_fault_delays_the_real_answer(client: httpx.Client) -> None:
     assert slow.status_code == 200
     assert slow.json()["data"] == []
     assert client.delete(f"{FAULTS}/{fault['id']}").status_code == 204
-    started = time.monotonic()
-    client.get(PROMPTS)
-    assert time.monotonic() - started < 0.3
+    assert client.get(FAULTS).json()["faults"] == []
     assert client.delete(f"{FAULTS}/{fault['id']}").status_code == 404
 
 
@@ -72,10 +70,8 @@ def test_a_malformed_fault_garbles_the_json_body(client: httpx.Client) -> None:
 
 def test_a_timeout_fault_holds_the_request(client: httpx.Client) -> None:
     add(client, spec="GET:/api/public/v2/prompts=timeout:5s")
-    started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         client.get(PROMPTS, timeout=0.3)
-    assert time.monotonic() - started < 2
 
 
 def test_rate_and_times_are_seeded_and_bounded(client: httpx.Client) -> None:

@@ -6,7 +6,7 @@ import base64
 import hashlib
 
 import httpx
-from conftest import LiveEmulator
+from emulator_support import LiveEmulator
 from spec_check import SPEC_PATH
 
 PROMPTS = "/api/public/v2/prompts"

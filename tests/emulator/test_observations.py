@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveEmulator, start_emulator
+from emulator_support import LiveEmulator, start_emulator
 
 from coalmine.emulator.settings import EmulatorSettings
 

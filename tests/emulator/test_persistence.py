@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import LiveEmulator, start_emulator
+from emulator_support import LiveEmulator, start_emulator
 
 from coalmine.emulator.settings import EmulatorSettings
 

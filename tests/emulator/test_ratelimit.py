@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import LiveEmulator, start_emulator
+from emulator_support import LiveEmulator, start_emulator
 
 from coalmine.emulator.ratelimit import (
     INGESTION,

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveEmulator
+from emulator_support import LiveEmulator
 
 from coalmine.emulator.compat import difference
 

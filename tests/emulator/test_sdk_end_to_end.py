@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import LiveEmulator, langfuse_client, sdk_emulator_settings
+from emulator_support import LiveEmulator, langfuse_client, sdk_emulator_settings
 from langfuse import Langfuse, observe, propagate_attributes
 from langfuse.model import TextPromptClient
 from opentelemetry.sdk.trace import TracerProvider

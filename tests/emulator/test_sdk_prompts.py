@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from conftest import LiveEmulator, langfuse_client, sdk_emulator_settings
+from emulator_support import LiveEmulator, langfuse_client, sdk_emulator_settings
 from langfuse import Langfuse
 from langfuse.api import NotFoundError
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import LiveEmulator, langfuse_client, sdk_emulator_settings
+from emulator_support import LiveEmulator, langfuse_client, sdk_emulator_settings
 from langfuse import Langfuse
 
 from coalmine.emulator.store import Store

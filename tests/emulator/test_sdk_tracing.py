@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import LiveEmulator, langfuse_client, sdk_emulator_settings
+from emulator_support import LiveEmulator, langfuse_client, sdk_emulator_settings
 from langfuse import Langfuse, observe, propagate_attributes
 from langfuse.api import Prompt_Text
 from langfuse.model import TextPromptClient
