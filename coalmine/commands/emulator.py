@@ -64,9 +64,7 @@ def register(app: typer.Typer) -> None:
         Prints the base URL and keys, then serves until interrupted. Point the Langfuse
         SDK at it with LANGFUSE_BASE_URL and the printed keys.
         """
-        run_emulator(
-            host=host,
-            port=port,
+        settings = _settings(
             public_key=public_key,
             secret_key=secret_key,
             db=db,
@@ -74,37 +72,16 @@ def register(app: typer.Typer) -> None:
             max_mb=max_mb,
             faults=tuple(fault or ()),
             fault_seed=fault_seed,
-            log_level=log_level,
         )
+        run_emulator(settings, host=host, port=port, log_level=log_level)
 
 
-def run_emulator(
-    *,
-    host: str,
-    port: int,
-    public_key: str | None,
-    secret_key: str | None,
-    db: Path | None,
-    plan: str | None,
-    max_mb: float | None,
-    faults: tuple[str, ...],
-    fault_seed: int,
-    log_level: str,
-) -> None:
+def run_emulator(settings: EmulatorSettings, *, host: str, port: int, log_level: str) -> None:
     # The server stack is imported here, not for every coalmine command.
     import uvicorn  # noqa: PLC0415
 
     from coalmine.emulator.app import create_app  # noqa: PLC0415
 
-    settings = _settings(
-        public_key=public_key,
-        secret_key=secret_key,
-        db=db,
-        plan=plan,
-        max_mb=max_mb,
-        faults=faults,
-        fault_seed=fault_seed,
-    )
     levels = ("critical", "error", "warning", "info", "debug")
     if log_level not in levels:
         raise InputError(f"--log-level: {log_level!r} is not one of {', '.join(levels)}")
@@ -113,7 +90,7 @@ def run_emulator(
         app = create_app(settings)
     except sqlite3.DatabaseError as error:
         listener.close()
-        raise InputError(f"--db: {db}: cannot use it as the store ({error})") from None
+        raise InputError(f"--db: {settings.db}: cannot use it as the store ({error})") from None
     bound = listener.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
     print(f"Langfuse emulator on http://{shown_host}:{bound}")
