@@ -8,6 +8,7 @@ import typer
 
 from coalmine.commands import emulator as emulator_commands
 from coalmine.commands import policy as policy_commands
+from coalmine.commands import proxy as proxy_commands
 from coalmine.commands import replay as replay_commands
 from coalmine.errors import InputError
 
@@ -29,6 +30,7 @@ app = typer.Typer(
 app.add_typer(policy_commands.app, name="policy")
 replay_commands.register(app)
 emulator_commands.register(app)
+proxy_commands.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,7 @@ METRIC_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_.-]*$"
 LABEL_PATTERN: Final = r"^[a-z0-9_.-]+$"
 TOKEN_PATTERN: Final = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 METHOD_PATTERN: Final = r"^[A-Z]+$"
+PATH_PREFIX_PATTERN: Final = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"
 URL_PATTERN: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+"
 
 PATTERN_MESSAGES: Final = {
@@ -77,6 +78,7 @@ PATTERN_MESSAGES: Final = {
     LABEL_PATTERN: "must be a Langfuse label: lower-case letters, digits, '_', '-' and '.'",
     TOKEN_PATTERN: "must be a header or cookie name: letters, digits and !#$%&'*+-.^_`|~",
     METHOD_PATTERN: "must be an upper-case HTTP method name such as POST",
+    PATH_PREFIX_PATTERN: "must be a URL path starting with '/'",
 }
 """Plain messages for the patterns above, used by the loader in place of the regex."""
 
@@ -245,6 +247,20 @@ class Routing(_Model):
     stickiness: Stickiness | None = Stickiness(header=STICKINESS_DEFAULT_HEADER)
     """`{header: NAME}`, `{cookie: NAME}` or `none` (no stickiness)."""
 
+    path_prefix: str = Field(default="/", pattern=PATH_PREFIX_PATTERN)
+    """Requests whose path starts with this prefix belong to this release; with several
+    releases behind one proxy, the longest matching prefix wins."""
+
+    connect_timeout: Duration = Field(default=5.0, gt=0, json_schema_extra=_duration_default(5))
+    """Time allowed to open a connection to an upstream; past it the client gets 502."""
+
+    read_timeout: Duration = Field(default=300.0, gt=0, json_schema_extra=_duration_default(300))
+    """Longest wait for the next bytes of an upstream response (a token stream may pause
+    between chunks); past it the client gets 504, or the stream ends if it had begun."""
+
+    max_body_bytes: Count = Field(default=10 * 1024 * 1024, ge=1)
+    """Requests with a larger body are refused with 413."""
+
     @field_validator("stickiness", mode="before")
     @classmethod
     def _none(cls, value: Any) -> Any:
@@ -294,6 +310,9 @@ class Shadow(_Model):
 
     max_body_bytes: Count = Field(default=1048576, ge=1)
     """Requests with a larger body are not mirrored."""
+
+    max_in_flight: Count = Field(default=64, ge=1)
+    """Mirrored requests in flight at most; past it a copy is dropped, never queued."""
 
     @field_validator("methods")
     @classmethod

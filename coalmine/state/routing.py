@@ -1,0 +1,157 @@
+"""The routing table: what the proxy needs to route one release, written by the controller.
+
+A small typed document per release. The controller writes a new one (with a higher
+version) whenever weights or labels change; every proxy reading the same store applies it
+within a second. Upstreams in a table must be ones the release's policy names: the proxy
+refuses any other (a table never widens where traffic may go).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic.alias_generators import to_camel
+
+from policies.model import Policy
+
+Percent = Annotated[float, Strict(), Field(ge=0, le=100)]
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
+    )
+
+
+class ArmRoute(_Document):
+    """Where one arm's requests go."""
+
+    upstream: str = Field(min_length=1)
+    """Base URL of the upstream; the request path is appended to it."""
+
+    prompt_label: str | None = None
+    """Langfuse label the app should fetch, sent as ``x-coalmine-prompt-label``."""
+
+
+class ShadowRoute(_Document):
+    """The mirrored copy of a sample of requests."""
+
+    upstream: str = Field(min_length=1)
+    """Base URL of the staging upstream."""
+
+    percent: Percent
+    """Share of eligible requests mirrored, in percent."""
+
+    methods: tuple[str, ...] = ("POST",)
+    """HTTP methods that may be mirrored."""
+
+    max_body_bytes: int = Field(default=1048576, ge=1)
+    """Requests with a larger body are not mirrored."""
+
+    max_in_flight: int = Field(default=64, ge=1)
+    """Mirrored requests in flight at most; past it a copy is dropped."""
+
+
+class RoutingTable(_Document):
+    """The routing of one release, as the proxy applies it."""
+
+    release: str
+    """The release name (the policy's ``name``)."""
+
+    version: int = Field(ge=0)
+    """Increases with every write; a proxy applies a table only when it is newer."""
+
+    canary_weight: Percent
+    """Percent of users (by stickiness key) sent to the canary arm."""
+
+    baseline: ArmRoute
+    """The stable arm."""
+
+    canary: ArmRoute
+    """The candidate arm."""
+
+    shadow: ShadowRoute | None = None
+    """Mirroring to staging, or None for none."""
+
+    updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    """When the table was written."""
+
+    reason: str = ""
+    """Why the table changed (for people reading the store)."""
+
+    @model_validator(mode="after")
+    def _aware(self) -> RoutingTable:
+        if self.updated_at.tzinfo is None:
+            raise ValueError("updatedAt needs a time zone")
+        return self
+
+
+def initial_table(policy: Policy, canary_weight: float = 0.0, version: int = 0) -> RoutingTable:
+    """The table a release starts from: its policy's upstreams and labels, canary weight 0.
+
+    Raises ValueError when the policy names no upstream: the proxy would have nowhere to
+    send the release's requests.
+    """
+    upstreams = policy.target.upstreams
+    if upstreams is None:
+        raise ValueError(
+            f"release '{policy.name}': target.upstreams is not set, so the proxy has "
+            "nowhere to send its requests"
+        )
+    prompt = policy.target.prompt
+    shadow = policy.shadow
+    return RoutingTable(
+        release=policy.name,
+        version=version,
+        canary_weight=float(canary_weight),
+        baseline=ArmRoute(
+            upstream=upstreams.stable,
+            prompt_label=prompt.stable_label if prompt else None,
+        ),
+        canary=ArmRoute(
+            upstream=upstreams.canary or upstreams.stable,
+            prompt_label=prompt.canary_label if prompt else None,
+        ),
+        shadow=None
+        if shadow is None
+        else ShadowRoute(
+            upstream=shadow.upstream,
+            percent=shadow.percent,
+            methods=shadow.methods,
+            max_body_bytes=shadow.max_body_bytes,
+            max_in_flight=shadow.max_in_flight,
+        ),
+        reason="initial",
+    )
+
+
+def policy_upstreams(policy: Policy) -> frozenset[str]:
+    """Every upstream URL a policy allows a routing table to use."""
+    allowed: set[str] = set()
+    if policy.target.upstreams is not None:
+        allowed.add(policy.target.upstreams.stable)
+        if policy.target.upstreams.canary is not None:
+            allowed.add(policy.target.upstreams.canary)
+    if policy.shadow is not None:
+        allowed.add(policy.shadow.upstream)
+    return frozenset(allowed)
+
+
+def check_upstreams(table: RoutingTable, policy: Policy) -> None:
+    """Raise ValueError when the table sends traffic anywhere the policy does not name."""
+    allowed = policy_upstreams(policy)
+    used = [("baseline", table.baseline.upstream), ("canary", table.canary.upstream)]
+    if table.shadow is not None:
+        used.append(("shadow", table.shadow.upstream))
+    for arm, upstream in used:
+        if upstream not in allowed:
+            raise ValueError(
+                f"routing table of '{table.release}' v{table.version}: {arm} upstream "
+                f"{upstream!r} is not named by the release's policy"
+            )

@@ -1,0 +1,161 @@
+"""The releases a proxy serves and their current routing tables.
+
+Each release has its policy (fixed for the process) and a routing table (replaced
+whenever the store holds a newer one). A table is swapped in whole, so a request sees
+either the old table or the new one, never a mix; requests in flight finish on the table
+they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from coalmine.state.routing import RoutingTable, check_upstreams, initial_table
+from coalmine.state.store import BadRoutingTableError, RoutingTableStore
+from policies.model import Policy
+
+log = logging.getLogger("coalmine.proxy.routing")
+
+
+@dataclass(slots=True)
+class Release:
+    """One release behind the proxy: its policy, current table and whether it is pinned."""
+
+    policy: Policy
+    table: RoutingTable
+    pinned: bool = False
+    """Pinned by ``--weight``: the store is not read for this release."""
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    @property
+    def prefix(self) -> str:
+        return self.policy.routing.path_prefix
+
+
+class Releases:
+    """Finds the release of a path: the longest matching ``routing.pathPrefix``."""
+
+    def __init__(self, policies: Sequence[Policy], pins: dict[str, float] | None = None) -> None:
+        pins = dict(pins or {})
+        unknown = sorted(set(pins) - {policy.name for policy in policies})
+        if unknown:
+            raise ValueError(f"--weight names no release of the given policies: {unknown[0]}")
+        seen: dict[str, str] = {}
+        by_name: dict[str, Release] = {}
+        for policy in policies:
+            if policy.name in by_name:
+                raise ValueError(f"release '{policy.name}' is given by two policy files")
+            prefix = policy.routing.path_prefix
+            if prefix in seen:
+                raise ValueError(
+                    f"releases '{seen[prefix]}' and '{policy.name}' both claim path prefix "
+                    f"'{prefix}'"
+                )
+            seen[prefix] = policy.name
+            pinned = policy.name in pins
+            table = initial_table(policy, pins.get(policy.name, 0.0))
+            by_name[policy.name] = Release(policy, table, pinned)
+        self.by_name = by_name
+        self._ordered = sorted(by_name.values(), key=lambda release: -len(release.prefix))
+
+    def match(self, path: str) -> Release | None:
+        for release in self._ordered:
+            prefix = release.prefix
+            if path.startswith(prefix) and (
+                prefix.endswith("/") or len(path) == len(prefix) or path[len(prefix)] in "/?"
+            ):
+                return release
+        return None
+
+    def apply(self, table: RoutingTable) -> bool:
+        """Swap in a newer table; False when it is not newer or its release is pinned.
+
+        Raises ValueError when the table names an upstream its policy does not.
+        """
+        release = self.by_name.get(table.release)
+        if release is None or release.pinned or table.version <= release.table.version:
+            return False
+        check_upstreams(table, release.policy)
+        release.table = table
+        return True
+
+
+class RoutingRefresher:
+    """Polls the store and applies newer tables; a bad table is reported and skipped."""
+
+    def __init__(
+        self,
+        releases: Releases,
+        store: RoutingTableStore,
+        *,
+        interval: float,
+        on_applied: Callable[[RoutingTable], None] | None = None,
+        on_error: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.releases = releases
+        self.store = store
+        self.interval = interval
+        self.on_applied = on_applied
+        self.on_error = on_error
+        self._seen: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def refresh(self) -> list[RoutingTable]:
+        """One look at the store (blocking I/O: run it in a thread). Returns what changed."""
+        applied: list[RoutingTable] = []
+        try:
+            versions = self.store.versions()
+        except Exception as error:  # the store is outside the process: report and go on
+            self._report("*", f"cannot read the state store: {error}")
+            return applied
+        for name, version in versions.items():
+            release = self.releases.by_name.get(name)
+            if release is None or release.pinned or self._seen.get(name) == version:
+                continue
+            self._seen[name] = version
+            try:
+                table = self.store.read(name)
+                if table is not None and self.releases.apply(table):
+                    applied.append(table)
+            except (BadRoutingTableError, ValueError) as error:
+                self._report(name, str(error))
+            except Exception as error:
+                self._seen.pop(name, None)
+                self._report(name, f"cannot read the routing table: {error}")
+        return applied
+
+    def _report(self, release: str, message: str) -> None:
+        log.error("routing table not applied: %s", message)
+        if self.on_error is not None:
+            self.on_error(release, message)
+
+    async def run(self) -> None:
+        while True:
+            applied = await asyncio.to_thread(self.refresh)
+            for table in applied:
+                log.info(
+                    "routing table of %s v%d applied: canary weight %s%%",
+                    table.release,
+                    table.version,
+                    f"{table.canary_weight:g}",
+                )
+                if self.on_applied is not None:
+                    self.on_applied(table)
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,149 @@
+"""Builds the proxy from its settings and policies and serves it on uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import httpx
+import uvicorn
+from prometheus_client import disable_created_metrics, start_http_server
+
+from coalmine.state.store import RoutingTableStore, SqliteRoutingStore
+from policies.model import Policy
+from proxy.app import ProxyApp
+from proxy.metrics import ProxyMetrics, SpanCounts
+from proxy.routes import Releases, RoutingRefresher
+from proxy.settings import ProxySettings
+from proxy.spans import NoopSpanReporter, OtlpSpanReporter, SpanReporter
+
+log = logging.getLogger("coalmine.proxy")
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
+# httpx logs every request at INFO: far too much for a proxy's hot path
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def split_address(address: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) into its parts; ValueError names ``what``."""
+    host, separator, port = address.rpartition(":")
+    if not separator or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{what}: {address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def upstream_transport(max_connections: int | None = None) -> httpx.AsyncBaseTransport:
+    """The transport to upstreams. The proxy calls it directly, not through an httpx
+    client: a client would keep the upstreams' cookies and send them with other users'
+    requests, follow redirects, and add headers of its own."""
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections or 512,
+        keepalive_expiry=30.0,
+    )
+    return httpx.AsyncHTTPTransport(limits=limits, trust_env=False, retries=0)
+
+
+def span_reporter(settings: ProxySettings) -> SpanReporter:
+    if not settings.spans:
+        return NoopSpanReporter()
+    if settings.langfuse_public_key is None or settings.langfuse_secret_key is None:
+        log.warning(
+            "request spans are off: LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY are not "
+            "both set (pass --no-spans to silence this)"
+        )
+        return NoopSpanReporter()
+    return OtlpSpanReporter(
+        settings.langfuse_base_url,
+        settings.langfuse_public_key,
+        settings.langfuse_secret_key.get_secret_value(),
+    )
+
+
+def build_app(
+    settings: ProxySettings,
+    policies: Sequence[Policy],
+    pins: dict[str, float] | None = None,
+    *,
+    store: RoutingTableStore | None = None,
+    metrics: ProxyMetrics | None = None,
+    spans: SpanReporter | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> ProxyApp:
+    """The proxy application. ``store`` overrides the settings' state file; ``transport``
+    replaces the network for the upstream clients (tests chain ASGI apps with it)."""
+    releases = Releases(policies, pins)
+    metrics = metrics or ProxyMetrics()
+    spans = spans or span_reporter(settings)
+    if store is None and settings.state is not None:
+        store = SqliteRoutingStore(settings.state, readonly=True)
+    refresher = None
+    if store is not None:
+
+        def applied(table: object) -> None:
+            release = releases.by_name[table.release]  # type: ignore[attr-defined]
+            metrics.routing(release.name, release.table.canary_weight, release.table.version)
+
+        refresher = RoutingRefresher(
+            releases,
+            store,
+            interval=settings.routing_poll_interval,
+            on_applied=applied,
+            on_error=lambda release, _message: metrics.table_errors.labels(release).inc(),
+        )
+    metrics.registry.register(SpanCounts(lambda: _span_counts(spans)))
+    if transport is None:
+        primary = upstream_transport()
+        max_shadow = max(
+            (
+                release.table.shadow.max_in_flight
+                for release in releases.by_name.values()
+                if release.table.shadow is not None
+            ),
+            default=64,
+        )
+        shadow = upstream_transport(max_connections=max_shadow)
+    else:
+        primary = shadow = transport
+    return ProxyApp(
+        releases,
+        transport=primary,
+        shadow_transport=shadow,
+        metrics=metrics,
+        spans=spans,
+        admin_token=settings.token(),
+        max_header_bytes=settings.max_header_bytes,
+        refresher=refresher,
+    )
+
+
+def _span_counts(spans: SpanReporter) -> dict[str, float]:
+    return {
+        "sent": float(getattr(spans, "spans_sent", 0)),
+        "dropped_full": float(getattr(spans, "spans_dropped_full", 0)),
+        "failed": float(getattr(spans, "spans_failed", 0)),
+        "queued": float(getattr(spans, "queue_size", 0)),
+    }
+
+
+def serve(app: ProxyApp, settings: ProxySettings) -> None:
+    """Serve until SIGINT or SIGTERM; requests in flight get the graceful period."""
+    host, port = split_address(settings.listen, "--listen")
+    if settings.metrics_listen is not None:
+        metrics_host, metrics_port = split_address(settings.metrics_listen, "--metrics-listen")
+        start_http_server(metrics_port, metrics_host, registry=app.metrics.registry)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        loop="uvloop",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
+        log_level="warning",
+    )
+    uvicorn.Server(config).run()
