@@ -16,6 +16,7 @@ from proxy.metrics import ProxyMetrics, SpanCounts
 from proxy.routes import Releases, RoutingRefresher
 from proxy.settings import ProxySettings
 from proxy.spans import NoopSpanReporter, OtlpSpanReporter, SpanReporter
+from proxy.transport import PooledTransport
 
 log = logging.getLogger("coalmine.proxy")
 
@@ -35,13 +36,13 @@ def split_address(address: str, what: str) -> tuple[str, int]:
 def upstream_transport(max_connections: int | None = None) -> httpx.AsyncBaseTransport:
     """The transport to upstreams. The proxy calls it directly, not through an httpx
     client: a client would keep the upstreams' cookies and send them with other users'
-    requests, follow redirects, and add headers of its own."""
-    limits = httpx.Limits(
-        max_connections=max_connections,
-        max_keepalive_connections=max_connections or 512,
-        keepalive_expiry=30.0,
+    requests, follow redirects, and add headers of its own. ``max_connections`` bounds
+    the connections to each upstream."""
+    return PooledTransport(
+        max_connections_per_host=max_connections,
+        max_idle_per_host=max_connections or 512,
+        idle_timeout=30.0,
     )
-    return httpx.AsyncHTTPTransport(limits=limits, trust_env=False, retries=0)
 
 
 def span_reporter(settings: ProxySettings) -> SpanReporter:

@@ -141,8 +141,8 @@ class Upstream:
                     ],
                 }
                 data = f"data: {json.dumps(chunk)}\n\n".encode()
-                await send({"type": "http.response.body", "body": data, "more_body": True})
                 self.sse_sent.append(index)
+                await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
         except asyncio.CancelledError:
             self.cancelled.set()
@@ -235,6 +235,11 @@ class RunningProxy:
     def metric(self, name: str, **labels: str) -> float:
         value = self.app.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else float(value)
+
+    def wait_for(self, value: float, name: str, **labels: str) -> None:
+        """Wait until a metric reaches ``value``: the proxy records a request's outcome
+        just after the response has gone out."""
+        wait_until(lambda: self.metric(name, **labels) == value, what=f"{name} == {value}")
 
     def shadow(self, outcome: str, release: str = "support") -> float:
         return self.metric("coalmine_proxy_shadow_requests_total", release=release, outcome=outcome)

@@ -91,9 +91,13 @@ def test_split_and_stickiness_over_live_requests(
         )
     # 2,000 users at 25%: mean 500, standard deviation 19.4; 4.5 sigma either side
     assert 413 <= canary_users <= 587
-    assert proxy.metric(
-        "coalmine_proxy_requests_total", release="support", arm="canary", code_class="2xx"
-    ) == canary_users + (1000 if arms == {"canary"} else 0)
+    proxy.wait_for(
+        canary_users + (1000 if arms == {"canary"} else 0),
+        "coalmine_proxy_requests_total",
+        release="support",
+        arm="canary",
+        code_class="2xx",
+    )
 
 
 def test_cookie_stickiness_gives_new_users_a_cookie_that_keeps_them_in_their_arm(
@@ -191,17 +195,11 @@ def test_upstream_down_is_a_502_counted_against_its_arm(
         "message": "canary upstream is unreachable",
         "requestId": "r-502",
     }
-    assert (
-        proxy.metric(
-            "coalmine_proxy_upstream_errors_total", release="support", arm="canary", kind="connect"
-        )
-        == 1.0
+    proxy.wait_for(
+        1.0, "coalmine_proxy_upstream_errors_total", release="support", arm="canary", kind="connect"
     )
-    assert (
-        proxy.metric(
-            "coalmine_proxy_requests_total", release="support", arm="canary", code_class="5xx"
-        )
-        == 1.0
+    proxy.wait_for(
+        1.0, "coalmine_proxy_requests_total", release="support", arm="canary", code_class="5xx"
     )
 
 
@@ -214,14 +212,12 @@ def test_upstream_too_slow_is_a_504(
         response = client.get("/hang")
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "upstream_timeout"
-    assert (
-        proxy.metric(
-            "coalmine_proxy_upstream_errors_total",
-            release="support",
-            arm="baseline",
-            kind="timeout",
-        )
-        == 1.0
+    proxy.wait_for(
+        1.0,
+        "coalmine_proxy_upstream_errors_total",
+        release="support",
+        arm="baseline",
+        kind="timeout",
     )
 
 

@@ -1,0 +1,815 @@
+"""An HTTP/1.1 client transport for the proxy's upstream calls, on asyncio Protocols.
+
+httpx's default transport asks the operating system, for every pooled connection on every
+request, whether the socket has become readable; under concurrency that check is where
+most of the proxy's CPU time goes. Here the Protocol keeps each connection's state in
+flags as the event loop reports it (data, end of stream, loss), so taking a connection
+from the pool costs no system call. Responses are parsed by httptools (llhttp) and
+their bodies streamed chunk by chunk as they arrive, with read flow control.
+
+Use it as httpx's transports are used, through ``handle_async_request``::
+
+    transport = PooledTransport(max_connections_per_host=64)
+    response = await transport.handle_async_request(request)
+    try:
+        async for chunk in response.stream:
+            ...
+    finally:
+        await response.aclose()
+
+Timeouts come from ``request.extensions["timeout"]`` (``connect``, ``read``, ``write``,
+``pool``; seconds, None for no limit), as with httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from typing import cast
+
+import httptools
+import httpx
+
+__all__ = ["PooledTransport"]
+
+_HTTP_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+_REQUEST_VERSION = b" HTTP/1.1\r\n"
+_HEADER_SEPARATOR = b": "
+_CRLF = b"\r\n"
+_END_OF_HEAD = b"\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_CHUNK = b"%x\r\n%b\r\n"
+_TRANSFER_ENCODING = b"transfer-encoding"
+_CONTENT_LENGTH = b"content-length"
+_CHUNKED = b"chunked"
+# A body up to this size goes out in the same write as the head; copying a larger one
+# to join them would cost more than the second write.
+_COALESCE_LIMIT = 64 * 1024
+_NO_TIMEOUTS: Mapping[str, float | None] = {}
+
+# Where a connection is: checked out for an exchange, waiting in the idle pool, or
+# closed and no longer counted against its host's limit.
+_BUSY, _IDLE, _GONE = 0, 1, 2
+
+_CLOSED_BEFORE_RESPONSE = "the upstream closed the connection without sending a response"
+_CLOSED_MID_BODY = "the upstream closed the connection before the end of the response body"
+
+
+class _StaleConnectionError(Exception):
+    """A connection closed before any byte of the response arrived."""
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+def _expire_pool_wait(waiter: asyncio.Future[_Connection | None], request: httpx.Request) -> None:
+    if not waiter.done():
+        waiter.set_exception(
+            httpx.PoolTimeout("no connection to the upstream became free", request=request)
+        )
+
+
+class _HostPool:
+    """The connections to one (scheme, host, port) and the requests waiting for one."""
+
+    __slots__ = (
+        "conns",
+        "host",
+        "idle",
+        "idle_timeout",
+        "max_idle",
+        "open",
+        "peak_buffered",
+        "port",
+        "server_hostname",
+        "ssl",
+        "waiters",
+    )
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        *,
+        max_idle: int,
+        idle_timeout: float,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.ssl = ssl_context
+        self.server_hostname = host if ssl_context is not None else None
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.idle: deque[_Connection] = deque()
+        """Reusable connections, the most recently used on the right."""
+        self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
+        """Requests waiting for a connection (a reused one, or None: a slot to open one)."""
+        self.conns: set[_Connection] = set()
+        self.open = 0
+        """Slots taken: connections open or being opened."""
+        self.peak_buffered = 0
+        """The most response body bytes any one connection held unread."""
+
+    def take_idle(self) -> _Connection | None:
+        """The most recently used idle connection that is still open, if any."""
+        idle = self.idle
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            conn.state = _BUSY
+            if not conn.closed and conn.idle_deadline > now:
+                return conn
+            conn.close()
+            self.discard(conn)
+        return None
+
+    def release(self, conn: _Connection) -> None:
+        """A connection after a clean exchange: to the first waiter, else to the idle pool."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        idle = self.idle
+        now = time.monotonic()
+        while idle and idle[0].idle_deadline <= now:
+            self._evict(idle[0])
+        if len(idle) >= self.max_idle:
+            if not idle:
+                conn.close()
+                self.discard(conn)
+                return
+            self._evict(idle[0])
+        conn.state = _IDLE
+        conn.idle_deadline = now + self.idle_timeout
+        idle.append(conn)
+
+    def discard(self, conn: _Connection) -> None:
+        """Forget a closed connection and pass its slot on."""
+        if conn.state == _GONE:
+            return
+        if conn.state == _IDLE:
+            self.idle.remove(conn)
+        conn.state = _GONE
+        self.conns.discard(conn)
+        self.free_slot()
+
+    def forget(self, conn: _Connection) -> None:
+        """Forget a closed connection whose slot its replacement takes over."""
+        conn.state = _GONE
+        self.conns.discard(conn)
+
+    def free_slot(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.open -= 1
+
+    def give_back(self, waiter: asyncio.Future[_Connection | None]) -> None:
+        """What a waiter got as it was cancelled goes to the next one in line."""
+        if waiter.exception() is not None:
+            return
+        conn = waiter.result()
+        if conn is None:
+            self.free_slot()
+        elif conn.closed:
+            self.discard(conn)
+        else:
+            self.release(conn)
+
+    def _evict(self, conn: _Connection) -> None:
+        conn.close()
+        self.discard(conn)
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: the Protocol the event loop drives, and the state of the
+    exchange in progress on it."""
+
+    __slots__ = (
+        "active",
+        "buffered",
+        "chunks",
+        "closed",
+        "complete",
+        "drain_waiter",
+        "error",
+        "head",
+        "headers",
+        "headers_done",
+        "idle_deadline",
+        "junk",
+        "keep_alive",
+        "limit",
+        "loop",
+        "parser",
+        "pool",
+        "reading_paused",
+        "reason",
+        "received",
+        "request_sent",
+        "resume_at",
+        "state",
+        "status",
+        "transport",
+        "version",
+        "waiter",
+        "write_paused",
+    )
+
+    transport: asyncio.Transport
+
+    def __init__(self, pool: _HostPool, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.limit = limit
+        self.resume_at = limit // 2
+        self.state = _BUSY
+        self.closed = False
+        self.idle_deadline = 0.0
+        self.parser: httptools.HttpResponseParser | None = None
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[bool] | None = None
+        self.waiter: asyncio.Future[bool] | None = None
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.reading_paused = False
+        self.active = False
+        self.head = False
+        self.status = 0
+        self.reason = b""
+        self.version = b"HTTP/1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.received = False
+        self.request_sent = False
+        self.junk = False
+        self.error: str | None = None
+
+    # -- the event loop's side ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if not self.active or parser is None:
+            # bytes nobody asked for: the connection's framing can no longer be trusted
+            self.close()
+            if self.state == _IDLE:
+                self.pool.discard(self)
+            return
+        self.received = True
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.error = "the upstream switched protocols"
+        except httptools.HttpParserError as error:
+            self.error = f"invalid HTTP response from the upstream: {error}"
+        if self.error is not None:
+            self.close()
+            self._wake()
+
+    def eof_received(self) -> bool | None:
+        self._peer_closed()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._peer_closed()
+        self._wake()
+        drain = self.drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(True)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        drain = self.drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(True)
+
+    # -- httptools callbacks --------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.headers_done:
+            self.junk = True  # a second response to one request
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.headers_done:
+            return
+        parser = self.parser
+        assert parser is not None
+        status = parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                self.error = "the upstream switched protocols"
+            # an interim response (100 Continue, 103 Early Hints): the final one follows
+            self.headers = []
+            self.reason = b""
+            return
+        self.status = status
+        self.keep_alive = parser.should_keep_alive()
+        self.version = _HTTP_VERSIONS.get(parser.get_http_version(), b"HTTP/1.1")
+        self.headers_done = True
+        if self.head:
+            self.complete = True
+            # it would wait for the body the headers announce, which never comes
+            self.parser = None
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            self.junk = True
+            return
+        self.chunks.append(body)
+        buffered = self.buffered + len(body)
+        self.buffered = buffered
+        pool = self.pool
+        pool.peak_buffered = max(pool.peak_buffered, buffered)
+        if buffered > self.limit and not self.reading_paused and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def on_message_complete(self) -> None:
+        if self.headers_done and not self.complete:
+            self.complete = True
+            self._wake()
+
+    # -- the exchange's side ----------------------------------------------------------
+
+    async def send(
+        self,
+        request: httpx.Request,
+        head: bytes,
+        body: bytes | None,
+        chunked: bool,
+        timeouts: Mapping[str, float | None],
+    ) -> httpx.Response:
+        """Write the request and wait for the response's headers."""
+        self._begin(request.method == "HEAD")
+        if body is not None:
+            self._write_bytes(head, body, chunked)
+            if self.write_paused:
+                await self._drain(timeouts.get("write"), request)
+            self.request_sent = not self.closed
+        else:
+            self.transport.write(head)
+            await self._write_stream(request, chunked, timeouts.get("write"))
+        read_timeout = timeouts.get("read")
+        while not self.headers_done:
+            if self.error is not None:
+                raise httpx.RemoteProtocolError(self.error, request=request)
+            if self.closed:
+                if not self.received:
+                    raise _StaleConnectionError
+                raise httpx.RemoteProtocolError(_CLOSED_BEFORE_RESPONSE, request=request)
+            await self._wait(read_timeout, request)
+        return self._response(request, read_timeout)
+
+    async def next_body(self, request: httpx.Request, timeout: float | None) -> None:
+        """Wait until a body chunk is buffered or the body has ended."""
+        while not self.chunks and not self.complete:
+            if self.error is not None:
+                raise httpx.RemoteProtocolError(self.error, request=request)
+            if self.closed:
+                raise httpx.RemoteProtocolError(_CLOSED_MID_BODY, request=request)
+            await self._wait(timeout, request)
+
+    def take(self) -> bytes:
+        """The oldest buffered body chunk; reading resumes once the buffer has drained."""
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        if self.reading_paused and self.buffered <= self.resume_at and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    def finish(self) -> None:
+        """The response has ended: back to the pool if both sides allow it, else closed."""
+        self.active = False
+        self.chunks.clear()
+        self.buffered = 0
+        if self.keep_alive and self.request_sent and not self.junk and not self.closed:
+            if self.reading_paused:
+                self.reading_paused = False
+                self.transport.resume_reading()
+            self.pool.release(self)
+        else:
+            self.close()
+            self.pool.discard(self)
+
+    def abandon(self) -> None:
+        """Give up on the exchange: closing the connection tells the upstream."""
+        self.active = False
+        self.chunks.clear()
+        self.buffered = 0
+        self.close()
+        self.pool.discard(self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def _begin(self, head: bool) -> None:
+        if self.parser is None:
+            self.parser = httptools.HttpResponseParser(self)
+        self.active = True
+        self.head = head
+        self.status = 0
+        self.reason = b""
+        self.headers = []
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.received = False
+        self.request_sent = False
+        self.junk = False
+        self.error = None
+
+    def _write_bytes(self, head: bytes, body: bytes, chunked: bool) -> None:
+        if chunked:
+            body = _CHUNK % (len(body), body) + _LAST_CHUNK if body else _LAST_CHUNK
+        if len(body) <= _COALESCE_LIMIT:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
+            self.transport.write(body)
+
+    async def _write_stream(
+        self, request: httpx.Request, chunked: bool, timeout: float | None
+    ) -> None:
+        stream = request.stream
+        if not isinstance(stream, httpx.AsyncByteStream):
+            raise RuntimeError("a request body for an async transport must be async")
+        transport = self.transport
+        async for chunk in stream:
+            if self.closed:
+                return
+            if chunk:
+                transport.write(_CHUNK % (len(chunk), chunk) if chunked else chunk)
+                if self.write_paused:
+                    await self._drain(timeout, request)
+        if self.closed:
+            return
+        if chunked:
+            transport.write(_LAST_CHUNK)
+        self.request_sent = True
+
+    async def _drain(self, timeout: float | None, request: httpx.Request) -> None:
+        while self.write_paused and not self.closed:
+            waiter = self.loop.create_future()
+            self.drain_waiter = waiter
+            timer = None if timeout is None else self.loop.call_later(timeout, _expire, waiter)
+            try:
+                if not await waiter:
+                    raise httpx.WriteTimeout(
+                        "the upstream did not take the request in time", request=request
+                    )
+            finally:
+                self.drain_waiter = None
+                if timer is not None:
+                    timer.cancel()
+
+    async def _wait(self, timeout: float | None, request: httpx.Request) -> None:
+        waiter = self.loop.create_future()
+        self.waiter = waiter
+        timer = None if timeout is None else self.loop.call_later(timeout, _expire, waiter)
+        try:
+            if not await waiter:
+                raise httpx.ReadTimeout("the upstream did not answer in time", request=request)
+        finally:
+            self.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def _peer_closed(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.active and self.headers_done and not self.complete and self.error is None:
+            if self._close_delimited():
+                self.complete = True
+            else:
+                self.error = _CLOSED_MID_BODY
+        self._wake()
+        if self.state == _IDLE:
+            self.pool.discard(self)
+
+    def _close_delimited(self) -> bool:
+        """Whether the response's body ends where the connection does (no length given)."""
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == _CONTENT_LENGTH:
+                return False
+            if lowered == _TRANSFER_ENCODING and _CHUNKED in value.lower():
+                return False
+        return True
+
+    def _response(self, request: httpx.Request, read_timeout: float | None) -> httpx.Response:
+        status, headers, reason, version = self.status, self.headers, self.reason, self.version
+        if self.complete and not self.chunks:
+            self.finish()
+            stream: httpx.AsyncByteStream = _NO_BODY
+        else:
+            stream = _ResponseStream(self, request, read_timeout)
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=stream,
+            extensions={"http_version": version, "reason_phrase": reason},
+        )
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """A response body, each chunk as it came off the connection."""
+
+    def __init__(
+        self, conn: _Connection, request: httpx.Request, read_timeout: float | None
+    ) -> None:
+        self._conn: _Connection | None = conn
+        self._request = request
+        self._read_timeout = read_timeout
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self._conn
+        if conn is None:
+            raise StopAsyncIteration
+        if not conn.chunks and not conn.complete:
+            try:
+                await conn.next_body(self._request, self._read_timeout)
+            except BaseException:
+                self._conn = None
+                conn.abandon()
+                raise
+        if not conn.chunks:
+            self._conn = None
+            conn.finish()
+            raise StopAsyncIteration
+        chunk = conn.take()
+        if conn.complete and not conn.chunks:
+            # the connection can serve the next request while this chunk is consumed
+            self._conn = None
+            conn.finish()
+        return chunk
+
+    async def aclose(self) -> None:
+        """Before the end of the body this closes the connection, which is how the
+        upstream learns that nobody wants the rest."""
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            if conn.complete:
+                conn.finish()
+            else:
+                conn.abandon()
+
+
+class _NoBody(httpx.AsyncByteStream):
+    """The body of a HEAD, 204 or 304 response, or one that ended with its headers."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+
+_NO_BODY = _NoBody()
+
+
+def _request_head(request: httpx.Request) -> tuple[bytes, bool]:
+    """The request line and headers, and whether the body goes in chunked framing."""
+    headers = request.headers.raw
+    lines = _CRLF.join(map(_HEADER_SEPARATOR.join, headers))
+    head = b"".join(
+        (
+            request.method.encode("ascii"),
+            b" ",
+            request.url.raw_path,
+            _REQUEST_VERSION,
+            lines,
+            _END_OF_HEAD if headers else _CRLF,
+        )
+    )
+    # Each header line adds exactly one CR and one LF; more would be injected lines.
+    line_ends = len(headers) + 2
+    if head.count(b"\n") != line_ends or head.count(b"\r") != line_ends or b"\0" in head:
+        raise httpx.LocalProtocolError(
+            "a request header contains a line break or NUL", request=request
+        )
+    chunked = _TRANSFER_ENCODING in lines.lower() and any(
+        name.lower() == _TRANSFER_ENCODING and _CHUNKED in value.lower() for name, value in headers
+    )
+    return head, chunked
+
+
+class PooledTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 to upstreams over pooled keep-alive connections.
+
+    ``max_connections_per_host`` caps the connections to one (scheme, host, port);
+    requests over the cap wait in line, up to the ``pool`` timeout. At most
+    ``max_idle_per_host`` connections are kept idle, each for at most ``idle_timeout``
+    seconds. A response body is held in memory up to ``read_buffer_limit`` bytes
+    before reading from the upstream pauses until the consumer catches up.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections_per_host: int | None = None,
+        max_idle_per_host: int = 256,
+        idle_timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        read_buffer_limit: int = 256 * 1024,
+    ) -> None:
+        if max_connections_per_host is not None and max_connections_per_host < 1:
+            raise ValueError("max_connections_per_host must be at least 1")
+        self._max_per_host = max_connections_per_host
+        self._max_idle = max_idle_per_host
+        self._idle_timeout = idle_timeout
+        self._ssl_context = ssl_context
+        self._read_buffer_limit = read_buffer_limit
+        self._pools: dict[tuple[bytes, bytes, int | None], _HostPool] = {}
+        self._peak_before_close = 0
+
+    @property
+    def peak_buffered_bytes(self) -> int:
+        """The most response body bytes one connection has held unread so far."""
+        pools = self._pools.values()
+        return max([self._peak_before_close, *(pool.peak_buffered for pool in pools)])
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        key = (url.raw_scheme, url.raw_host, url.port)
+        pool = self._pools.get(key) or self._new_pool(key, request)
+        timeouts = request.extensions.get("timeout") or _NO_TIMEOUTS
+        head, chunked = _request_head(request)
+        stream = request.stream
+        body = b"".join(stream) if isinstance(stream, httpx.ByteStream) else None
+        conn, reused = await self._acquire(pool, request, timeouts)
+        try:
+            return await conn.send(request, head, body, chunked, timeouts)
+        except _StaleConnectionError:
+            if not reused or body is None:
+                conn.abandon()
+                raise httpx.RemoteProtocolError(_CLOSED_BEFORE_RESPONSE, request=request) from None
+        except BaseException:
+            conn.abandon()
+            raise
+        # The upstream closed an idle connection just as it was taken (its keep-alive
+        # timeout ran out): it cannot have seen the request, which is sent once more
+        # on a new connection in the same slot.
+        conn.close()
+        pool.forget(conn)
+        conn = await self._open(pool, request, timeouts.get("connect"))
+        try:
+            return await conn.send(request, head, body, chunked, timeouts)
+        except _StaleConnectionError:
+            conn.abandon()
+            raise httpx.RemoteProtocolError(_CLOSED_BEFORE_RESPONSE, request=request) from None
+        except BaseException:
+            conn.abandon()
+            raise
+
+    async def aclose(self) -> None:
+        """Close every connection, idle or in use."""
+        self._peak_before_close = self.peak_buffered_bytes
+        pools = list(self._pools.values())
+        self._pools.clear()
+        for pool in pools:
+            for conn in list(pool.conns):
+                conn.close()
+            pool.idle.clear()
+        # lets the event loop run the transports' connection_lost callbacks
+        await asyncio.sleep(0)
+
+    def _new_pool(self, key: tuple[bytes, bytes, int | None], request: httpx.Request) -> _HostPool:
+        scheme, host, port = key
+        default_port = _DEFAULT_PORTS.get(scheme)
+        if default_port is None:
+            raise httpx.UnsupportedProtocol(
+                f"the URL scheme {scheme.decode('ascii')!r} is not http or https",
+                request=request,
+            )
+        context = None
+        if scheme == b"https":
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()
+            context = self._ssl_context
+        pool = _HostPool(
+            host.decode("ascii"),
+            port or default_port,
+            context,
+            max_idle=self._max_idle,
+            idle_timeout=self._idle_timeout,
+        )
+        self._pools[key] = pool
+        return pool
+
+    async def _acquire(
+        self, pool: _HostPool, request: httpx.Request, timeouts: Mapping[str, float | None]
+    ) -> tuple[_Connection, bool]:
+        """A connection for the request, and whether it served requests before."""
+        limit = self._max_per_host
+        while True:
+            conn = pool.take_idle()
+            if conn is not None:
+                return conn, True
+            if limit is None or pool.open < limit:
+                pool.open += 1
+                break
+            conn = await self._wait_for_slot(pool, request, timeouts.get("pool"))
+            if conn is None:
+                break
+            if not conn.closed:
+                return conn, True
+            pool.discard(conn)
+        return await self._open(pool, request, timeouts.get("connect")), False
+
+    async def _wait_for_slot(
+        self, pool: _HostPool, request: httpx.Request, timeout: float | None
+    ) -> _Connection | None:
+        """Wait in line for a connection to reuse, or None: a free slot to open one in."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[_Connection | None] = loop.create_future()
+        pool.waiters.append(waiter)
+        timer = (
+            None
+            if timeout is None
+            else loop.call_later(timeout, _expire_pool_wait, waiter, request)
+        )
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                pool.give_back(waiter)
+            if waiter in pool.waiters:
+                pool.waiters.remove(waiter)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _open(
+        self, pool: _HostPool, request: httpx.Request, timeout: float | None
+    ) -> _Connection:
+        """A new connection in a slot already counted in ``pool.open``."""
+        loop = asyncio.get_running_loop()
+        conn = _Connection(pool, self._read_buffer_limit, loop)
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(
+                    lambda: conn,
+                    pool.host,
+                    pool.port,
+                    ssl=pool.ssl,
+                    server_hostname=pool.server_hostname,
+                )
+        except BaseException as error:
+            pool.free_slot()
+            if isinstance(error, TimeoutError):
+                raise httpx.ConnectTimeout(
+                    f"connecting to {pool.host}:{pool.port} timed out", request=request
+                ) from error
+            if isinstance(error, OSError):
+                raise httpx.ConnectError(
+                    f"cannot connect to {pool.host}:{pool.port}: {error}", request=request
+                ) from error
+            raise
+        pool.conns.add(conn)
+        return conn
