@@ -157,6 +157,14 @@ Notes on the goals not met:
 """
 
 
+def _own_report(path: Path) -> list[str]:
+    """A benchmark's own Markdown report, one heading level down; nothing if absent."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return ["#" + line if line.startswith("#") else line for line in lines] + [""]
+
+
 def render(out: Path) -> str:
     parts = [
         "# Benchmarks",
@@ -186,12 +194,8 @@ def render(out: Path) -> str:
     speed = _load(out / "replay_speed.json")
     if speed is not None:
         parts += ["## Replay speed", "", *replay_speed(speed), ""]
-    emulator = out / "emulator_speed.md"
-    if emulator.exists():
-        # its own report, one heading level down
-        lines = emulator.read_text(encoding="utf-8").splitlines()
-        parts += ["#" + line if line.startswith("#") else line for line in lines]
-        parts.append("")
+    for report in ("emulator_speed.md", "proxy_speed.md"):
+        parts += _own_report(out / report)
     return "\n".join(parts)
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Benchmarks: decision quality against the incumbents' rules (both traffic splits) and
-# replay throughput. Raw results go to bench/out/, the tables to docs/benchmarks.md.
-# Takes about 20 minutes on 2 cores; RUNS=300 scripts/bench.sh for a quicker look.
+# Benchmarks: decision quality against the incumbents' rules (both traffic splits),
+# replay throughput, emulator speed and proxy speed (next to nginx; scripts/bench-deps.sh
+# installs nginx and wrk with apt-get when they are missing). Raw results go to
+# bench/out/, the tables to docs/benchmarks.md.
+# Takes about 25 minutes on 2 cores; RUNS=300 scripts/bench.sh for a quicker look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -11,4 +13,6 @@ python -m bench.harness --runs "$RUNS" --traffic 10/90 --out bench/out/1090
 python -m bench.harness --runs "$RUNS" --traffic 50/50 --out bench/out/5050
 python -m bench.replay_speed --lines 1000000 --out bench/out
 python -m bench.emulator_speed --out bench/out
+scripts/bench-deps.sh
+python -m bench.proxy_speed --out bench/out
 python -m bench.summary --out bench/out --doc docs/benchmarks.md
