@@ -48,17 +48,14 @@ def upstream_transport(max_connections: int | None = None) -> httpx.AsyncBaseTra
 def span_reporter(settings: ProxySettings) -> SpanReporter:
     if not settings.spans:
         return NoopSpanReporter()
-    if settings.langfuse_public_key is None or settings.langfuse_secret_key is None:
+    keys = settings.langfuse_keys()
+    if keys is None:
         log.warning(
             "request spans are off: LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY are not "
             "both set (pass --no-spans to silence this)"
         )
         return NoopSpanReporter()
-    return OtlpSpanReporter(
-        settings.langfuse_base_url,
-        settings.langfuse_public_key,
-        settings.langfuse_secret_key.get_secret_value(),
-    )
+    return OtlpSpanReporter(settings.langfuse_base_url, *keys)
 
 
 def build_app(

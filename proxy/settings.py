@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from coalmine.settings import AdminToken, LangfuseConnection
 
 
-class ProxySettings(BaseSettings):
+class ProxySettings(LangfuseConnection, AdminToken):
     """How one proxy process listens, where it reads routing tables, where spans go."""
 
     model_config = SettingsConfigDict(
@@ -26,30 +28,8 @@ class ProxySettings(BaseSettings):
     """SQLite state file the controller writes routing tables to; None: no store, every
     release at canary weight 0 unless pinned."""
 
-    admin_token: SecretStr | None = None
-    """Token that allows ``x-coalmine-force-arm`` (sent as ``x-coalmine-admin-token``)."""
-
-    admin_token_file: Path | None = None
-    """File holding the admin token (a mounted Secret); read once at start."""
-
     spans: bool = True
     """Report every request to Langfuse as the root span of its trace."""
-
-    langfuse_public_key: str | None = Field(
-        default=None, validation_alias=AliasChoices("LANGFUSE_PUBLIC_KEY", "langfuse_public_key")
-    )
-    """Langfuse project public key (``LANGFUSE_PUBLIC_KEY``)."""
-
-    langfuse_secret_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("LANGFUSE_SECRET_KEY", "langfuse_secret_key")
-    )
-    """Langfuse project secret key (``LANGFUSE_SECRET_KEY``); never logged."""
-
-    langfuse_base_url: str = Field(
-        default="https://cloud.langfuse.com",
-        validation_alias=AliasChoices("LANGFUSE_BASE_URL", "LANGFUSE_HOST", "langfuse_base_url"),
-    )
-    """Langfuse server (``LANGFUSE_BASE_URL``, falling back to ``LANGFUSE_HOST``)."""
 
     max_header_bytes: int = Field(default=65536, ge=1024)
     """Requests whose headers add up to more are refused with 431."""
@@ -59,11 +39,3 @@ class ProxySettings(BaseSettings):
 
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long requests in flight may take to finish."""
-
-    def token(self) -> str | None:
-        """The admin token from the setting or its file, None when neither is set."""
-        if self.admin_token is not None:
-            return self.admin_token.get_secret_value() or None
-        if self.admin_token_file is not None:
-            return self.admin_token_file.read_text(encoding="utf-8").strip() or None
-        return None

@@ -1,0 +1,267 @@
+"""Langfuse prompt labels: which version holds a label, and moving a label.
+
+A label sits on one version of a prompt. ``PATCH /api/public/v2/prompts/{name}/
+versions/{v}`` with ``{"newLabels": [label]}`` moves it there atomically (it leaves
+every other version in the same transaction), so a move is idempotent and safe to
+retry after a timeout whose outcome is unknown. A move is read back before it counts.
+
+Errors say what to do next: ``TemporaryError`` (429, 5xx, timeouts, connection
+failures, a garbled answer, the request budget spent, a read-back that disagrees):
+try again later; ``PermanentError`` (401, 403, 404 of the prompt or version, 400):
+retrying the same call will not help.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Protocol
+from urllib.parse import quote
+
+import httpx
+
+from controller.source.budget import RequestBudget, retry_after_seconds, status_class
+from controller.source.langfuse import error_detail
+
+__all__ = [
+    "LabelError",
+    "LabelMoveError",
+    "LangfusePromptLabels",
+    "PermanentError",
+    "PromptLabels",
+    "StaticPromptLabels",
+    "TemporaryError",
+    "prompt_path",
+]
+
+PROMPTS_PATH: Final = "/api/public/v2/prompts"
+LATEST: Final = "latest"
+"""Langfuse keeps this label on the newest version itself; it cannot be moved."""
+
+
+class LabelError(Exception):
+    """Reading or moving a prompt label failed."""
+
+
+class TemporaryError(LabelError):
+    """The call may succeed later: rate limited, Langfuse unavailable or slow, the
+    request budget spent, or an answer that could not be read."""
+
+
+class PermanentError(LabelError):
+    """The call will fail again as made: bad keys, no such prompt or version, a
+    label Langfuse refuses."""
+
+
+class LabelMoveError(TemporaryError):
+    """Langfuse accepted a move, but reading the label back found it elsewhere (another
+    writer moved it in between). Temporary: reconciling moves it again."""
+
+    def __init__(self, prompt: str, label: str, expected: int, found: int | None) -> None:
+        where = "on no version" if found is None else f"on version {found}"
+        super().__init__(
+            f"moved label '{label}' of prompt '{prompt}' to version {expected}, "
+            f"but it reads back {where}"
+        )
+        self.prompt = prompt
+        self.label = label
+        self.expected = expected
+        self.found = found
+
+
+class PromptLabels(Protocol):
+    """Where prompt labels are kept."""
+
+    def version_of(self, prompt: str, label: str) -> int | None:
+        """The version of ``prompt`` that holds ``label``; None when no version does
+        (or there is no such prompt)."""
+        ...
+
+    def move(self, prompt: str, label: str, version: int) -> None:
+        """Put ``label`` on ``version`` of ``prompt`` (it leaves the version that held
+        it) and check that it is there."""
+        ...
+
+
+def prompt_path(name: str) -> str:
+    """A prompt name as one URL path segment: a folder's ``/`` becomes ``%2F``."""
+    return quote(name, safe="")
+
+
+class LangfusePromptLabels:
+    """Prompt labels in Langfuse, through the public API.
+
+    ``budget`` is the request budget of the General API bucket (shared with the sample
+    source): label moves are counted in that bucket on Langfuse Cloud. Reading a prompt
+    falls in the ``prompts`` bucket, which has no limit on any plan, and takes nothing
+    from the budget.
+
+    ``request_counts[(endpoint, status_class)]`` counts requests for metrics
+    (endpoints ``prompt_get`` and ``prompt_label_move``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        public_key: str,
+        secret_key: str,
+        *,
+        budget: RequestBudget,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.budget = budget
+        self.timeout = timeout
+        self._http = httpx.Client(
+            auth=httpx.BasicAuth(public_key, secret_key),
+            timeout=timeout,
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": "coalmine-controller"},
+        )
+        self.request_counts: Counter[tuple[str, str]] = Counter()
+        self._counts_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LangfusePromptLabels({self.base_url!r})"
+
+    def __enter__(self) -> LangfusePromptLabels:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._http.close()
+
+    def version_of(self, prompt: str, label: str) -> int | None:
+        """``GET /api/public/v2/prompts/{name}?label=…``; a 404 is None."""
+        url = f"{self.base_url}{PROMPTS_PATH}/{prompt_path(prompt)}"
+        # resolve=false: the stored version, past Langfuse's prompt cache.
+        response = self._send("prompt_get", "GET", url, params={"label": label, "resolve": "false"})
+        if response.status_code == 404:
+            return None
+        self._raise_for_status(response, f"reading label '{label}' of prompt '{prompt}'")
+        version = _json(response).get("version")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TemporaryError(f"prompt '{prompt}': the answer has no version number")
+        return version
+
+    def move(self, prompt: str, label: str, version: int) -> None:
+        """``PATCH …/versions/{version}`` with ``{"newLabels": [label]}``, then read the
+        label back; ``LabelMoveError`` when it is not on ``version``."""
+        if label == LATEST:
+            raise PermanentError("the label 'latest' is kept by Langfuse and cannot be moved")
+        if not self.budget.try_acquire():
+            raise TemporaryError("request budget spent")
+        url = f"{self.base_url}{PROMPTS_PATH}/{prompt_path(prompt)}/versions/{version}"
+        response = self._send("prompt_label_move", "PATCH", url, json={"newLabels": [label]})
+        what = f"moving label '{label}' of prompt '{prompt}' to version {version}"
+        if response.status_code == 404:
+            raise PermanentError(f"{what}: prompt '{prompt}' has no version {version}")
+        self._raise_for_status(response, what)
+        found = self.version_of(prompt, label)
+        if found != version:
+            raise LabelMoveError(prompt, label, version, found)
+
+    def _send(self, endpoint: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.TimeoutException:
+            self._count(endpoint, "timeout")
+            raise TemporaryError(f"{endpoint}: no answer within {self.timeout:g}s") from None
+        except httpx.TransportError as error:
+            self._count(endpoint, "connection")
+            raise TemporaryError(
+                f"{endpoint}: connection failed ({type(error).__name__})"
+            ) from None
+        except httpx.HTTPError as error:
+            self._count(endpoint, "error")
+            raise TemporaryError(f"{endpoint}: request failed ({type(error).__name__})") from None
+        self._count(endpoint, status_class(response.status_code))
+        if response.status_code == 429:
+            wait = retry_after_seconds(response.headers.get("retry-after"), time.time())
+            self.budget.blocked_until(self.budget.now() + wait)
+            raise TemporaryError(f"{endpoint}: rate limited (429), retry after {wait:g}s")
+        return response
+
+    def _count(self, endpoint: str, status: str) -> None:
+        with self._counts_lock:
+            self.request_counts[(endpoint, status)] += 1
+
+    @staticmethod
+    def _raise_for_status(response: httpx.Response, what: str) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        detail = f"{what}: HTTP {status}{error_detail(response)}"
+        if status >= 500:
+            raise TemporaryError(detail)
+        raise PermanentError(detail)
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise TemporaryError("Langfuse answered something that is not JSON") from None
+    if not isinstance(body, dict):
+        raise TemporaryError("Langfuse answered JSON that is not an object")
+    return body
+
+
+class StaticPromptLabels:
+    """Prompt labels in memory, with Langfuse's rules, for tests.
+
+    ``labels`` maps each prompt to ``{label: version}``; ``versions`` lists each
+    prompt's versions (default: the versions its labels name). ``moves`` records every
+    successful move; ``fail_next`` makes the next calls raise.
+    """
+
+    def __init__(
+        self,
+        labels: Mapping[str, Mapping[str, int]] | None = None,
+        versions: Mapping[str, Iterable[int]] | None = None,
+    ) -> None:
+        self.labels: dict[str, dict[str, int]] = {
+            prompt: dict(held) for prompt, held in (labels or {}).items()
+        }
+        self.versions: dict[str, set[int]] = {
+            prompt: set(held.values()) for prompt, held in self.labels.items()
+        }
+        for prompt, numbers in (versions or {}).items():
+            self.versions.setdefault(prompt, set()).update(numbers)
+            self.labels.setdefault(prompt, {})
+        self.moves: list[tuple[str, str, int]] = []
+        self._failures: list[LabelError] = []
+
+    def add_version(self, prompt: str, version: int, labels: Iterable[str] = ()) -> None:
+        """A new version of ``prompt``, taking ``labels`` from the other versions."""
+        self.versions.setdefault(prompt, set()).add(version)
+        held = self.labels.setdefault(prompt, {})
+        for label in labels:
+            held[label] = version
+
+    def fail_next(self, *errors: LabelError) -> None:
+        """Raise these, one per call, before doing anything else."""
+        self._failures.extend(errors)
+
+    def version_of(self, prompt: str, label: str) -> int | None:
+        self._maybe_fail()
+        return self.labels.get(prompt, {}).get(label)
+
+    def move(self, prompt: str, label: str, version: int) -> None:
+        self._maybe_fail()
+        if label == LATEST:
+            raise PermanentError("the label 'latest' is kept by Langfuse and cannot be moved")
+        if version not in self.versions.get(prompt, set()):
+            raise PermanentError(f"prompt '{prompt}' has no version {version}")
+        self.labels[prompt][label] = version
+        self.moves.append((prompt, label, version))
+
+    def _maybe_fail(self) -> None:
+        if self._failures:
+            raise self._failures.pop(0)

@@ -1,0 +1,729 @@
+"""The control loop: poll, judge, act, reconcile, one ``tick(now)`` at a time.
+
+``tick`` is steppable: tests drive it with a fake clock, the scheduler only calls it.
+Each tick polls the source once for every release, stores what it read with the source's
+cursors, feeds the judge's evidence, then for every release: finishes journalled actions
+left pending (by a crash or a temporary error), starts pending releases whose candidate
+exists, judges running ones when their interval is due, and carries out what the judge
+decided. Every decision is logged with its evidence and its actions journalled in the
+same transaction, before anything is done; every action is idempotent and verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from coalmine.state.routing import initial_table
+from coalmine.state.store import RoutingTableStore, VersionConflictError
+from controller.evidence_log import judgement_summary
+from controller.judge import Decision, Evidence, Judgement, StepStatus, Trace, judge
+from controller.labels import PermanentError, PromptLabels, TemporaryError
+from controller.samples import Cursors, ScoreSample, TraceSample
+from controller.source import SampleSource
+from controller.state import (
+    FINISHED,
+    Action,
+    ActionKind,
+    ActionStatus,
+    ControllerState,
+    LabelMove,
+    Phase,
+    ReleaseState,
+)
+from policies.model import Policy
+
+log = logging.getLogger("coalmine.controller")
+
+SOURCE = "langfuse"
+
+Notify = Callable[[str, ReleaseState, str], None]
+"""Called with (event, release, reason) on promote, rollback and pause."""
+
+
+class ManualActionError(Exception):
+    """A manual action that does not apply to the release as it stands."""
+
+
+def policy_digest(policy: Policy) -> str:
+    return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class _Live:
+    """What the controller keeps in memory per release (rebuilt from the state file)."""
+
+    evidence: Evidence
+    started_at: float
+    next_look: float
+    last: Judgement | None = None
+
+
+@dataclass(slots=True)
+class TickReport:
+    """What one tick did."""
+
+    polled: bool = False
+    poll_error: str | None = None
+    new_traces: int = 0
+    new_scores: int = 0
+    decisions: list[tuple[str, str]] = field(default_factory=list)
+    actions: int = 0
+    action_errors: list[str] = field(default_factory=list)
+
+
+class Controller:
+    """Drives every release its policies describe."""
+
+    def __init__(
+        self,
+        *,
+        state: ControllerState,
+        routing: RoutingTableStore,
+        source: SampleSource,
+        labels: PromptLabels,
+        policies: Callable[[], Mapping[str, Policy]],
+        notify: Notify | None = None,
+    ) -> None:
+        self.state = state
+        self.routing = routing
+        self.source = source
+        self.labels = labels
+        self.policies = policies
+        self.notify = notify
+        self.lock = threading.RLock()
+        self.live: dict[str, _Live] = {}
+        self.last_poll_ok: float | None = None
+        self.last_poll_error: str | None = None
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def tick(self, now: float) -> TickReport:
+        with self.lock:
+            report = TickReport()
+            policies = dict(self.policies())
+            self._poll(policies, now, report)
+            for name, policy in policies.items():
+                try:
+                    self._step(name, policy, now, report)
+                except Exception as error:  # one release's trouble never stops the others
+                    log.exception("release %s: tick failed", name)
+                    report.action_errors.append(f"{name}: {error}")
+            for release in self.state.releases():
+                if release.name not in policies and release.phase not in FINISHED:
+                    self._abort_orphan(release, now, report)
+            return report
+
+    def _poll(self, policies: Mapping[str, Policy], now: float, report: TickReport) -> None:
+        running = {
+            name: policy
+            for name, policy in policies.items()
+            if (release := self.state.release(name)) is not None
+            and release.phase in (Phase.CANARY, Phase.PAUSED)
+        }
+        if not running:
+            return
+        cursors = self.state.cursors(SOURCE) or _first_cursors(running, self.state, now)
+        poll = self.source.poll(running, cursors, now)
+        report.polled = True
+        if not poll.ok:
+            report.poll_error = poll.error
+            self.last_poll_error = poll.error
+            log.warning("poll failed: %s", poll.error)
+            return
+        self.last_poll_ok = now
+        self.last_poll_error = None
+        traces, scores = self.state.store_poll(SOURCE, poll.cursors, poll.traces, poll.scores)
+        report.new_traces, report.new_scores = len(traces), len(scores)
+        self._feed(traces, scores)
+
+    def _feed(self, traces: list[TraceSample], scores: list[ScoreSample]) -> None:
+        """Give new samples to the evidence of running releases."""
+        by_trace: dict[str, str] = {}
+        for trace in traces:
+            live = self.live.get(trace.release)
+            if live is None or trace.ts < live.started_at:
+                continue
+            live.evidence.add_trace(_trace(trace))
+            by_trace[trace.trace_id] = trace.release
+        if traces:
+            # scores that came before their trace was seen
+            for score in self.state.scores_of([trace.trace_id for trace in traces]):
+                if score.trace_id in by_trace:
+                    self._add_score(by_trace[score.trace_id], score)
+        fresh = {score.trace_id for score in scores} - set(by_trace)
+        owners = self.state.release_of_traces(sorted(fresh)) if fresh else {}
+        for score in scores:
+            release = owners.get(score.trace_id)
+            if release is not None:
+                self._add_score(release, score)
+
+    def _add_score(self, release: str, score: ScoreSample) -> None:
+        live = self.live.get(release)
+        if live is not None:
+            live.evidence.add_scores(score.trace_id, {score.name: score.value}, score.at)
+
+    def _step(self, name: str, policy: Policy, now: float, report: TickReport) -> None:
+        release = self.state.release(name)
+        if release is None or (
+            release.phase is Phase.PENDING and release.policy_digest != policy_digest(policy)
+        ):
+            release = ReleaseState(
+                name=name, phase=Phase.PENDING, updated_at=now, policy_digest=policy_digest(policy)
+            )
+            self.state.save_release(release)
+        self._run_pending_actions(name, policy, now, report)
+        release = self.state.release(name) or release
+        if release.phase is Phase.PENDING:
+            self._maybe_start(release, policy, now, report)
+            return
+        if release.phase in FINISHED:
+            self.live.pop(name, None)
+            self._reconcile_weight(release, policy, now, report)
+            return
+        live = self._live(release, policy)
+        self._reconcile_weight(release, policy, now, report)
+        if release.phase is not Phase.CANARY or now < live.next_look:
+            return
+        live.evidence.advance(max(now, live.evidence.observed_until))
+        step = StepStatus(release.step, release.step_started_at or now)
+        judgement = judge(policy, live.evidence, step, now)
+        live.last = judgement
+        live.next_look = now + policy.analysis.interval
+        if judgement.decision is not Decision.CONTINUE:
+            self._carry_out(release, policy, judgement, now, report)
+
+    # -- starting ------------------------------------------------------------------------
+
+    def _maybe_start(
+        self, release: ReleaseState, policy: Policy, now: float, report: TickReport
+    ) -> None:
+        stable = candidate = None
+        prompt = policy.target.prompt
+        if prompt is not None:
+            try:
+                stable = self.labels.version_of(prompt.name, prompt.stable_label)
+                candidate = self.labels.version_of(prompt.name, prompt.canary_label)
+            except (TemporaryError, PermanentError) as error:
+                report.action_errors.append(f"{release.name}: {error}")
+                return
+            if candidate is None or candidate == stable:
+                return
+        elif policy.target.upstreams is None or policy.target.upstreams.canary is None:
+            return
+        weight = policy.steps[0].weight
+        started = replace(
+            release,
+            phase=Phase.CANARY,
+            step=0,
+            step_starts=(now,),
+            canary_weight=weight,
+            stable_version=stable,
+            candidate_version=candidate,
+            updated_at=now,
+            reason="candidate found",
+        )
+        reason = (
+            f"candidate version {candidate} against stable version {stable}"
+            if prompt is not None
+            else "canary upstream configured"
+        )
+        self._decide(
+            started,
+            policy,
+            now=now,
+            decision="start",
+            reason=reason,
+            actor="controller",
+            evidence={},
+            actions=[(ActionKind.SET_WEIGHT, {"weight": weight})],
+            report=report,
+        )
+
+    def _live(self, release: ReleaseState, policy: Policy) -> _Live:
+        live = self.live.get(release.name)
+        started_at = release.started_at
+        assert started_at is not None
+        if live is not None and live.started_at == started_at:
+            return live
+        evidence = Evidence(policy, started_at)
+        for index, at in enumerate(release.step_starts[1:], start=1):
+            evidence.open_step(index, at)
+        live = _Live(evidence, started_at, next_look=started_at + policy.analysis.interval)
+        self.live[release.name] = live
+        traces = self.state.traces(release.name, started_at)
+        for trace in traces:
+            evidence.add_trace(_trace(trace))
+        for score in self.state.scores_for_release(release.name, started_at):
+            evidence.add_scores(score.trace_id, {score.name: score.value}, score.at)
+        return live
+
+    # -- deciding and acting ---------------------------------------------------------------
+
+    def _carry_out(
+        self,
+        release: ReleaseState,
+        policy: Policy,
+        judgement: Judgement,
+        now: float,
+        report: TickReport,
+    ) -> None:
+        decision = judgement.decision
+        evidence = judgement_summary(judgement)
+        if decision is Decision.ADVANCE:
+            step = release.step + 1
+            weight = policy.steps[step].weight
+            advanced = replace(
+                release,
+                step=step,
+                step_starts=(*release.step_starts, now),
+                canary_weight=weight,
+                updated_at=now,
+                reason=judgement.reason,
+            )
+            self.live[release.name].evidence.open_step(step, now)
+            actions = [(ActionKind.SET_WEIGHT, {"weight": weight})]
+            self._decide(
+                advanced,
+                policy,
+                now=now,
+                decision="advance",
+                reason=judgement.reason,
+                actor="controller",
+                evidence=evidence,
+                actions=actions,
+                report=report,
+            )
+        elif decision is Decision.PROMOTE:
+            self._promote(
+                release,
+                policy,
+                now=now,
+                reason=judgement.reason,
+                actor="controller",
+                evidence=evidence,
+                report=report,
+            )
+        elif decision is Decision.ROLLBACK:
+            self._rollback(
+                release,
+                policy,
+                now=now,
+                reason=judgement.reason,
+                actor="controller",
+                evidence=evidence,
+                report=report,
+            )
+        elif decision is Decision.PAUSE:
+            self._pause(
+                release,
+                policy,
+                now=now,
+                reason=judgement.reason,
+                actor="controller",
+                evidence=evidence,
+                report=report,
+            )
+
+    def _promote(
+        self,
+        release: ReleaseState,
+        policy: Policy,
+        *,
+        now: float,
+        reason: str,
+        actor: str,
+        evidence: dict[str, Any],
+        report: TickReport,
+    ) -> None:
+        actions: list[tuple[ActionKind, dict[str, Any]]] = []
+        prompt = policy.target.prompt
+        if prompt is not None and release.candidate_version is not None:
+            actions.append(
+                (
+                    ActionKind.MOVE_LABEL,
+                    {
+                        "prompt": prompt.name,
+                        "label": prompt.stable_label,
+                        "version": release.candidate_version,
+                    },
+                )
+            )
+            actions.append(
+                (
+                    ActionKind.MOVE_LABEL,
+                    {
+                        "prompt": prompt.name,
+                        "label": prompt.canary_label,
+                        "version": release.candidate_version,
+                    },
+                )
+            )
+        upstreams = policy.target.upstreams
+        weight = 100.0 if upstreams is not None and upstreams.canary is not None else 0.0
+        actions.append((ActionKind.SET_WEIGHT, {"weight": weight}))
+        promoted = replace(
+            release, phase=Phase.PROMOTED, canary_weight=weight, updated_at=now, reason=reason
+        )
+        self._decide(
+            promoted,
+            policy,
+            now=now,
+            decision="promote",
+            reason=reason,
+            actor=actor,
+            evidence=evidence,
+            actions=actions,
+            report=report,
+        )
+
+    def _rollback(
+        self,
+        release: ReleaseState,
+        policy: Policy,
+        *,
+        now: float,
+        reason: str,
+        actor: str,
+        evidence: dict[str, Any],
+        report: TickReport,
+    ) -> None:
+        # the weight first: it is local and takes effect within a second
+        actions: list[tuple[ActionKind, dict[str, Any]]] = [
+            (ActionKind.SET_WEIGHT, {"weight": 0.0})
+        ]
+        prompt = policy.target.prompt
+        if prompt is not None and release.stable_version is not None:
+            if release.phase is Phase.PROMOTED:
+                actions.append(
+                    (
+                        ActionKind.MOVE_LABEL,
+                        {
+                            "prompt": prompt.name,
+                            "label": prompt.stable_label,
+                            "version": self._version_before_promotion(release, prompt.name),
+                        },
+                    )
+                )
+            actions.append(
+                (
+                    ActionKind.MOVE_LABEL,
+                    {
+                        "prompt": prompt.name,
+                        "label": prompt.canary_label,
+                        "version": release.stable_version,
+                    },
+                )
+            )
+        rolled = replace(
+            release, phase=Phase.ROLLED_BACK, canary_weight=0.0, updated_at=now, reason=reason
+        )
+        self._decide(
+            rolled,
+            policy,
+            now=now,
+            decision="rollback",
+            reason=reason,
+            actor=actor,
+            evidence=evidence,
+            actions=actions,
+            report=report,
+        )
+
+    def _version_before_promotion(self, release: ReleaseState, prompt: str) -> int:
+        """Where the stable label was before this release moved it (label history)."""
+        assert release.stable_version is not None
+        for move in reversed(self.state.label_moves(release.name)):
+            promoted_here = (
+                move.prompt == prompt
+                and move.to_version == release.candidate_version
+                and move.from_version is not None
+            )
+            if promoted_here and move.from_version is not None:
+                return move.from_version
+        return release.stable_version
+
+    def _pause(
+        self,
+        release: ReleaseState,
+        policy: Policy,
+        *,
+        now: float,
+        reason: str,
+        actor: str,
+        evidence: dict[str, Any],
+        report: TickReport,
+    ) -> None:
+        paused = replace(
+            release,
+            phase=Phase.PAUSED,
+            resume_phase=release.phase,
+            updated_at=now,
+            reason=reason,
+        )
+        self._decide(
+            paused,
+            policy,
+            now=now,
+            decision="pause",
+            reason=reason,
+            actor=actor,
+            evidence=evidence,
+            actions=[],
+            report=report,
+        )
+
+    def _decide(
+        self,
+        release: ReleaseState,
+        policy: Policy,
+        *,
+        now: float,
+        decision: str,
+        reason: str,
+        actor: str,
+        evidence: dict[str, Any],
+        actions: list[tuple[ActionKind, dict[str, Any]]],
+        report: TickReport,
+    ) -> None:
+        self.state.decide(
+            release,
+            at=now,
+            decision=decision,
+            actor=actor,
+            reason=reason,
+            evidence=evidence,
+            actions=actions,
+        )
+        report.decisions.append((release.name, decision))
+        log.info("release %s: %s by %s: %s", release.name, decision, actor, reason)
+        self._run_pending_actions(release.name, policy, now, report)
+        if self.notify is not None and decision in ("promote", "rollback", "pause"):
+            self.notify(decision, release, reason)
+
+    def _run_pending_actions(
+        self, name: str, policy: Policy, now: float, report: TickReport
+    ) -> None:
+        for action in self.state.pending_actions(name):
+            try:
+                self._execute(action, policy, now)
+            except TemporaryError as error:
+                report.action_errors.append(f"{name}: {error} (will retry)")
+                log.warning("release %s: action %s will be retried: %s", name, action.id, error)
+                return  # keep the order: later actions wait for this one
+            except (PermanentError, ValueError) as error:
+                self.state.finish_action(
+                    action, at=now, status=ActionStatus.FAILED, error=str(error)
+                )
+                report.action_errors.append(f"{name}: {error}")
+                log.error("release %s: action %s failed: %s", name, action.id, error)
+                continue
+            report.actions += 1
+
+    def _execute(self, action: Action, policy: Policy, now: float) -> None:
+        if action.kind is ActionKind.SET_WEIGHT:
+            self._write_weight(policy, float(action.intent["weight"]), now)
+            self.state.finish_action(action, at=now)
+            return
+        prompt = str(action.intent["prompt"])
+        label = str(action.intent["label"])
+        version = int(action.intent["version"])
+        current = self.labels.version_of(prompt, label)
+        if action.observed is None:
+            self.state.observe_action(action.id, {"from": current})
+            before = current
+        else:
+            before = action.observed.get("from")
+        if current != version:
+            self.labels.move(prompt, label, version)
+        decision = self.state.decisions(action.release, limit=1)
+        actor = decision[0].actor if decision else "controller"
+        reason = decision[0].reason if decision else ""
+        move = (
+            None
+            if before == version
+            else LabelMove(
+                release=action.release,
+                prompt=prompt,
+                label=label,
+                from_version=before,
+                to_version=version,
+                at=now,
+                actor=actor,
+                reason=reason,
+            )
+        )
+        self.state.finish_action(action, at=now, label_move=move)
+
+    def _write_weight(self, policy: Policy, weight: float, now: float) -> None:
+        for _ in range(5):
+            table = self.routing.read(policy.name)
+            if table is None:
+                fresh = initial_table(policy, weight).model_copy(update={"reason": "controller"})
+                try:
+                    self.routing.write(fresh, None)
+                    return
+                except VersionConflictError:
+                    continue
+            if table.canary_weight == weight:
+                return
+            try:
+                self.routing.write(
+                    table.model_copy(update={"canary_weight": weight, "reason": "controller"}),
+                    table.version,
+                )
+                return
+            except VersionConflictError:
+                continue
+        raise TemporaryError(f"routing table of '{policy.name}' keeps changing under the writer")
+
+    def _reconcile_weight(
+        self, release: ReleaseState, policy: Policy, now: float, report: TickReport
+    ) -> None:
+        """Level-triggered repair: the routing table holds the weight the state says."""
+        if self.state.pending_actions(release.name):
+            return
+        table = self.routing.read(policy.name)
+        if table is not None and table.canary_weight == release.canary_weight:
+            return
+        log.warning(
+            "release %s: routing table holds %s, state says %s: repairing",
+            release.name,
+            None if table is None else table.canary_weight,
+            release.canary_weight,
+        )
+        try:
+            self._write_weight(policy, release.canary_weight, now)
+        except TemporaryError as error:
+            report.action_errors.append(f"{release.name}: {error}")
+
+    def _abort_orphan(self, release: ReleaseState, now: float, report: TickReport) -> None:
+        """A running release whose policy file is gone: the canary gets no more traffic."""
+        aborted = replace(
+            release,
+            phase=Phase.ABORTED,
+            canary_weight=0.0,
+            updated_at=now,
+            reason="policy removed",
+        )
+        self.state.decide(
+            aborted,
+            at=now,
+            decision="abort",
+            actor="controller",
+            reason="its policy file was removed",
+            evidence={},
+            actions=[],
+        )
+        report.decisions.append((release.name, "abort"))
+        table = self.routing.read(release.name)
+        if table is not None and table.canary_weight != 0.0:
+            try:
+                self.routing.write(
+                    table.model_copy(update={"canary_weight": 0.0, "reason": "policy removed"}),
+                    table.version,
+                )
+            except VersionConflictError as error:
+                report.action_errors.append(f"{release.name}: {error}")
+        self.live.pop(release.name, None)
+
+    # -- manual actions ------------------------------------------------------------------
+
+    def manual(
+        self, name: str, action: str, *, actor: str, now: float, reason: str = ""
+    ) -> ReleaseState:
+        """promote, rollback, pause, resume or abort a release by hand."""
+        with self.lock:
+            policy = self.policies().get(name)
+            release = self.state.release(name)
+            if policy is None or release is None:
+                raise ManualActionError(f"no release named {name!r}")
+            why = reason or f"{action} by {actor}"
+            report = TickReport()
+            running = release.phase in (Phase.CANARY, Phase.PAUSED)
+            if action == "promote" and running:
+                self._promote(
+                    release, policy, now=now, reason=why, actor=actor, evidence={}, report=report
+                )
+            elif action == "rollback" and (running or release.phase is Phase.PROMOTED):
+                self._rollback(
+                    release, policy, now=now, reason=why, actor=actor, evidence={}, report=report
+                )
+            elif action == "pause" and release.phase is Phase.CANARY:
+                self._pause(
+                    release, policy, now=now, reason=why, actor=actor, evidence={}, report=report
+                )
+            elif action == "resume" and release.phase is Phase.PAUSED:
+                resumed = replace(
+                    release,
+                    phase=release.resume_phase or Phase.CANARY,
+                    resume_phase=None,
+                    updated_at=now,
+                    reason=why,
+                )
+                self._decide(
+                    resumed,
+                    policy,
+                    now=now,
+                    decision="resume",
+                    reason=why,
+                    actor=actor,
+                    evidence={},
+                    actions=[],
+                    report=report,
+                )
+                live = self.live.get(name)
+                if live is not None:
+                    live.next_look = now
+            elif action == "abort" and release.phase not in FINISHED:
+                aborted = replace(
+                    release, phase=Phase.ABORTED, canary_weight=0.0, updated_at=now, reason=why
+                )
+                actions = [(ActionKind.SET_WEIGHT, {"weight": 0.0})]
+                self._decide(
+                    aborted,
+                    policy,
+                    now=now,
+                    decision="abort",
+                    reason=why,
+                    actor=actor,
+                    evidence={},
+                    actions=actions,
+                    report=report,
+                )
+            else:
+                raise ManualActionError(
+                    f"cannot {action} release {name!r}: it is {release.phase.value}"
+                )
+            if report.action_errors:
+                raise ManualActionError("; ".join(report.action_errors))
+            return self.state.release(name) or release
+
+    def last_judgement(self, name: str) -> Judgement | None:
+        live = self.live.get(name)
+        return None if live is None else live.last
+
+
+def _trace(sample: TraceSample) -> Trace:
+    return Trace(
+        trace_id=sample.trace_id,
+        arm=sample.arm,
+        ts=sample.ts,
+        error=sample.error,
+        latency_ms=sample.latency_ms,
+        cost_usd=sample.cost_usd,
+    )
+
+
+def _first_cursors(running: Mapping[str, Policy], state: ControllerState, now: float) -> Cursors:
+    starts = [
+        release.started_at
+        for name in running
+        if (release := state.release(name)) is not None and release.started_at is not None
+    ]
+    start = min(starts, default=now)
+    return Cursors(observations_from=start, scores_from=start)

@@ -1,0 +1,43 @@
+"""Settings of the controller, from the environment (``COALMINE_*``, Langfuse's own names
+for its keys) and then from command-line flags, which win."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from coalmine.settings import AdminToken, LangfuseConnection
+from controller.source.budget import DEFAULT_PER_MINUTE
+
+
+class ControllerSettings(LangfuseConnection, AdminToken):
+    """Where the controller keeps state, listens, reads Langfuse and sends alerts."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COALMINE_", extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    state: Path = Path("coalmine-state.db")
+    """SQLite state file (WAL); the proxy reads its routing tables from the same file."""
+
+    admin_listen: str = "127.0.0.1:9465"
+    """HOST:PORT of the admin API and dashboard."""
+
+    metrics_listen: str | None = "127.0.0.1:9466"
+    """HOST:PORT of the controller's Prometheus metrics; None: no endpoint."""
+
+    tick_seconds: float | None = Field(default=None, gt=0)
+    """Seconds between two ticks; None: the shortest ``analysis.interval`` of the
+    policies (at least 1 s)."""
+
+    requests_per_minute: int = Field(default=DEFAULT_PER_MINUTE, ge=1)
+    """Langfuse requests a minute the controller allows itself (General API bucket; the
+    default leaves room under the Hobby plan's 30 for the app and people)."""
+
+    webhook_url: str | None = None
+    """JSON webhook called on promote, rollback and pause."""
+
+    slack_webhook_url: str | None = None
+    """Slack incoming webhook called on promote, rollback and pause."""

@@ -1,0 +1,722 @@
+"""Samples from Langfuse's public API: observations v2 for traces, scores v3 for scores.
+
+One poll serves every running release with one query per kind of row, so the number of
+requests grows with traffic, not with the number of releases:
+
+* ``GET /api/public/v2/observations``, filtered on the release tags of all releases at
+  once (``tags`` *any of*), with the field groups ``core,basic,usage,trace_context,
+  prompt``, paged by ``meta.cursor``. Rows are grouped by trace. A trace is reported
+  once its root observation (``isRootObservation``) has arrived and ended ``settle``
+  seconds (default 10) before ``now``, so the app's spans exported a little after the
+  proxy's root are still counted in its cost and errors. Release and arm come from the
+  root's tags; a root whose tags name no running release, no arm, or several of either,
+  is skipped and counted in ``skipped["trace_untagged"]``.
+* ``GET /api/public/v3/scores``, filtered on the score names the policies use, with the
+  ``subject`` field group (a score's trace is ``subject.id`` for a trace score and
+  ``subject.traceId`` for an observation score; session and experiment scores are
+  skipped). Every score is reported; the caller joins scores to traces by trace id.
+
+Cursors and lookback
+--------------------
+A cursor is a time: every row whose start time (scores: timestamp) is before it and
+that was readable when it was set has been read. A poll reads from ``cursor -
+lookback`` up to ``now`` and, when it read everything, moves the cursor to ``now``.
+
+The lookback covers what becomes readable late. The proxy writes a request's root span
+when the request ends, stamped with the time it *started*; then ingestion takes a
+moment. So a root appears up to (longest request + ingestion lag) after its start
+time, and must still be inside the next poll's window, which is also held back by
+``settle``. The lookback of observations is therefore the larger of ``lookback``
+(default 2 minutes) and the longest ``routing.readTimeout`` of the policies plus 60 s
+plus ``settle``. ``readTimeout`` bounds a request that waits for its upstream; a
+response that keeps streaming for longer than the lookback can end too late to be
+read, and its trace is not reported. The lookback of scores (``score_lookback``,
+default 60 s) only covers ingestion lag: a score's timestamp is when it was made.
+
+Each poll thus reads again what the previous one read within the lookback: traces
+already reported come back (the caller deduplicates by trace id), bounded by the
+traffic of one lookback. A trace is never reported twice in one poll.
+
+After a long pause the window from the cursor to ``now`` can hold more rows than one
+poll's request budget can read. Each poll therefore advances a cursor by at most
+``max_window`` seconds (default 10 minutes): the controller catches up slice by slice
+instead of starting again from the newest row every time.
+
+A poll that cannot read everything (budget spent, 429, 5xx, timeout, a body that is
+not what the API documents) returns ``ok`` False with its cursors unchanged, so the
+next poll reads the same rows again. It still carries what it read completely: the
+scores of the pages read, and the traces whose every observation lies in the pages
+read (rows come newest first, and a trace's observations start no earlier than its
+root, give or take ``CLOCK_SKEW``).
+
+Known limits: a span the app exports more than ``settle`` seconds after its root
+ended is not counted in that trace's cost or errors (the trace was reported without
+it); observations without the release's tags (an app that does not propagate them)
+are not read at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import httpx
+
+from coalmine.conventions import TAG_PREFIX, release_tag
+from controller.judge import Arm, ScoreValue
+from controller.samples import Cursors, Poll, ScoreSample, TraceSample
+from controller.source.budget import Clock, RequestBudget, retry_after_seconds, status_class
+from policies.model import MetricSource, Policy
+
+__all__ = [
+    "CLOCK_SKEW",
+    "DEFAULT_LOOKBACK",
+    "DEFAULT_MAX_WINDOW",
+    "DEFAULT_SCORE_LOOKBACK",
+    "DEFAULT_SETTLE",
+    "INGESTION_MARGIN",
+    "LangfuseSource",
+    "error_detail",
+]
+
+log = logging.getLogger("coalmine.controller.source")
+
+OBSERVATIONS: Final = "observations"
+SCORES: Final = "scores"
+OBSERVATIONS_PATH: Final = "/api/public/v2/observations"
+SCORES_PATH: Final = "/api/public/v3/scores"
+OBSERVATION_FIELDS: Final = "core,basic,usage,trace_context,prompt"
+SCORE_FIELDS: Final = "subject"
+MAX_OBSERVATIONS_PAGE: Final = 1000
+"""Langfuse's largest page of observations v2."""
+SCORES_PAGE: Final = 100
+"""Langfuse's largest page of scores v3."""
+
+DEFAULT_LOOKBACK: Final = 120.0
+"""Seconds each poll of observations reads again before its cursor, at least."""
+INGESTION_MARGIN: Final = 60.0
+"""Seconds allowed for a finished span to become readable (ingestion lag and clock
+differences between the proxy and the controller)."""
+DEFAULT_SCORE_LOOKBACK: Final = 60.0
+"""Seconds each poll of scores reads again before its cursor."""
+DEFAULT_SETTLE: Final = 10.0
+"""Seconds a root must have ended before ``now`` for its trace to be reported."""
+DEFAULT_MAX_WINDOW: Final = 600.0
+"""Seconds a poll may move a cursor forward at most."""
+CLOCK_SKEW: Final = 1.0
+"""Seconds by which an app span may start before the proxy's root span (the clocks of
+two hosts), for deciding which traces a partial read holds completely."""
+
+BACKOFF_BASE: Final = 5.0
+BACKOFF_CAP: Final = 600.0
+
+_ARM_PREFIX: Final = f"{TAG_PREFIX}arm:"
+_ARMS: Final = {arm.value: arm for arm in Arm}
+_NO_TIME: Final = float("-inf")
+
+
+class _PollError(Exception):
+    """The poll cannot go on; ``message`` is its one-line error."""
+
+    def __init__(self, message: str, *, budget: bool = False, retry_at: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.budget = budget
+        self.retry_at = retry_at
+
+
+@dataclass(frozen=True, slots=True)
+class _Observation:
+    """The fields of an observation row that samples are made of."""
+
+    id: str
+    trace_id: str
+    start: float
+    end: float | None
+    is_root: bool
+    level: str | None
+    tags: tuple[str, ...]
+    cost: float | None
+    type: str | None
+    prompt_name: str | None
+    prompt_version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """Rows to read: start (or score) times in [start, end); the cursor moves to end."""
+
+    start: float
+    end: float
+
+
+@dataclass
+class _Reading:
+    """What one poll has read so far."""
+
+    rows: dict[tuple[str, str], _Observation] = field(default_factory=dict)
+    oldest: float | None = None
+    """Earliest start time among the rows read."""
+    observations_done: bool = False
+    scores: dict[str, ScoreSample] = field(default_factory=dict)
+
+    def add(self, row: _Observation) -> None:
+        self.rows[(row.trace_id, row.id)] = row
+        self.oldest = row.start if self.oldest is None else min(self.oldest, row.start)
+
+    @property
+    def complete_from(self) -> float:
+        """Traces whose root started at or after this time were read completely."""
+        if self.observations_done:
+            return _NO_TIME
+        if self.oldest is None:
+            return math.inf
+        # Pages come newest first: below the oldest row read, rows are still unread.
+        return self.oldest + CLOCK_SKEW
+
+
+class LangfuseSource:
+    """Reads traces and scores of every running release from Langfuse.
+
+    ``budget`` is the request budget of Langfuse's General API bucket, shared with the
+    other clients of that bucket in this process. ``clock`` (default: the budget's)
+    drives the budget, the backoff and ``retry_at``; ``now``, given to each poll,
+    places the read windows among the rows' timestamps.
+
+    Counters for metrics: ``request_counts[(endpoint, status_class)]`` (endpoint
+    ``observations`` or ``scores``; status class ``2xx``, ``3xx``, ``4xx``, ``429``,
+    ``5xx``, ``timeout``, ``connection`` or ``error``) and ``skipped[reason]`` (rows
+    and traces left out: ``observation_malformed``, ``trace_untagged``,
+    ``trace_multiple_roots``, ``score_malformed``, ``score_not_trace``; a trace seen
+    again in a later poll's lookback is counted again).
+
+    After a failed poll, ``retry_at`` (clock time) says when to poll again: polls made
+    before then fail at once without a request. It grows exponentially, with jitter,
+    over consecutive failures; a 429 holds it until its ``Retry-After``. A poll stopped
+    only by the budget sets it to when the budget has room again.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        public_key: str,
+        secret_key: str,
+        *,
+        budget: RequestBudget,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 10.0,
+        clock: Clock | None = None,
+        page_limit: int = MAX_OBSERVATIONS_PAGE,
+        lookback: float = DEFAULT_LOOKBACK,
+        score_lookback: float = DEFAULT_SCORE_LOOKBACK,
+        settle: float = DEFAULT_SETTLE,
+        max_window: float = DEFAULT_MAX_WINDOW,
+        backoff: float = BACKOFF_BASE,
+        max_backoff: float = BACKOFF_CAP,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 1 <= page_limit <= MAX_OBSERVATIONS_PAGE:
+            raise ValueError(f"page_limit must be 1 to {MAX_OBSERVATIONS_PAGE}, not {page_limit}")
+        for name, value in (
+            ("lookback", lookback),
+            ("score_lookback", score_lookback),
+            ("settle", settle),
+        ):
+            if not value >= 0:
+                raise ValueError(f"{name} must be at least 0, not {value}")
+        if not max_window > 0 or not backoff > 0 or not max_backoff >= backoff:
+            raise ValueError("max_window and backoff must be positive, max_backoff >= backoff")
+        self.base_url = base_url.rstrip("/")
+        self.budget = budget
+        self.timeout = timeout
+        self.page_limit = page_limit
+        self.lookback = lookback
+        self.score_lookback = score_lookback
+        self.settle = settle
+        self.max_window = max_window
+        self._clock = clock or budget.now
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._rng = rng or random.Random()
+        self._http = httpx.Client(
+            auth=httpx.BasicAuth(public_key, secret_key),
+            timeout=timeout,
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": "coalmine-controller"},
+        )
+        self._lock = threading.Lock()
+        self.request_counts: Counter[tuple[str, str]] = Counter()
+        self._poll_requests: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.consecutive_failures = 0
+        self.retry_at: float | None = None
+
+    def __repr__(self) -> str:
+        return f"LangfuseSource({self.base_url!r})"
+
+    def __enter__(self) -> LangfuseSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._http.close()
+
+    def lookback_for(self, releases: Mapping[str, Policy]) -> float:
+        """Seconds a poll of these releases reads again before the observations cursor."""
+        longest = max((policy.routing.read_timeout for policy in releases.values()), default=0.0)
+        return max(self.lookback, longest + INGESTION_MARGIN + self.settle)
+
+    # ------------------------------------------------------------------------- polling
+
+    def poll(self, releases: Mapping[str, Policy], cursors: Cursors | None, now: float) -> Poll:
+        """Read the traces and scores of ``releases`` (by name) that arrived since
+        ``cursors`` (None: read the last lookback before ``now``). Never raises for
+        trouble with Langfuse: see the module's docstring."""
+        with self._lock:
+            return self._poll(releases, cursors, now)
+
+    def _poll(self, releases: Mapping[str, Policy], cursors: Cursors | None, now: float) -> Poll:
+        start = cursors or Cursors(observations_from=now, scores_from=now)
+        if self.consecutive_failures and self.retry_at is not None:
+            wait = self.retry_at - self._clock()
+            if wait > 0:
+                return Poll(
+                    ok=False,
+                    cursors=start,
+                    error=f"backing off after {self.consecutive_failures} failed polls "
+                    f"for another {wait:.0f}s",
+                )
+        observed = self._window(start.observations_from, self.lookback_for(releases), now)
+        scored = self._window(start.scores_from, self.score_lookback, now)
+        reading = _Reading()
+        self._poll_requests.clear()
+        stop: _PollError | None = None
+        try:
+            self._read_observations(releases, observed, reading)
+            self._read_scores(releases, scored, reading)
+        except _PollError as stopped:
+            stop = stopped
+        requests = dict(self._poll_requests)
+        settled_before = min(now, observed.end) - self.settle
+        traces = self._traces(
+            reading.rows.values(), releases, settled_before, reading.complete_from
+        )
+        scores = tuple(reading.scores.values())
+        if stop is not None:
+            self._failed(stop)
+            log.warning("Langfuse poll incomplete: %s", stop.message)
+            return Poll(
+                ok=False,
+                cursors=start,
+                traces=traces,
+                scores=scores,
+                error=stop.message,
+                requests=requests,
+            )
+        self.consecutive_failures = 0
+        self.retry_at = None
+        return Poll(
+            ok=True,
+            cursors=Cursors(observations_from=observed.end, scores_from=scored.end),
+            traces=traces,
+            scores=scores,
+            requests=requests,
+        )
+
+    def _read_observations(
+        self, releases: Mapping[str, Policy], window: _Window, reading: _Reading
+    ) -> None:
+        tags = sorted(release_tag(name) for name in releases)
+        if tags:
+            for page in self._pages(OBSERVATIONS, self._observation_query(tags, window)):
+                for raw in page:
+                    row = _parse_observation(raw)
+                    if row is None:
+                        self.skipped["observation_malformed"] += 1
+                    else:
+                        reading.add(row)
+        reading.observations_done = True
+
+    def _read_scores(
+        self, releases: Mapping[str, Policy], window: _Window, reading: _Reading
+    ) -> None:
+        names = _score_names(releases.values())
+        if names:
+            for page in self._pages(SCORES, _score_query(names, window)):
+                for raw in page:
+                    score = self._parse_score(raw)
+                    if score is not None:
+                        reading.scores[score.score_id] = score
+
+    def _window(self, cursor: float, lookback: float, now: float) -> _Window:
+        end = max(cursor, min(now, cursor + self.max_window))
+        return _Window(start=cursor - lookback, end=end)
+
+    def _observation_query(self, tags: list[str], window: _Window) -> dict[str, str]:
+        since, until = _iso(window.start), _iso(window.end)
+        conditions = [
+            {"type": "arrayOptions", "column": "tags", "operator": "any of", "value": tags},
+            # The filter takes precedence over the plain parameters: the times go in both.
+            {"type": "datetime", "column": "startTime", "operator": ">=", "value": since},
+            {"type": "datetime", "column": "startTime", "operator": "<", "value": until},
+        ]
+        return {
+            "fields": OBSERVATION_FIELDS,
+            "limit": str(self.page_limit),
+            "fromStartTime": since,
+            "toStartTime": until,
+            "filter": json.dumps(conditions, separators=(",", ":")),
+        }
+
+    def _failed(self, stop: _PollError) -> None:
+        clock = self._clock()
+        if stop.budget:
+            self.retry_at = self.budget.available_at(clock)
+            return
+        self.consecutive_failures += 1
+        ceiling = min(self._max_backoff, self._backoff * 2.0 ** (self.consecutive_failures - 1))
+        retry_at = clock + ceiling * self._rng.uniform(0.5, 1.0)
+        if stop.retry_at is not None:
+            retry_at = max(retry_at, stop.retry_at)
+        self.retry_at = retry_at
+
+    # ------------------------------------------------------------------------- HTTP
+
+    def _pages(self, endpoint: str, query: dict[str, str]) -> Iterator[list[Any]]:
+        """The ``data`` of each page, following ``meta.cursor`` to the end."""
+        cursor: str | None = None
+        path = OBSERVATIONS_PATH if endpoint == OBSERVATIONS else SCORES_PATH
+        while True:
+            params = dict(query) if cursor is None else {**query, "cursor": cursor}
+            body = self._get(endpoint, path, params)
+            data = body.get("data")
+            meta = body.get("meta")
+            if not isinstance(data, list) or not isinstance(meta, dict):
+                raise _PollError(f"{endpoint}: response is not an object with data and meta")
+            cursor = meta.get("cursor")
+            if cursor is not None and not isinstance(cursor, str):
+                raise _PollError(f"{endpoint}: meta.cursor is not a string")
+            yield data
+            if not cursor:
+                return
+
+    def _get(self, endpoint: str, path: str, params: dict[str, str]) -> dict[str, Any]:
+        """One GET, counted; the JSON object it answered, or ``_PollError``."""
+        if not self.budget.try_acquire(self._clock()):
+            raise _PollError("request budget spent", budget=True)
+        self._poll_requests[endpoint] += 1
+        try:
+            response = self._http.get(self.base_url + path, params=params)
+        except httpx.TimeoutException:
+            self.request_counts[(endpoint, "timeout")] += 1
+            raise _PollError(f"{endpoint}: no answer within {self.timeout:g}s") from None
+        except httpx.TransportError as error:
+            self.request_counts[(endpoint, "connection")] += 1
+            raise _PollError(f"{endpoint}: connection failed ({type(error).__name__})") from None
+        except httpx.HTTPError as error:
+            self.request_counts[(endpoint, "error")] += 1
+            raise _PollError(f"{endpoint}: request failed ({type(error).__name__})") from None
+        status = response.status_code
+        self.request_counts[(endpoint, status_class(status))] += 1
+        if status == 429:
+            wait = retry_after_seconds(response.headers.get("retry-after"), time.time())
+            until = self._clock() + wait
+            self.budget.blocked_until(until)
+            message = f"{endpoint}: rate limited (429), retry after {wait:g}s"
+            raise _PollError(message, retry_at=until)
+        if not 200 <= status < 300:
+            raise _PollError(f"{endpoint}: HTTP {status}{error_detail(response)}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise _PollError(f"{endpoint}: response is not JSON") from None
+        if not isinstance(body, dict):
+            raise _PollError(f"{endpoint}: response is not an object with data and meta")
+        return body
+
+    # ------------------------------------------------------------------------- rows
+
+    def _traces(
+        self,
+        rows: Iterable[_Observation],
+        releases: Mapping[str, Policy],
+        settled_before: float,
+        complete_from: float,
+    ) -> tuple[TraceSample, ...]:
+        by_trace: dict[str, list[_Observation]] = {}
+        for row in rows:
+            by_trace.setdefault(row.trace_id, []).append(row)
+        by_tag = {release_tag(name): name for name in releases}
+        samples: list[TraceSample] = []
+        for trace_id, observations in by_trace.items():
+            roots = sorted((row for row in observations if row.is_root), key=_start_order)
+            if not roots:
+                continue  # the root span comes when the request ends
+            root = roots[0]
+            if root.end is None or root.end > settled_before or root.start < complete_from:
+                continue
+            if len(roots) > 1:
+                self.skipped["trace_multiple_roots"] += 1
+            named = {by_tag[tag] for tag in root.tags if tag in by_tag}
+            arms = _arms(root.tags)
+            if len(named) != 1 or len(arms) != 1:
+                self.skipped["trace_untagged"] += 1
+                continue
+            release = named.pop()
+            arm = arms.pop()
+            samples.append(
+                TraceSample(
+                    release=release,
+                    trace_id=trace_id,
+                    arm=arm,
+                    ts=root.start,
+                    error=any(row.level == "ERROR" for row in observations),
+                    latency_ms=_milliseconds(root.end - root.start),
+                    cost_usd=_cost(observations),
+                    prompt_version=_prompt_version(observations, releases[release]),
+                )
+            )
+        samples.sort(key=lambda sample: (sample.ts, sample.trace_id))
+        return tuple(samples)
+
+    def _parse_score(self, raw: object) -> ScoreSample | None:
+        if not isinstance(raw, dict):
+            self.skipped["score_malformed"] += 1
+            return None
+        subject = raw.get("subject")
+        score_id, name = raw.get("id"), raw.get("name")
+        at = _time(raw.get("createdAt"))
+        if at is None:
+            at = _time(raw.get("timestamp"))
+        value = _score_value(raw.get("dataType"), raw.get("value"))
+        if (
+            not isinstance(score_id, str)
+            or not isinstance(name, str)
+            or not isinstance(subject, dict)
+            or at is None
+            or value is None
+        ):
+            self.skipped["score_malformed"] += 1
+            return None
+        trace_id = subject.get("traceId")
+        if trace_id is None and subject.get("kind") == "trace":
+            trace_id = subject.get("id")
+        if not isinstance(trace_id, str) or not trace_id:
+            self.skipped["score_not_trace"] += 1
+            return None
+        return ScoreSample(score_id=score_id, trace_id=trace_id, name=name, value=value, at=at)
+
+
+def _score_query(names: list[str], window: _Window) -> dict[str, str]:
+    return {
+        "name": ",".join(names),
+        "fromTimestamp": _iso(window.start),
+        "toTimestamp": _iso(window.end),
+        "limit": str(SCORES_PAGE),
+        "fields": SCORE_FIELDS,
+    }
+
+
+def _score_names(policies: Iterable[Policy]) -> list[str]:
+    names = {
+        metric.score
+        for policy in policies
+        for metric in policy.analysis.metrics
+        if metric.source is MetricSource.SCORE and metric.score
+    }
+    return sorted(names)
+
+
+def _milliseconds(seconds: float) -> float:
+    # Epoch seconds as floats carry noise in the tenth decimal; Langfuse keeps ms.
+    return round(max(0.0, seconds) * 1000.0, 3)
+
+
+def _arms(tags: Iterable[str]) -> set[Arm]:
+    """The arms the tags name; empty when any arm tag names no arm."""
+    arms: set[Arm] = set()
+    for tag in tags:
+        if tag.startswith(_ARM_PREFIX):
+            arm = _ARMS.get(tag[len(_ARM_PREFIX) :])
+            if arm is None:
+                return set()
+            arms.add(arm)
+    return arms
+
+
+def _start_order(row: _Observation) -> tuple[float, str]:
+    return (row.start, row.id)
+
+
+def _cost(observations: list[_Observation]) -> float | None:
+    costs = [row.cost for row in observations if row.cost is not None]
+    return math.fsum(costs) if costs else None
+
+
+def _prompt_version(observations: list[_Observation], policy: Policy) -> int | None:
+    prompt = policy.target.prompt
+    if prompt is None:
+        return None
+    linked = [
+        row
+        for row in observations
+        if row.type == "GENERATION"
+        and row.prompt_name == prompt.name
+        and row.prompt_version is not None
+    ]
+    if not linked:
+        return None
+    return min(linked, key=_start_order).prompt_version
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+class _MalformedError(ValueError):
+    """A field this source uses is missing or of the wrong type."""
+
+
+def _parse_observation(raw: object) -> _Observation | None:
+    """The row, or None when a field this source uses is missing or of the wrong type."""
+    try:
+        return _observation(raw)
+    except _MalformedError:
+        return None
+
+
+def _observation(raw: object) -> _Observation:
+    if not isinstance(raw, dict):
+        raise _MalformedError
+    end_raw = raw.get("endTime")
+    tags = raw.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        raise _MalformedError
+    is_root = raw.get("isRootObservation")
+    if not isinstance(is_root, bool):
+        raise _MalformedError
+    cost = _number(raw.get("totalCost"))
+    if cost == 0 and not raw.get("costDetails"):
+        cost = None  # no cost reported, as opposed to a cost of zero
+    return _Observation(
+        id=_string(raw.get("id")),
+        trace_id=_string(raw.get("traceId")),
+        start=_required_time(raw.get("startTime")),
+        end=None if end_raw is None else _required_time(end_raw),
+        is_root=is_root,
+        level=_optional_string(raw.get("level")),
+        tags=tuple(tags),
+        cost=cost,
+        type=_optional_string(raw.get("type")),
+        prompt_name=_optional_string(raw.get("promptName")),
+        prompt_version=_integer(raw.get("promptVersion")),
+    )
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _MalformedError
+    return value
+
+
+def _optional_string(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _MalformedError
+    return value
+
+
+def _required_time(value: object) -> float:
+    seconds = _time(value)
+    if seconds is None:
+        raise _MalformedError
+    return seconds
+
+
+def _number(value: object) -> float | None:
+    """A finite number, also written as a string (decimals may come as strings)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _MalformedError
+    try:
+        number = float(value)
+    except ValueError:
+        raise _MalformedError from None
+    if not math.isfinite(number):
+        raise _MalformedError
+    return number
+
+
+def _integer(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = _number(value)
+    if number is None:
+        return None
+    if not number.is_integer():
+        raise _MalformedError
+    return int(number)
+
+
+def _score_value(data_type: object, value: object) -> ScoreValue | None:
+    """The value as its data type says (numeric: float, boolean: bool, others: str)."""
+    if data_type == "NUMERIC":
+        try:
+            return _number(value)
+        except _MalformedError:
+            return None
+    if data_type == "BOOLEAN":
+        if isinstance(value, bool):
+            return value
+        if value in (0, 1):
+            return bool(value)
+        return None
+    if isinstance(data_type, str) and isinstance(value, str):
+        return value
+    return None
+
+
+def _time(value: object) -> float | None:
+    """Seconds since the epoch of an ISO 8601 time (no offset: UTC), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _iso(seconds: float) -> str:
+    """``2026-01-01T00:00:00.000Z``, as Langfuse writes times (milliseconds, floored)."""
+    millis = math.floor(seconds * 1000)
+    moment = datetime.fromtimestamp(millis // 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis % 1000:03d}Z"
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+def error_detail(response: httpx.Response) -> str:
+    """``: <message>`` from a Langfuse error body, on one line, or nothing."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(message, str) or not message.strip():
+        return ""
+    return ": " + " ".join(message.split())[:200]

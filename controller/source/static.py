@@ -1,0 +1,51 @@
+"""A sample source that hands out prepared polls, for tests of the controller."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from controller.samples import Cursors, Poll
+from policies.model import Policy
+
+
+@dataclass(frozen=True, slots=True)
+class PollCall:
+    """One call of ``StaticSource.poll``, as made."""
+
+    releases: tuple[str, ...]
+    cursors: Cursors | None
+    now: float
+
+
+class StaticSource:
+    """Answers each poll with the next queued ``Poll``; once the queue is empty, with
+    ``default`` if given, else with an empty successful poll whose cursors are ``now``.
+
+    Every call is recorded in ``calls``; ``queue`` adds polls at any time.
+    """
+
+    def __init__(self, polls: Iterable[Poll] = (), *, default: Poll | None = None) -> None:
+        self._queue: deque[Poll] = deque(polls)
+        self.default = default
+        self.calls: list[PollCall] = []
+        self.closed = False
+
+    def queue(self, *polls: Poll) -> None:
+        """Answer the next polls with these, in order."""
+        self._queue.extend(polls)
+
+    def poll(self, releases: Mapping[str, Policy], cursors: Cursors | None, now: float) -> Poll:
+        """The next queued poll (see the class)."""
+        if self.closed:
+            raise RuntimeError("StaticSource used after close()")
+        self.calls.append(PollCall(tuple(releases), cursors, now))
+        if self._queue:
+            return self._queue.popleft()
+        if self.default is not None:
+            return self.default
+        return Poll(ok=True, cursors=Cursors(observations_from=now, scores_from=now))
+
+    def close(self) -> None:
+        self.closed = True
