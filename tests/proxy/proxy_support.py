@@ -78,6 +78,8 @@ class Upstream:
     sse_sent: list[int] = field(default_factory=list)
     sse_events: int = 3
     hang_all: bool = False
+    fail_every: int = 0
+    """Answer every n-th request with a 500 (0: never)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -96,6 +98,8 @@ class Upstream:
                 await _json(send, 200, {"upstream": self.name, "late": True})
         elif path.endswith("/chat/completions") and json.loads(body or b"{}").get("stream"):
             await self._sse(send)
+        elif self.fail_every and len(self.seen) % self.fail_every == 0:
+            await _json(send, 500, {"upstream": self.name, "error": "failed"})
         elif path.startswith("/status/"):
             await _json(send, int(path.rsplit("/", 1)[1]), {"upstream": self.name})
         else:
