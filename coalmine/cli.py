@@ -6,9 +6,11 @@ import sys
 
 import typer
 
+from coalmine.commands import controller as controller_commands
 from coalmine.commands import emulator as emulator_commands
 from coalmine.commands import policy as policy_commands
 from coalmine.commands import proxy as proxy_commands
+from coalmine.commands import releases as release_commands
 from coalmine.commands import replay as replay_commands
 from coalmine.errors import InputError
 
@@ -31,6 +33,8 @@ app.add_typer(policy_commands.app, name="policy")
 replay_commands.register(app)
 emulator_commands.register(app)
 proxy_commands.register(app)
+release_commands.register(app)
+controller_commands.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

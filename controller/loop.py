@@ -49,6 +49,11 @@ class ManualActionError(Exception):
     """A manual action that does not apply to the release as it stands."""
 
 
+class ManualActionIncompleteError(ManualActionError):
+    """A manual action was decided and logged, but one of its actions failed or waits
+    for a retry (the release's state did change)."""
+
+
 def policy_digest(policy: Policy) -> str:
     return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:16]
 
@@ -560,6 +565,8 @@ class Controller:
         self.state.finish_action(action, at=now, label_move=move)
 
     def _write_weight(self, policy: Policy, weight: float, now: float) -> None:
+        if policy.target.upstreams is None:
+            return  # a prompt-only release: no proxy routes it, the labels are the release
         for _ in range(5):
             table = self.routing.read(policy.name)
             if table is None:
@@ -585,7 +592,7 @@ class Controller:
         self, release: ReleaseState, policy: Policy, now: float, report: TickReport
     ) -> None:
         """Level-triggered repair: the routing table holds the weight the state says."""
-        if self.state.pending_actions(release.name):
+        if policy.target.upstreams is None or self.state.pending_actions(release.name):
             return
         table = self.routing.read(policy.name)
         if table is not None and table.canary_weight == release.canary_weight:
@@ -700,7 +707,7 @@ class Controller:
                     f"cannot {action} release {name!r}: it is {release.phase.value}"
                 )
             if report.action_errors:
-                raise ManualActionError("; ".join(report.action_errors))
+                raise ManualActionIncompleteError("; ".join(report.action_errors))
             return self.state.release(name) or release
 
     def last_judgement(self, name: str) -> Judgement | None:

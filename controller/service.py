@@ -9,12 +9,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from coalmine.state.store import SqliteRoutingStore
 from controller.labels import LangfusePromptLabels, PromptLabels
 from controller.loop import Controller
+from controller.metrics import ControllerMetrics
+from controller.notify import MultiNotifier, Notifier, WebhookNotifier
 from controller.policy_files import PolicyFiles
 from controller.settings import ControllerSettings
 from controller.source import SampleSource
@@ -40,6 +43,8 @@ class ControllerService:
     policy_files: PolicyFiles
     state: ControllerState
     controller: Controller
+    notifier: Notifier
+    metrics: ControllerMetrics
     clock: Callable[[], float] = time.time
     scheduler: BackgroundScheduler | None = None
     _policies: dict[str, Policy] = field(default_factory=dict)
@@ -88,10 +93,27 @@ class ControllerService:
         scheduler.start()
         self.scheduler = scheduler
 
+    def admin_app(self) -> Any:
+        """The admin API and dashboard (FastAPI), guarded by the admin token."""
+        from controller.admin import create_admin_app  # noqa: PLC0415 (FastAPI, on demand)
+
+        token = self.settings.token()
+        if token is None:
+            raise SetupError(
+                "the admin API needs a token: set COALMINE_ADMIN_TOKEN or COALMINE_ADMIN_TOKEN_FILE"
+            )
+        return create_admin_app(
+            self.controller,
+            token=token,
+            clock=self.clock,
+            poll_stale_after=3 * self.tick_seconds(),
+        )
+
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
+        self.notifier.close()
         source = self.controller.source
         close = getattr(source, "close", None)
         if callable(close):
@@ -122,6 +144,12 @@ def build_service(
             labels = LangfusePromptLabels(settings.langfuse_base_url, *keys, budget=budget)
     state = ControllerState(settings.state)
     policy_files = PolicyFiles(list(policy_paths))
+    notifiers: list[Notifier] = []
+    if settings.webhook_url:
+        notifiers.append(WebhookNotifier(settings.webhook_url))
+    if settings.slack_webhook_url:
+        notifiers.append(WebhookNotifier(settings.slack_webhook_url, slack=True))
+    notifier = MultiNotifier(notifiers)
     service_box: list[ControllerService] = []
 
     def policies() -> Mapping[str, Policy]:
@@ -133,7 +161,25 @@ def build_service(
         source=source,
         labels=labels,
         policies=policies,
+        notify=notifier.send,
     )
-    service = ControllerService(settings, policy_files, state, controller, clock)
+    metrics = ControllerMetrics()
+    metrics.watch(
+        controller,
+        clock=clock,
+        policy_load_errors=lambda: policy_files.load_errors,
+        notifications=lambda: _notification_counts(notifiers),
+    )
+    service = ControllerService(settings, policy_files, state, controller, notifier, metrics, clock)
     service_box.append(service)
     return service
+
+
+def _notification_counts(notifiers: Sequence[Notifier]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for notifier in notifiers:
+        counts = getattr(notifier, "counts", None)
+        if callable(counts):
+            for outcome, count in counts().items():
+                totals[outcome] = totals.get(outcome, 0) + count
+    return totals

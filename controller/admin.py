@@ -1,0 +1,355 @@
+"""The controller's admin API: release status for people and tools, and manual actions.
+
+Every route but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <token>``; the
+app refuses to be built without a token, so the API never runs open. JSON field names
+are camelCase, times are seconds since the epoch, steps are counted from 1, and every
+error is ``{"error": {"code": ..., "message": ...}}``.
+
+    GET  /releases                    every release, one line each
+    GET  /releases/{name}             one release with its last judgement and its history
+    POST /releases/{name}/{action}    promote, rollback, pause, resume or abort; body
+                                      optional: {"reason": "..."}
+    GET  /healthz                     the process serves
+    GET  /readyz                      the last poll of Langfuse succeeded recently, or no
+                                      release is running
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from controller.evidence_log import judgement_summary
+from controller.loop import Controller, ManualActionError, ManualActionIncompleteError
+from controller.state import Action, DecisionRecord, LabelMove, Phase, ReleaseState
+
+if TYPE_CHECKING:
+    from policies.model import Policy, Step
+
+ACTIONS: Final = ("promote", "rollback", "pause", "resume", "abort")
+ACTOR: Final = "admin-api"
+RUNNING: Final = frozenset({Phase.CANARY, Phase.PAUSED})
+"""Phases whose samples the controller polls for (as the loop does)."""
+
+DEFAULT_POLL_STALE_AFTER: Final = 300.0
+"""Seconds after the last good poll when the controller stops being ready; a few of its
+tick intervals."""
+
+
+class ApiError(Exception):
+    """An answer other than success, in the API's error shape."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class ActionBody(BaseModel):
+    """The optional body of a manual action."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=1000)
+    """Why, for the decision log and notifications."""
+
+
+def create_admin_app(
+    controller: Controller,
+    *,
+    token: str | None,
+    clock: Callable[[], float] = time.time,
+    poll_stale_after: float = DEFAULT_POLL_STALE_AFTER,
+) -> FastAPI:
+    """The admin app of one controller.
+
+    ``token`` is required (ValueError without one). ``poll_stale_after``: seconds after
+    the last successful poll when ``/readyz`` turns 503 while a release is running.
+    """
+    if not token:
+        raise ValueError("the admin API needs a token: it never runs without authentication")
+    app = FastAPI(
+        title="coalmine admin API",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    _install_error_handlers(app)
+    app.include_router(_open_routes(controller, clock, poll_stale_after))
+    app.include_router(_release_routes(controller, clock), dependencies=[Depends(_bearer(token))])
+    return app
+
+
+# -- authentication -----------------------------------------------------------------------
+
+
+def _bearer(token: str) -> Callable[[str | None], Any]:
+    expected = token.encode()
+
+    async def check(authorization: str | None = Header(default=None)) -> None:
+        scheme, _, presented = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), expected
+        ):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or wrong bearer token",
+                {"WWW-Authenticate": 'Bearer realm="coalmine"'},
+            )
+
+    return check
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def _error(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def api_error(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, ApiError)
+        return _error(error.status, error.code, error.message, error.headers)
+
+    async def http_error(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return _error(error.status_code, code, str(error.detail), error.headers)
+
+    async def invalid(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
+        return _error(422, "invalid_request", message)
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+
+
+# -- routes -------------------------------------------------------------------------------
+
+
+def _open_routes(
+    controller: Controller, clock: Callable[[], float], stale_after: float
+) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @router.get("/readyz")
+    def readyz() -> JSONResponse:
+        why = not_ready_reason(controller, clock(), stale_after)
+        if why is not None:
+            return _error(503, "not_ready", why)
+        return JSONResponse({"status": "ready"})
+
+    return router
+
+
+def not_ready_reason(controller: Controller, now: float, stale_after: float) -> str | None:
+    """Why the controller is not ready, None when it is: a release is running and the
+    last poll failed, never succeeded, or succeeded longer than ``stale_after`` ago."""
+    running = [release.name for release in controller.state.releases() if release.phase in RUNNING]
+    if not running:
+        return None
+    if controller.last_poll_error is not None:
+        return f"the last poll failed: {controller.last_poll_error}"
+    last_ok = controller.last_poll_ok
+    if last_ok is None:
+        return f"no successful poll yet for running releases: {', '.join(running)}"
+    age = now - last_ok
+    if age > stale_after:
+        return f"the last successful poll was {age:.0f}s ago (more than {stale_after:g}s)"
+    return None
+
+
+def _release_routes(controller: Controller, clock: Callable[[], float]) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/releases")
+    def list_releases() -> JSONResponse:
+        policies = controller.policies()
+        releases = [
+            release_summary(release, policies.get(release.name))
+            for release in controller.state.releases()
+        ]
+        return JSONResponse({"releases": releases})
+
+    @router.get("/releases/{name}")
+    def show_release(
+        name: str,
+        decisions: int = Query(default=50, ge=1, le=1000, description="Decisions to include."),
+    ) -> JSONResponse:
+        release = _known(controller, name)
+        return JSONResponse(release_detail(controller, release, decisions))
+
+    @router.post("/releases/{name}/{action}")
+    def act(name: str, action: str, body: ActionBody | None = None) -> JSONResponse:
+        # A sync route: FastAPI runs it in its thread pool, and the manual action waits
+        # for the controller's lock and then moves labels over the network.
+        if action not in ACTIONS:
+            raise ApiError(
+                404, "unknown_action", f"unknown action {action!r}: one of {', '.join(ACTIONS)}"
+            )
+        _known(controller, name)
+        policy = controller.policies().get(name)
+        if policy is None:
+            raise ApiError(
+                409,
+                "conflict",
+                f"release {name!r} has no policy in force (its file was removed or is invalid)",
+            )
+        reason = body.reason if body is not None else ""
+        try:
+            release = controller.manual(name, action, actor=ACTOR, now=clock(), reason=reason)
+        except ManualActionIncompleteError as error:
+            raise ApiError(502, "action_incomplete", str(error)) from None
+        except ManualActionError as error:
+            raise ApiError(409, "conflict", str(error)) from None
+        return JSONResponse(release_summary(release, policy))
+
+    return router
+
+
+def _known(controller: Controller, name: str) -> ReleaseState:
+    release = controller.state.release(name)
+    if release is None:
+        raise ApiError(404, "not_found", f"no release named {name!r}")
+    return release
+
+
+# -- JSON shapes --------------------------------------------------------------------------
+
+
+def release_summary(release: ReleaseState, policy: Policy | None) -> dict[str, Any]:
+    """One release, as ``GET /releases`` lists it."""
+    return {
+        "name": release.name,
+        "phase": release.phase.value,
+        "step": release.step + 1 if release.started_at is not None else None,
+        "steps": len(policy.steps) if policy is not None else None,
+        "canaryWeight": release.canary_weight,
+        "startedAt": release.started_at,
+        "updatedAt": release.updated_at,
+        "reason": release.reason,
+    }
+
+
+def release_detail(controller: Controller, release: ReleaseState, limit: int) -> dict[str, Any]:
+    """One release with its last judgement, decisions, label moves and pending actions."""
+    policy = controller.policies().get(release.name)
+    decisions = controller.state.decisions(release.name, limit)
+    live = controller.last_judgement(release.name)
+    judgement: dict[str, Any] | None
+    judged_by: str | None
+    if live is not None:
+        judgement, judged_by = judgement_summary(live), "live"
+    else:
+        # after a restart or once finished, the newest logged evidence is the last word
+        judgement = next(
+            (record.evidence for record in reversed(decisions) if record.evidence.get("metrics")),
+            None,
+        )
+        judged_by = "decision-log" if judgement is not None else None
+    detail = release_summary(release, policy)
+    detail.update(
+        {
+            "stableVersion": release.stable_version,
+            "candidateVersion": release.candidate_version,
+            "stepStartedAt": release.step_started_at,
+            "resumePhase": None if release.resume_phase is None else release.resume_phase.value,
+            "policySteps": None if policy is None else [_step(step) for step in policy.steps],
+            "analysisInterval": None if policy is None else policy.analysis.interval,
+            "judgement": judgement,
+            "judgementSource": judged_by,
+            "decisions": [_decision(record) for record in decisions],
+            "labelMoves": [
+                _label_move(move) for move in controller.state.label_moves(release.name)
+            ],
+            "pendingActions": [
+                _action(action) for action in controller.state.pending_actions(release.name)
+            ],
+        }
+    )
+    cleaned: dict[str, Any] = finite(detail)
+    return cleaned
+
+
+def _step(step: Step) -> dict[str, Any]:
+    return {
+        "weight": step.weight,
+        "minDuration": step.min_duration,
+        "maxDuration": step.max_duration,
+        "minSamples": step.min_samples,
+    }
+
+
+def _decision(record: DecisionRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "at": record.at,
+        "decision": record.decision,
+        "actor": record.actor,
+        "reason": record.reason,
+        "phase": record.phase.value,
+        "step": record.step + 1,
+        "evidence": record.evidence,
+    }
+
+
+def _label_move(move: LabelMove) -> dict[str, Any]:
+    return {
+        "prompt": move.prompt,
+        "label": move.label,
+        "fromVersion": move.from_version,
+        "toVersion": move.to_version,
+        "at": move.at,
+        "actor": move.actor,
+        "reason": move.reason,
+    }
+
+
+def _action(action: Action) -> dict[str, Any]:
+    return {
+        "id": action.id,
+        "kind": action.kind.value,
+        "intent": action.intent,
+        "status": action.status.value,
+        "decisionId": action.decision_id,
+        "error": action.error,
+    }
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every infinite or NaN float replaced by None: confidence bounds can
+    be unbounded, and JSON has no infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value

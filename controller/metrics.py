@@ -1,0 +1,279 @@
+"""The controller's Prometheus metrics, read from the controller when Prometheus scrapes.
+
+Nothing here is updated by the loop: every figure is read at scrape time from what the
+controller already keeps (the state file, the last judgement of each release, the time
+of the last good poll), so the metrics can never disagree with the state, and counters
+derived from the decision log and the action journal survive a restart.
+
+Labels stay of low cardinality: release (a handful per controller), phase (seven),
+decision (seven), action kind and status (two each), metric (a few per policy), arm (two),
+Langfuse endpoint (a few) and status class (five).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Final
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from controller.judge import CheckState, Judgement, Verdict
+from controller.loop import Controller
+from controller.state import ActionStatus, Phase, ReleaseState
+
+SAMPLE_RATIO_CHECK: Final = "sample_ratio"
+"""Name of the judge's sample-ratio guard (controller.judge.decide)."""
+
+FINISHED_ACTIONS: Final = (ActionStatus.DONE, ActionStatus.FAILED)
+
+
+class ControllerCollector(Collector):
+    """Reads a controller at scrape time.
+
+    It takes neither the controller's lock nor any other that a tick holds for long, so
+    a scrape never waits for a slow poll of Langfuse.
+    """
+
+    def __init__(
+        self,
+        controller: Controller,
+        *,
+        clock: Callable[[], float] = time.time,
+        policy_load_errors: Callable[[], int] | None = None,
+        notifications: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
+        self.controller = controller
+        self.clock = clock
+        self.policy_load_errors = policy_load_errors
+        self.notifications = notifications
+
+    def describe(self) -> Iterable[Metric]:
+        # Without describe() the registry would collect() once at registration, reading
+        # the controller before it is ready.
+        return list(self._families().values())
+
+    def collect(self) -> Iterator[Metric]:
+        families = self._families()
+        releases = self.controller.state.releases()
+        self._releases(releases, families)
+        for release in releases:
+            judgement = self.controller.last_judgement(release.name)
+            if judgement is not None:
+                _judgement(release.name, judgement, families)
+        self._requests(families["langfuse_requests"])
+        self._poll(families)
+        if self.policy_load_errors is not None:
+            families["policy_load_errors"].add_metric([], self.policy_load_errors())
+        if self.notifications is not None:
+            for outcome, count in sorted(self.notifications().items()):
+                families["notifications"].add_metric([outcome], count)
+        yield from families.values()
+
+    @staticmethod
+    def _families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
+        gauge, counter = GaugeMetricFamily, CounterMetricFamily
+        return {
+            "phase": gauge(
+                "coalmine_release_phase",
+                "1 for the phase each release is in, 0 for the others.",
+                labels=["release", "phase"],
+            ),
+            "weight": gauge(
+                "coalmine_release_canary_weight_percent",
+                "Canary weight the controller wants in the routing table, by release.",
+                labels=["release"],
+            ),
+            "step": gauge(
+                "coalmine_release_step",
+                "Current step of each release, counted from 1; 0 before its canary starts.",
+                labels=["release"],
+            ),
+            "decisions": counter(
+                "coalmine_decisions",
+                "Decisions in the decision log (start, advance, promote, rollback, pause, "
+                "resume, abort), by release.",
+                labels=["release", "decision"],
+            ),
+            "actions": counter(
+                "coalmine_actions",
+                "Finished actions (label moves, routing weight changes) by release, kind "
+                "and status (done or failed).",
+                labels=["release", "kind", "status"],
+            ),
+            "pending": gauge(
+                "coalmine_actions_pending",
+                "Journalled actions not yet carried out (waiting for a retry), by release.",
+                labels=["release"],
+            ),
+            "estimate": gauge(
+                "coalmine_metric_estimate",
+                "Canary minus (or over) baseline at the last look, in the metric's units.",
+                labels=["release", "metric"],
+            ),
+            "lower": gauge(
+                "coalmine_metric_lower_bound",
+                "Lower confidence-sequence bound on the estimate at the last look.",
+                labels=["release", "metric"],
+            ),
+            "upper": gauge(
+                "coalmine_metric_upper_bound",
+                "Upper confidence-sequence bound on the estimate at the last look.",
+                labels=["release", "metric"],
+            ),
+            "verdict": gauge(
+                "coalmine_metric_verdict",
+                "1 for each metric's verdict at the last look, 0 for the others.",
+                labels=["release", "metric", "verdict"],
+            ),
+            "samples": gauge(
+                "coalmine_metric_samples",
+                "Observations compared at the last look, all steps, by metric and arm.",
+                labels=["release", "metric", "arm"],
+            ),
+            "srm": gauge(
+                "coalmine_sample_ratio_mismatch",
+                "1 when the last look found the traffic split inconsistent with the weights.",
+                labels=["release"],
+            ),
+            "langfuse_requests": counter(
+                "coalmine_langfuse_requests",
+                "Requests made to Langfuse by endpoint and status class (2xx...5xx, or timeout, "
+                "connection, error when no answer came).",
+                labels=["endpoint", "status_class"],
+            ),
+            "since_poll": gauge(
+                "coalmine_seconds_since_last_poll",
+                "Seconds since the last successful poll of Langfuse (absent before the first).",
+            ),
+            "last_poll": gauge(
+                "coalmine_last_successful_poll_timestamp_seconds",
+                "When the last successful poll of Langfuse ran, seconds since the epoch.",
+            ),
+            "poll_failing": gauge(
+                "coalmine_last_poll_failed",
+                "1 when the last poll of Langfuse failed, 0 otherwise.",
+            ),
+            "policy_load_errors": counter(
+                "coalmine_policy_load_errors",
+                "Policy files that could not be loaded (the last good version stays in force).",
+            ),
+            "notifications": counter(
+                "coalmine_notifications",
+                "Notifications by outcome: sent, failed (after the retries), rejected by the "
+                "receiver, dropped (queue full or closed).",
+                labels=["outcome"],
+            ),
+        }
+
+    def _releases(
+        self,
+        releases: Iterable[ReleaseState],
+        families: Mapping[str, GaugeMetricFamily | CounterMetricFamily],
+    ) -> None:
+        state = self.controller.state
+        for release in releases:
+            name = release.name
+            for phase in Phase:
+                families["phase"].add_metric([name, phase.value], float(phase is release.phase))
+            families["weight"].add_metric([name], release.canary_weight)
+            started = release.started_at is not None
+            families["step"].add_metric([name], release.step + 1 if started else 0)
+            decisions = Counter(record.decision for record in state.decisions(name))
+            for decision, count in sorted(decisions.items()):
+                families["decisions"].add_metric([name, decision], count)
+            actions = state.actions(name)
+            finished = Counter(
+                (action.kind.value, action.status.value)
+                for action in actions
+                if action.status in FINISHED_ACTIONS
+            )
+            for (kind, status), count in sorted(finished.items()):
+                families["actions"].add_metric([name, kind, status], count)
+            pending = sum(action.status is ActionStatus.PENDING for action in actions)
+            families["pending"].add_metric([name], pending)
+
+    def _requests(self, family: CounterMetricFamily | GaugeMetricFamily) -> None:
+        # the sample source and the label mover each count their own requests
+        total: Counter[tuple[str, str]] = Counter()
+        for client in (self.controller.source, self.controller.labels):
+            counts: Mapping[tuple[str, str], int] | None = getattr(client, "request_counts", None)
+            if counts is not None:
+                total.update(dict(counts))
+        for (endpoint, status_class), count in sorted(total.items()):
+            family.add_metric([endpoint, status_class], count)
+
+    def _poll(self, families: Mapping[str, GaugeMetricFamily | CounterMetricFamily]) -> None:
+        last_ok = self.controller.last_poll_ok
+        if last_ok is not None:
+            families["since_poll"].add_metric([], max(0.0, self.clock() - last_ok))
+            families["last_poll"].add_metric([], last_ok)
+        failing = self.controller.last_poll_error is not None
+        families["poll_failing"].add_metric([], float(failing))
+
+
+def _judgement(
+    release: str,
+    judgement: Judgement,
+    families: Mapping[str, GaugeMetricFamily | CounterMetricFamily],
+) -> None:
+    for metric in judgement.metrics:
+        labels = [release, metric.name]
+        for key, value in (
+            ("estimate", metric.estimate),
+            ("lower", metric.lower),
+            ("upper", metric.upper),
+        ):
+            # an unknown figure is left out rather than exported as NaN
+            if value is not None and not math.isnan(value):
+                families[key].add_metric(labels, value)
+        for verdict in Verdict:
+            families["verdict"].add_metric(
+                [*labels, verdict.value], float(verdict is metric.verdict)
+            )
+        families["samples"].add_metric([*labels, "baseline"], metric.n_baseline)
+        families["samples"].add_metric([*labels, "canary"], metric.n_canary)
+    mismatch = any(
+        check.name == SAMPLE_RATIO_CHECK and check.state is CheckState.FAILED
+        for check in judgement.checks
+    )
+    families["srm"].add_metric([release], float(mismatch))
+
+
+class ControllerMetrics:
+    """The controller's metrics registry.
+
+    ``watch`` registers the collector that reads a controller at scrape time; serve
+    ``registry`` (``prometheus_client.make_asgi_app(metrics.registry)`` or
+    ``start_http_server(port, registry=metrics.registry)``).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.collector: ControllerCollector | None = None
+
+    def watch(
+        self,
+        controller: Controller,
+        *,
+        clock: Callable[[], float] = time.time,
+        policy_load_errors: Callable[[], int] | None = None,
+        notifications: Callable[[], Mapping[str, int]] | None = None,
+    ) -> ControllerCollector:
+        """Export ``controller``'s figures. ``policy_load_errors`` returns the number of
+        bad policy loads so far (``PolicyFiles.load_errors``); ``notifications`` the
+        notifier's counts by outcome (``WebhookNotifier.counts``)."""
+        if self.collector is not None:
+            raise RuntimeError("this registry already exports a controller")
+        self.collector = ControllerCollector(
+            controller,
+            clock=clock,
+            policy_load_errors=policy_load_errors,
+            notifications=notifications,
+        )
+        self.registry.register(self.collector)
+        return self.collector

@@ -1,0 +1,294 @@
+"""Notifications of what releases do (promote, rollback, pause), sent without blocking.
+
+The loop calls ``send`` while it holds its lock, so ``send`` only queues: a background
+thread delivers, retries with backoff when the receiver is down or answers 5xx, and
+drops (and counts) what it could not deliver. A slow or dead webhook never slows a
+rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+from controller.state import ReleaseState
+from controller.stream import format_ts
+
+log = logging.getLogger("coalmine.controller.notify")
+
+MAX_BACKOFF: Final = 60.0
+"""Longest wait between two attempts, whatever Retry-After or doubling say."""
+
+
+class Notifier(Protocol):
+    """Where release events go. ``send`` never blocks; ``close`` delivers what is queued
+    within ``timeout`` seconds and stops."""
+
+    def send(self, event: str, release: ReleaseState, reason: str) -> None: ...
+
+    def close(self, timeout: float = 5.0) -> None: ...
+
+
+class NoopNotifier:
+    """Sends nothing."""
+
+    def send(self, event: str, release: ReleaseState, reason: str) -> None:
+        pass
+
+    def close(self, timeout: float = 5.0) -> None:
+        pass
+
+
+class MultiNotifier:
+    """Sends every event to each of several notifiers."""
+
+    def __init__(self, notifiers: Iterable[Notifier]) -> None:
+        self.notifiers = tuple(notifiers)
+
+    def send(self, event: str, release: ReleaseState, reason: str) -> None:
+        for notifier in self.notifiers:
+            try:
+                notifier.send(event, release, reason)
+            except Exception:  # one broken notifier never keeps the event from the others
+                log.exception("notifier %r failed to queue %s", notifier, event)
+
+    def close(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        for notifier in self.notifiers:
+            notifier.close(max(0.0, deadline - time.monotonic()))
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    event: str
+    release: str
+    payload: dict[str, Any]
+
+
+class WebhookNotifier:
+    """POSTs each event as JSON to a URL: coalmine's own payload, or a Slack incoming
+    webhook's (``slack=True``).
+
+    Delivery is retried ``retries`` times after the first attempt on connection errors,
+    timeouts, 429 and 5xx, waiting ``backoff`` seconds and doubling (or what
+    Retry-After says, up to a minute); other answers are final. ``counts()`` tells how
+    many were sent, dropped after the retries (``failed``), refused by the receiver
+    (``rejected``) and dropped because the queue was full or the notifier closed
+    (``dropped``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        slack: bool = False,
+        transport: httpx.BaseTransport | None = None,
+        retries: int = 3,
+        backoff: float = 1.0,
+        timeout: float = 5.0,
+        max_queue: int = 1000,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if retries < 0 or backoff < 0 or max_queue < 1:
+            raise ValueError("retries and backoff must not be negative, max_queue at least 1")
+        self._url = url
+        parts = urlsplit(url)
+        # webhook URLs carry their credential in the path (Slack's do): logs get the host
+        self._where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        self.slack = slack
+        self.retries = retries
+        self.backoff = backoff
+        self.max_queue = max_queue
+        self._client = httpx.Client(
+            transport=transport, timeout=timeout, headers=headers, follow_redirects=False
+        )
+        self._queue: deque[_Message] = deque()
+        self._wakeup = threading.Condition()
+        self._closing = False
+        self._abandon = threading.Event()
+        self._counts = {"sent": 0, "failed": 0, "rejected": 0, "dropped": 0}
+        self._thread = threading.Thread(target=self._run, name="coalmine-webhook", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side -------------------------------------------------------------------
+
+    def send(self, event: str, release: ReleaseState, reason: str) -> None:
+        """Queue one event; returns at once."""
+        build = slack_payload if self.slack else event_payload
+        payload = build(event, release, reason)
+        with self._wakeup:
+            if self._closing or len(self._queue) >= self.max_queue:
+                self._counts["dropped"] += 1
+                log.warning(
+                    "notification %s of %s dropped: queue full or closed", event, release.name
+                )
+                return
+            self._queue.append(_Message(event, release.name, payload))
+            self._wakeup.notify()
+
+    def counts(self) -> dict[str, int]:
+        """Notifications by outcome so far: sent, failed, rejected, dropped."""
+        with self._wakeup:
+            return dict(self._counts)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued for up to ``timeout`` seconds, then give up the rest."""
+        with self._wakeup:
+            self._closing = True
+            self._wakeup.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            # stop waiting between retries; what is left is dropped and counted
+            self._abandon.set()
+            self._thread.join(timeout=1.0)
+
+    # -- the background thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._wakeup:
+                    while not self._queue and not self._closing:
+                        self._wakeup.wait()
+                    if not self._queue:
+                        return
+                    message = self._queue.popleft()
+                if self._abandon.is_set():
+                    self._count("dropped")
+                    continue
+                self._count(self._deliver(message))
+        finally:
+            self._client.close()
+
+    def _count(self, outcome: str) -> None:
+        with self._wakeup:
+            self._counts[outcome] += 1
+
+    def _deliver(self, message: _Message) -> str:
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            wait = delay
+            try:
+                response = self._client.post(self._url, json=message.payload)
+            except httpx.HTTPError as error:
+                problem = f"{type(error).__name__}: {error}"
+            else:
+                if response.is_success:
+                    return "sent"
+                if response.status_code != 429 and response.status_code < 500:
+                    log.error(
+                        "notification %s of %s refused by %s: HTTP %d",
+                        message.event,
+                        message.release,
+                        self._where,
+                        response.status_code,
+                    )
+                    return "rejected"
+                problem = f"HTTP {response.status_code}"
+                after = _retry_after(response)
+                wait = delay if after is None else after
+            if attempt == self.retries:
+                break
+            log.warning(
+                "notification %s of %s: %s; retrying in %.1fs",
+                message.event,
+                message.release,
+                problem,
+                wait,
+            )
+            if self._abandon.wait(min(wait, MAX_BACKOFF)):
+                return "dropped"
+            delay *= 2
+        log.error(
+            "notification %s of %s dropped after %d attempts: %s",
+            message.event,
+            message.release,
+            self.retries + 1,
+            problem,
+        )
+        return "failed"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: rare from webhooks, the doubling backoff does
+    return seconds if seconds >= 0 else None
+
+
+# -- payloads ---------------------------------------------------------------------------------
+
+
+def _step(release: ReleaseState) -> int | None:
+    return release.step + 1 if release.started_at is not None else None
+
+
+def _at(release: ReleaseState, clock: Callable[[], float]) -> str:
+    return format_ts(release.updated_at or clock())
+
+
+def event_payload(
+    event: str, release: ReleaseState, reason: str, clock: Callable[[], float] = time.time
+) -> dict[str, Any]:
+    """coalmine's own webhook payload; ``at`` is when the decision was made (ISO 8601)."""
+    return {
+        "event": event,
+        "release": release.name,
+        "phase": release.phase.value,
+        "step": _step(release),
+        "canaryWeight": release.canary_weight,
+        "reason": reason,
+        "at": _at(release, clock),
+    }
+
+
+_EMOJI: Final = {"rollback": ":rotating_light:", "pause": ":double_vertical_bar:"}
+
+
+def _escape(text: str) -> str:
+    # Slack's mrkdwn treats these three as control characters
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_payload(
+    event: str, release: ReleaseState, reason: str, clock: Callable[[], float] = time.time
+) -> dict[str, Any]:
+    """A Slack incoming-webhook message: ``text`` for notifications, ``blocks`` to show."""
+    step = _step(release)
+    where = f"step {step}, canary {release.canary_weight:g}%" if step is not None else "not started"
+    emoji = _EMOJI.get(
+        event, ":white_check_mark:" if event == "promote" else ":information_source:"
+    )
+    name = _escape(release.name)
+    text = f"coalmine: release {name}: {event} ({release.phase.value}, {where}): {_escape(reason)}"
+    return {
+        "text": text,
+        "blocks": [
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": f"{emoji} *{name}*: {event}\n{_escape(reason)}",
+                },
+            },
+            {
+                "type": "context",
+                "elements": [
+                    {
+                        "type": "mrkdwn",
+                        "text": f"phase {release.phase.value} · {where} · {_at(release, clock)}",
+                    }
+                ],
+            },
+        ],
+    }
