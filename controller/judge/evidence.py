@@ -7,6 +7,11 @@ has arrived; a trace's missing score counts against coverage once it is
 ``analysis.scoreTimeout`` old. Observations are kept as sufficient statistics per
 (step, time block, arm), so each look costs a pass over blocks, not over traces, and
 steps are never pooled: every comparison is within one block of one step.
+
+The per-trace record that late scores need is forgotten once a trace is older than
+twice ``scoreTimeout`` (plus ``scoreSettle``), so a release judged for days holds
+memory for that window, not for its whole history; a score later than that is counted
+as an orphan.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -271,6 +277,8 @@ class _TraceInfo:
     cell: Cell
     error: bool
     scored: dict[str, float] = field(default_factory=dict)  # score name -> arrived at
+    pending: int = 0  # entries of the pending heap that still refer to this trace
+    expired: bool = False  # old enough to forget once ``pending`` is 0
 
 
 # A pending observation: (due, sequence, metric, trace id, value or None for a coverage
@@ -288,6 +296,8 @@ class Evidence:
         self.observed_until = started_at
         self._step_starts: list[float] = [started_at]
         self._traces: dict[str, _TraceInfo] = {}
+        self._arrivals: deque[tuple[float, str]] = deque()  # (ts, trace id), to forget
+        self.forgotten_traces = 0
         self._pending: list[_Pending] = []
         self._seq = 0
         self.series: dict[str, MetricSeries] = {}
@@ -348,6 +358,7 @@ class Evidence:
         error = trace.error is True
         info = _TraceInfo(arm=trace.arm, ts=trace.ts, cell=cell, error=error)
         self._traces[trace.trace_id] = info
+        self._arrivals.append((trace.ts, trace.trace_id))
         step_traffic = self.step_traffic.setdefault(cell[0], [0, 0])
         block = self.block_errors.setdefault(cell[1], [0, 0, 0, 0])
         if trace.arm is Arm.CANARY:
@@ -407,6 +418,7 @@ class Evidence:
         self._schedule(ts, series.metric.name, trace_id, value)
 
     def _schedule(self, due: float, metric: str, trace_id: str, value: float | None) -> None:
+        self._traces[trace_id].pending += 1
         self._seq += 1
         heapq.heappush(self._pending, (due, self._seq, metric, trace_id, value))
 
@@ -481,6 +493,10 @@ class Evidence:
         while pending and pending[0][0] <= now:
             due, _, metric, trace_id, value = heapq.heappop(pending)
             info = self._traces[trace_id]
+            info.pending -= 1
+            if info.expired and not info.pending:
+                del self._traces[trace_id]
+                self.forgotten_traces += 1
             series = self.series[metric]
             if value is None:
                 assert series.coverage is not None
@@ -490,6 +506,23 @@ class Evidence:
                 continue
             self._observe(series, info, trace_id, value)
         self.observed_until = now
+        self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        """Drop the records of traces too old for any score to count."""
+        analysis = self.policy.analysis
+        horizon = now - 2 * analysis.score_timeout - analysis.score_settle
+        arrivals = self._arrivals
+        while arrivals and arrivals[0][0] < horizon:
+            _, trace_id = arrivals.popleft()
+            info = self._traces.get(trace_id)
+            if info is None:
+                continue
+            if info.pending:
+                info.expired = True  # a score due later still needs it
+            else:
+                del self._traces[trace_id]
+                self.forgotten_traces += 1
 
     def _observe(self, series: MetricSeries, info: _TraceInfo, trace_id: str, value: float) -> None:
         if series.quantiles is not None:

@@ -706,3 +706,35 @@ def test_boolean_higher_is_better_counts_harmful_canary_falses() -> None:
     assert means is not None
     assert means.canary_bad == 3
     assert set(evidence.worst_traces("resolved")) == {"c1", "c2", "c4"}
+
+
+def test_records_of_old_traces_are_forgotten_and_their_statistics_kept() -> None:
+    policy = make_policy(scoreTimeout="10m")
+    evidence = Evidence(policy, 0.0)
+    for index in range(3000):  # one trace a minute for 50 hours
+        ts = index * 60.0
+        evidence.add_trace(canary(f"c{index}", ts, scores={"helpfulness": 0.5}))
+        evidence.add_trace(baseline(f"b{index}", ts + 1, scores={"helpfulness": 0.5}))
+        evidence.advance(ts + 2)
+    # kept: traces younger than twice the score timeout (20 minutes), one per minute per arm
+    assert len(evidence._traces) <= 2 * 21 + 2
+    assert evidence.forgotten_traces >= 2 * 3000 - 2 * 22
+    assert observed(evidence, "helpfulness") == (3000, 3000)
+
+
+def test_a_score_for_a_forgotten_trace_is_an_orphan() -> None:
+    evidence = Evidence(make_policy(scoreTimeout="60s"), 0.0)
+    evidence.add_trace(canary("old", 0.0))
+    evidence.advance(1000.0)
+    evidence.add_scores("old", {"helpfulness": 0.9}, 1000.0)
+    assert evidence.orphan_scores == 1
+
+
+def test_a_trace_with_a_score_due_later_is_kept_until_the_score_counts() -> None:
+    evidence = Evidence(make_policy(scoreTimeout="60s"), 0.0)
+    evidence.add_trace(canary("c", 0.0))
+    evidence.add_scores("c", {"helpfulness": 0.7}, 900.0)
+    evidence.advance(800.0)  # past the forgetting horizon, before the score is due
+    evidence.advance(900.0)
+    assert observed(evidence, "helpfulness") == (0, 1)
+    assert evidence.forgotten_traces == 1
