@@ -40,6 +40,8 @@ from policies.model import Policy
 log = logging.getLogger("coalmine.controller")
 
 SOURCE = "langfuse"
+PRUNE_EVERY = 3600.0
+"""Seconds between two clean-ups of stored samples."""
 
 Notify = Callable[[str, ReleaseState, str], None]
 """Called with (event, release, reason) on promote, rollback and pause."""
@@ -102,6 +104,7 @@ class Controller:
         self.notify = notify
         self.lock = threading.RLock()
         self.live: dict[str, _Live] = {}
+        self._next_prune = 0.0
         self.last_poll_ok: float | None = None
         self.last_poll_error: str | None = None
 
@@ -121,7 +124,22 @@ class Controller:
             for release in self.state.releases():
                 if release.name not in policies and release.phase not in FINISHED:
                     self._abort_orphan(release, now, report)
+            if now >= self._next_prune:
+                self._prune(policies, now)
             return report
+
+    def _prune(self, policies: Mapping[str, Policy], now: float) -> None:
+        """Forget stored samples that no running release can use any more."""
+        running = [
+            release.name
+            for release in self.state.releases()
+            if release.phase not in FINISHED and release.phase is not Phase.PENDING
+        ]
+        longest = max((policy.analysis.score_timeout for policy in policies.values()), default=0.0)
+        deleted = self.state.prune_samples(running, now - 2 * longest - PRUNE_EVERY)
+        if deleted:
+            log.info("forgot %d stored samples no running release needs", deleted)
+        self._next_prune = now + PRUNE_EVERY
 
     def _poll(self, policies: Mapping[str, Policy], now: float, report: TickReport) -> None:
         running = {

@@ -557,12 +557,19 @@ class ControllerState:
             found.update((row[0], row[1]) for row in rows)
         return found
 
-    def prune_samples(self, before: float) -> None:
-        """Forget samples older than ``before`` (finished releases' evidence is in the
-        decision log)."""
+    def prune_samples(self, running: Sequence[str], scores_before: float) -> int:
+        """Forget samples no running release needs: the traces of every other release
+        (finished releases keep their evidence in the decision log) and scores older
+        than ``scores_before`` that belong to no stored trace. Returns rows deleted."""
+        marks = ",".join("?" * len(running))
+        keep = f"release NOT IN ({marks})" if running else "1"
         with self.transaction() as db:
-            db.execute("DELETE FROM traces WHERE ts < ?", (before,))
-            db.execute("DELETE FROM scores WHERE at < ?", (before,))
+            traces = db.execute(f"DELETE FROM traces WHERE {keep}", list(running)).rowcount
+            scores = db.execute(
+                "DELETE FROM scores WHERE at < ? AND trace_id NOT IN (SELECT trace_id FROM traces)",
+                (scores_before,),
+            ).rowcount
+        return int(traces) + int(scores)
 
 
 def _action(row: tuple[Any, ...]) -> Action:

@@ -380,3 +380,13 @@ def test_the_routing_table_is_repaired_when_someone_changes_it(rig: Rig) -> None
     rig.world.routing.write(table.model_copy(update={"canary_weight": 80.0}), table.version)
     rig.run(1)
     assert rig.weight() == 10.0
+
+
+def test_samples_of_a_finished_release_are_forgotten(rig: Rig) -> None:
+    rig.world.canary_error = 0.3
+    rig.run(240, until=Phase.ROLLED_BACK)
+    assert rig.state.traces("support", 0.0)
+    rig.run(61)
+    assert rig.state.traces("support", 0.0) == []
+    assert rig.state.scores_for_release("support", 0.0) == []
+    assert rig.decisions() == ["start", "rollback"]  # the evidence stays in the log
