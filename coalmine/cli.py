@@ -6,7 +6,9 @@ import sys
 
 import typer
 
+from coalmine.commands import backtest as backtest_commands
 from coalmine.commands import controller as controller_commands
+from coalmine.commands import demo as demo_commands
 from coalmine.commands import emulator as emulator_commands
 from coalmine.commands import policy as policy_commands
 from coalmine.commands import proxy as proxy_commands
@@ -35,6 +37,8 @@ emulator_commands.register(app)
 proxy_commands.register(app)
 release_commands.register(app)
 controller_commands.register(app)
+backtest_commands.register(app)
+demo_commands.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

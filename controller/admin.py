@@ -1,7 +1,8 @@
 """The controller's admin API: release status for people and tools, and manual actions.
 
-Every route but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <token>``; the
-app refuses to be built without a token, so the API never runs open. JSON field names
+Every route but ``/healthz``, ``/readyz`` and the dashboard's page and assets (which
+hold no data) needs ``Authorization: Bearer <token>``; the app refuses to be built
+without a token, so the API never runs open. JSON field names
 are camelCase, times are seconds since the epoch, steps are counted from 1, and every
 error is ``{"error": {"code": ..., "message": ...}}``.
 
@@ -9,6 +10,10 @@ error is ``{"error": {"code": ..., "message": ...}}``.
     GET  /releases/{name}             one release with its last judgement and its history
     POST /releases/{name}/{action}    promote, rollback, pause, resume or abort; body
                                       optional: {"reason": "..."}
+    GET  /                            the dashboard page (no data; its data calls need
+                                      the token)
+    GET  /dashboard/data              what the dashboard draws: releases, weight steps,
+                                      metric estimates and bounds over time, decisions
     GET  /healthz                     the process serves
     GET  /readyz                      the last poll of Langfuse succeeded recently, or no
                                       release is running
@@ -28,6 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from controller.dashboard import DashboardSettings, mount_dashboard
 from controller.evidence_log import judgement_summary
 from controller.loop import Controller, ManualActionError, ManualActionIncompleteError
 from controller.state import Action, DecisionRecord, LabelMove, Phase, ReleaseState
@@ -73,11 +79,13 @@ def create_admin_app(
     token: str | None,
     clock: Callable[[], float] = time.time,
     poll_stale_after: float = DEFAULT_POLL_STALE_AFTER,
+    dashboard: DashboardSettings | None = None,
 ) -> FastAPI:
     """The admin app of one controller.
 
     ``token`` is required (ValueError without one). ``poll_stale_after``: seconds after
     the last successful poll when ``/readyz`` turns 503 while a release is running.
+    ``dashboard``: where the dashboard links traces to (default: no links).
     """
     if not token:
         raise ValueError("the admin API needs a token: it never runs without authentication")
@@ -90,6 +98,13 @@ def create_admin_app(
     _install_error_handlers(app)
     app.include_router(_open_routes(controller, clock, poll_stale_after))
     app.include_router(_release_routes(controller, clock), dependencies=[Depends(_bearer(token))])
+    mount_dashboard(
+        app,
+        controller,
+        clock=clock,
+        settings=dashboard or DashboardSettings(),
+        auth=Depends(_bearer(token)),
+    )
     return app
 
 

@@ -40,6 +40,10 @@ from policies.model import Policy
 log = logging.getLogger("coalmine.controller")
 
 SOURCE = "langfuse"
+JUDGEMENTS_KEPT = 1440
+"""Judgements kept per running release for the dashboard's charts."""
+HELD_WHILE_BLIND = frozenset({Decision.ADVANCE, Decision.PROMOTE})
+"""Decisions never taken on a tick whose poll of Langfuse failed."""
 PRUNE_EVERY = 3600.0
 """Seconds between two clean-ups of stored samples."""
 
@@ -104,6 +108,10 @@ class Controller:
         self.notify = notify
         self.lock = threading.RLock()
         self.live: dict[str, _Live] = {}
+        self.histories: dict[str, tuple[Judgement, ...]] = {}
+        """The latest judgements per release, oldest first, kept after it ends (tuples:
+        replaced, never changed in place, so the admin API's threads read them without
+        the lock)."""
         self._next_prune = 0.0
         self.last_poll_ok: float | None = None
         self.last_poll_error: str | None = None
@@ -216,9 +224,21 @@ class Controller:
         step = StepStatus(release.step, release.step_started_at or now)
         judgement = judge(policy, live.evidence, step, now)
         live.last = judgement
+        kept = self.histories.get(release.name, ())
+        self.histories[release.name] = (*kept[-(JUDGEMENTS_KEPT - 1) :], judgement)
         live.next_look = now + policy.analysis.interval
-        if judgement.decision is not Decision.CONTINUE:
-            self._carry_out(release, policy, judgement, now, report)
+        if judgement.decision is Decision.CONTINUE:
+            return
+        if report.poll_error is not None and judgement.decision in HELD_WHILE_BLIND:
+            # evidence read before Langfuse failed may be stale: never move forward on it
+            log.warning(
+                "release %s: %s held: Langfuse could not be read (%s)",
+                release.name,
+                judgement.decision.value,
+                report.poll_error,
+            )
+            return
+        self._carry_out(release, policy, judgement, now, report)
 
     # -- starting ------------------------------------------------------------------------
 
@@ -727,6 +747,10 @@ class Controller:
             if report.action_errors:
                 raise ManualActionIncompleteError("; ".join(report.action_errors))
             return self.state.release(name) or release
+
+    def judgements(self, name: str) -> tuple[Judgement, ...]:
+        """The latest judgements of a release, oldest first."""
+        return self.histories.get(name, ())
 
     def last_judgement(self, name: str) -> Judgement | None:
         live = self.live.get(name)

@@ -96,6 +96,7 @@ class ControllerService:
     def admin_app(self) -> Any:
         """The admin API and dashboard (FastAPI), guarded by the admin token."""
         from controller.admin import create_admin_app  # noqa: PLC0415 (FastAPI, on demand)
+        from controller.dashboard import DashboardSettings  # noqa: PLC0415
 
         token = self.settings.token()
         if token is None:
@@ -107,6 +108,10 @@ class ControllerService:
             token=token,
             clock=self.clock,
             poll_stale_after=3 * self.tick_seconds(),
+            dashboard=DashboardSettings(
+                langfuse_base_url=self.settings.langfuse_base_url,
+                langfuse_project_id=self.settings.langfuse_project_id,
+            ),
         )
 
     def stop(self) -> None:
@@ -114,10 +119,10 @@ class ControllerService:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
         self.notifier.close()
-        source = self.controller.source
-        close = getattr(source, "close", None)
-        if callable(close):
-            close()
+        for part in (self.controller.source, self.controller.labels, self.controller.routing):
+            close = getattr(part, "close", None)
+            if callable(close):
+                close()
         self.state.close()
 
 
@@ -139,7 +144,13 @@ def build_service(
             )
         budget = RequestBudget(BudgetSettings(per_minute=settings.requests_per_minute), clock=clock)
         if source is None:
-            source = LangfuseSource(settings.langfuse_base_url, *keys, budget=budget, clock=clock)
+            source = LangfuseSource(
+                settings.langfuse_base_url,
+                *keys,
+                budget=budget,
+                clock=clock,
+                settle=settings.trace_settle_seconds,
+            )
         if labels is None:
             labels = LangfusePromptLabels(settings.langfuse_base_url, *keys, budget=budget)
     state = ControllerState(settings.state)

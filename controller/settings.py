@@ -36,6 +36,14 @@ class ControllerSettings(LangfuseConnection, AdminToken):
     """Langfuse requests a minute the controller allows itself (General API bucket; the
     default leaves room under the Hobby plan's 30 for the app and people)."""
 
+    trace_settle_seconds: float = Field(default=10.0, ge=0)
+    """A trace is read once its root span ended this long ago, so the app's spans
+    exported a little after it still count in its cost and errors."""
+
+    langfuse_project_id: str | None = None
+    """Langfuse project id, for links to traces on the dashboard; None: links go through
+    Langfuse's project-less trace URL."""
+
     webhook_url: str | None = None
     """JSON webhook called on promote, rollback and pause."""
 

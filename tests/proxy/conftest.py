@@ -10,9 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxy_support import RunningProxy, Served, Upstream, serving
-
-UpstreamServed = tuple[Upstream, Served]
+from proxy_support import RunningProxy, Upstream, UpstreamServed, serving
 
 
 def _upstream(name: str) -> Iterator[UpstreamServed]:

@@ -165,6 +165,10 @@ async def _json(send: Any, status: int, payload: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+UpstreamServed = tuple["Upstream", "Served"]
+"""An upstream app and the loopback server it runs on."""
+
+
 @dataclass
 class Served:
     base_url: str

@@ -13,10 +13,10 @@ from openai import OpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import UpstreamServed
 from proxy_support import (
     RunningProxy,
     Served,
+    UpstreamServed,
     closed_port_url,
     make_policy,
     start_proxy,

@@ -12,11 +12,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "emulator"))
 
-from conftest import UpstreamServed
 from emulator_support import start_emulator
 from proxy_support import (
     RunningProxy,
     Served,
+    UpstreamServed,
     closed_port_url,
     make_policy,
     start_proxy,
