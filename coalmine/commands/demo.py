@@ -113,8 +113,14 @@ class _Progress:
                 f"{detail.get('phase')}, {where}, canary "
                 f"{detail.get('canaryWeight', 0):g}%  {metrics}".rstrip()
             )
+            if judgement.get("decision") == "continue" and judgement.get("reason"):
+                print(f"          {_short(judgement['reason'])}")
             self.last_state = state
         sys.stdout.flush()
+
+
+def _short(text: str, limit: int = 110) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _metric(metric: dict[str, Any]) -> str:
