@@ -341,28 +341,13 @@ class Controller:
                 actions=actions,
                 report=report,
             )
-        elif decision is Decision.PROMOTE:
-            self._promote(
-                release,
-                policy,
-                now=now,
-                reason=judgement.reason,
-                actor="controller",
-                evidence=evidence,
-                report=report,
-            )
-        elif decision is Decision.ROLLBACK:
-            self._rollback(
-                release,
-                policy,
-                now=now,
-                reason=judgement.reason,
-                actor="controller",
-                evidence=evidence,
-                report=report,
-            )
-        elif decision is Decision.PAUSE:
-            self._pause(
+        else:
+            act = {
+                Decision.PROMOTE: self._promote,
+                Decision.ROLLBACK: self._rollback,
+                Decision.PAUSE: self._pause,
+            }[decision]
+            act(
                 release,
                 policy,
                 now=now,
@@ -386,26 +371,8 @@ class Controller:
         actions: list[tuple[ActionKind, dict[str, Any]]] = []
         prompt = policy.target.prompt
         if prompt is not None and release.candidate_version is not None:
-            actions.append(
-                (
-                    ActionKind.MOVE_LABEL,
-                    {
-                        "prompt": prompt.name,
-                        "label": prompt.stable_label,
-                        "version": release.candidate_version,
-                    },
-                )
-            )
-            actions.append(
-                (
-                    ActionKind.MOVE_LABEL,
-                    {
-                        "prompt": prompt.name,
-                        "label": prompt.canary_label,
-                        "version": release.candidate_version,
-                    },
-                )
-            )
+            actions.append(_move_label(prompt.name, prompt.stable_label, release.candidate_version))
+            actions.append(_move_label(prompt.name, prompt.canary_label, release.candidate_version))
         upstreams = policy.target.upstreams
         weight = 100.0 if upstreams is not None and upstreams.canary is not None else 0.0
         actions.append((ActionKind.SET_WEIGHT, {"weight": weight}))
@@ -443,25 +410,13 @@ class Controller:
         if prompt is not None and release.stable_version is not None:
             if release.phase is Phase.PROMOTED:
                 actions.append(
-                    (
-                        ActionKind.MOVE_LABEL,
-                        {
-                            "prompt": prompt.name,
-                            "label": prompt.stable_label,
-                            "version": self._version_before_promotion(release, prompt.name),
-                        },
+                    _move_label(
+                        prompt.name,
+                        prompt.stable_label,
+                        self._version_before_promotion(release, prompt.name),
                     )
                 )
-            actions.append(
-                (
-                    ActionKind.MOVE_LABEL,
-                    {
-                        "prompt": prompt.name,
-                        "label": prompt.canary_label,
-                        "version": release.stable_version,
-                    },
-                )
-            )
+            actions.append(_move_label(prompt.name, prompt.canary_label, release.stable_version))
         rolled = replace(
             release, phase=Phase.ROLLED_BACK, canary_weight=0.0, updated_at=now, reason=reason
         )
@@ -755,6 +710,11 @@ class Controller:
     def last_judgement(self, name: str) -> Judgement | None:
         live = self.live.get(name)
         return None if live is None else live.last
+
+
+def _move_label(prompt: str, label: str, version: int) -> tuple[ActionKind, dict[str, Any]]:
+    """The journalled intent of moving one prompt label onto a version."""
+    return ActionKind.MOVE_LABEL, {"prompt": prompt, "label": label, "version": version}
 
 
 def _trace(sample: TraceSample) -> Trace:

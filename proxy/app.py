@@ -221,11 +221,7 @@ class ProxyApp:
             return
         policy = release.policy
         stickiness = policy.routing.stickiness
-        sticky_header = (
-            stickiness.header.lower().encode()
-            if stickiness is not None and stickiness.header is not None
-            else None
-        )
+        sticky_header = release.sticky_header
         seen = _gather(scope["headers"], sticky_header)
         rid = request_id(seen.request_id)
         if seen.size > self.max_header_bytes:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from coalmine.state.routing import RoutingTable, check_upstreams, initial_table
 from coalmine.state.store import BadRoutingTableError, RoutingTableStore
@@ -29,6 +29,13 @@ class Release:
     table: RoutingTable
     pinned: bool = False
     """Pinned by ``--weight``: the store is not read for this release."""
+    sticky_header: bytes | None = field(init=False, default=None)
+    """The stickiness header as ASGI spells header names (lower-case bytes), if any."""
+
+    def __post_init__(self) -> None:
+        stickiness = self.policy.routing.stickiness
+        if stickiness is not None and stickiness.header is not None:
+            self.sticky_header = stickiness.header.lower().encode()
 
     @property
     def name(self) -> str:

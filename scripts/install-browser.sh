@@ -10,20 +10,4 @@ missing=()
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-browser: ${missing[*]} missing and apt-get is not available;" \
-        "install chromium and chromedriver with your package manager" >&2
-    exit 1
-fi
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-    if ! command -v sudo >/dev/null 2>&1; then
-        echo "install-browser: installing ${missing[*]} needs root (or sudo)" >&2
-        exit 1
-    fi
-    sudo=(sudo)
-fi
-echo "install-browser: installing ${missing[*]}" >&2
-"${sudo[@]}" apt-get update -qq
-"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" fonts-liberation
+exec "$(dirname "$0")/apt-install.sh" install-browser "${missing[@]}" fonts-liberation

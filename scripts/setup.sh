@@ -9,7 +9,12 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
     exit 1
 fi
 if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+    if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+        # Debian and Ubuntu ship venv's pip bootstrap separately, in python3-venv
+        rm -rf .venv
+        scripts/apt-install.sh setup python3-venv
+        "$PYTHON" -m venv .venv
+    fi
 fi
 stamp=.venv/.coalmine-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"

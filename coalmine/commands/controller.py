@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
         settings = _controller_settings(
             state=state, admin_listen=admin_listen, metrics_listen=metrics_listen
         )
+        _load_at_start(policy)
         service = _service(settings, policy)
         try:
             if settings.metrics_listen is not None:
@@ -114,7 +115,7 @@ def register(app: typer.Typer) -> None:
             split_address(proxy_settings.listen, "--listen")
         except (ValidationError, ValueError) as error:
             raise InputError(_first_error(error)) from None
-        policies = load_policies(_policy_files(policy))
+        policies = _load_at_start(policy)
         pins = parse_weights(weight or [])
         service = _service(settings, policy)
         try:
@@ -173,26 +174,22 @@ def _controller_settings(**flags: Any) -> Any:
         raise InputError(_first_error(error)) from None
 
 
-def _policy_files(paths: list[Path]) -> list[Path]:
-    files: list[Path] = []
+def _load_at_start(paths: list[Path]) -> list[Any]:
+    """The policies as they are at start, where a bad file is an error, not a warning."""
+    from controller.policy_files import PolicyFiles  # noqa: PLC0415
+
+    if not paths:
+        raise InputError("--policy: at least one policy file or directory is needed")
     for path in paths:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")))
-        else:
-            files.append(path)
-    return files
+        if not path.exists():
+            raise InputError(f"--policy: {path}: no such file or directory")
+    return load_policies(PolicyFiles(paths).files())
 
 
 def _service(settings: Any, policy_paths: list[Path]) -> Any:
     from controller.service import SetupError, build_service  # noqa: PLC0415
     from controller.state import StateLockedError  # noqa: PLC0415
 
-    if not policy_paths:
-        raise InputError("--policy: at least one policy file or directory is needed")
-    for path in policy_paths:
-        if not path.exists():
-            raise InputError(f"--policy: {path}: no such file or directory")
-    load_policies(_policy_files(policy_paths))  # a bad file at start is an error, not a warning
     try:
         return build_service(settings, policy_paths)
     except (SetupError, StateLockedError) as error:

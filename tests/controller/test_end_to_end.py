@@ -83,9 +83,6 @@ class Loop:
         release = self.service.state.release("support")
         return None if release is None else release.phase
 
-    def weight(self) -> float:
-        return self.proxy.metric("coalmine_proxy_canary_weight_percent", release="support")
-
 
 def _traffic(loop: Loop, stop: threading.Event, errors: list[str]) -> None:
     """Users send requests; an evaluator scores each answered one by its arm."""
@@ -193,10 +190,7 @@ def test_a_good_canary_is_promoted_through_every_step(loop: Loop) -> None:
     assert loop.phase() is Phase.PROMOTED
     assert (loop.label("production"), loop.label("canary")) == (2, 2)
     # the canary build takes all traffic once promoted
-    deadline = time.monotonic() + 5
-    while loop.weight() != 100.0:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    loop.proxy.wait_for(100.0, "coalmine_proxy_canary_weight_percent", release="support")
     assert loop.canary.seen and loop.stable.seen
 
 
@@ -207,10 +201,7 @@ def test_a_bad_canary_is_rolled_back_and_the_proxy_stops_sending_it_traffic(loop
     decisions = [record.decision for record in loop.service.state.decisions("support")]
     assert decisions == ["start", "rollback"]
     assert (loop.label("production"), loop.label("canary")) == (1, 1)
-    deadline = time.monotonic() + 5
-    while loop.weight() != 0.0:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    loop.proxy.wait_for(0.0, "coalmine_proxy_canary_weight_percent", release="support")
     served = len(loop.canary.seen)
     with httpx.Client(base_url=loop.proxy.url) as client:
         for index in range(50):

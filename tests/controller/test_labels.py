@@ -32,23 +32,6 @@ NAME = "team/greeting"
 
 
 @pytest.fixture
-def emulator() -> Iterator[LiveEmulator]:
-    with live_emulator() as live:
-        yield live
-
-
-@pytest.fixture
-def http(emulator: LiveEmulator) -> Iterator[httpx.Client]:
-    with emulator.client() as client:
-        yield client
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def budget(clock: FakeClock) -> RequestBudget:
     return RequestBudget(BudgetSettings(per_minute=100), clock=clock)
 

@@ -51,23 +51,6 @@ OBSERVATIONS = "/api/public/v2/observations"
 
 
 @pytest.fixture
-def emulator() -> Iterator[LiveEmulator]:
-    with live_emulator() as live:
-        yield live
-
-
-@pytest.fixture
-def http(emulator: LiveEmulator) -> Iterator[httpx.Client]:
-    with emulator.client() as client:
-        yield client
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def budget(clock: FakeClock) -> RequestBudget:
     return RequestBudget(BudgetSettings(per_minute=1000), clock=clock)
 
