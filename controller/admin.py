@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from controller.cluster.lease import NotLeaderError
 from controller.dashboard import DashboardSettings, mount_dashboard
 from controller.evidence_log import judgement_summary
 from controller.loop import Controller, ManualActionError, ManualActionIncompleteError
@@ -176,6 +177,8 @@ def _open_routes(
 
     @router.get("/readyz")
     def readyz() -> JSONResponse:
+        if not controller.is_leader():
+            return JSONResponse({"status": "standby"})
         why = not_ready_reason(controller, clock(), stale_after)
         if why is not None:
             return _error(503, "not_ready", why)
@@ -240,6 +243,13 @@ def _release_routes(controller: Controller, clock: Callable[[], float]) -> APIRo
         reason = body.reason if body is not None else ""
         try:
             release = controller.manual(name, action, actor=ACTOR, now=clock(), reason=reason)
+        except NotLeaderError as error:
+            raise ApiError(
+                503,
+                "not_leader",
+                f"{error}; send it to the leader ({error.leader or 'not known yet'})",
+                headers={"Retry-After": "2"},
+            ) from None
         except ManualActionIncompleteError as error:
             raise ApiError(502, "action_incomplete", str(error)) from None
         except ManualActionError as error:

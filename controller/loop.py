@@ -20,6 +20,8 @@ from typing import Any
 
 from coalmine.state.routing import initial_table
 from coalmine.state.store import RoutingTableStore, VersionConflictError
+from controller.cluster.events import EventRecorder, NoopEventRecorder
+from controller.cluster.lease import NotLeaderError
 from controller.evidence_log import judgement_summary
 from controller.judge import Decision, Evidence, Judgement, StepStatus, Trace, judge
 from controller.labels import PermanentError, PromptLabels, TemporaryError
@@ -46,6 +48,17 @@ HELD_WHILE_BLIND = frozenset({Decision.ADVANCE, Decision.PROMOTE})
 """Decisions never taken on a tick whose poll of Langfuse failed."""
 PRUNE_EVERY = 3600.0
 """Seconds between two clean-ups of stored samples."""
+EVENT_REASONS = {
+    "start": "Started",
+    "advance": "Advanced",
+    "promote": "Promoted",
+    "rollback": "RolledBack",
+    "pause": "Paused",
+    "resume": "Resumed",
+    "abort": "Aborted",
+}
+"""The Kubernetes Event reason of each decision."""
+WARNINGS = frozenset({"rollback", "pause", "abort"})
 
 Notify = Callable[[str, ReleaseState, str], None]
 """Called with (event, release, reason) on promote, rollback and pause."""
@@ -99,8 +112,12 @@ class Controller:
         labels: PromptLabels,
         policies: Callable[[], Mapping[str, Policy]],
         notify: Notify | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
         self.state = state
+        self.is_leader: Callable[[], bool] = lambda: True
+        """Whether this replica may act (cluster mode: it holds the Lease)."""
+        self.events: EventRecorder = events or NoopEventRecorder()
         self.routing = routing
         self.source = source
         self.labels = labels
@@ -115,6 +132,13 @@ class Controller:
         self._next_prune = 0.0
         self.last_poll_ok: float | None = None
         self.last_poll_error: str | None = None
+
+    def forget(self) -> None:
+        """Drop what is held in memory, so the next tick rebuilds it from the state store
+        (a replica that has just become the leader)."""
+        with self.lock:
+            self.live.clear()
+            self._next_prune = 0.0
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -499,6 +523,12 @@ class Controller:
         )
         report.decisions.append((release.name, decision))
         log.info("release %s: %s by %s: %s", release.name, decision, actor, reason)
+        self.events.record(
+            release.name,
+            EVENT_REASONS.get(decision, decision.title()),
+            f"{decision} by {actor}: {reason}",
+            warning=decision in WARNINGS,
+        )
         self._run_pending_actions(release.name, policy, now, report)
         if self.notify is not None and decision in ("promote", "rollback", "pause"):
             self.notify(decision, release, reason)
@@ -508,10 +538,13 @@ class Controller:
     ) -> None:
         for action in self.state.pending_actions(name):
             try:
-                self._execute(action, policy, now)
+                done = self._execute(action, policy, now)
             except TemporaryError as error:
                 report.action_errors.append(f"{name}: {error} (will retry)")
                 log.warning("release %s: action %s will be retried: %s", name, action.id, error)
+                self.events.record(
+                    name, "ActionRetrying", f"{_describe(action)}: {error}", warning=True
+                )
                 return  # keep the order: later actions wait for this one
             except (PermanentError, ValueError) as error:
                 self.state.finish_action(
@@ -519,20 +552,25 @@ class Controller:
                 )
                 report.action_errors.append(f"{name}: {error}")
                 log.error("release %s: action %s failed: %s", name, action.id, error)
+                self.events.record(
+                    name, "ActionFailed", f"{_describe(action)}: {error}", warning=True
+                )
                 continue
             report.actions += 1
+            self.events.record(name, *done)
 
-    def _execute(self, action: Action, policy: Policy, now: float) -> None:
+    def _execute(self, action: Action, policy: Policy, now: float) -> tuple[str, str]:
+        """Carry out one journalled action; its event's reason and message."""
         if action.kind is ActionKind.SET_WEIGHT:
             self._write_weight(policy, float(action.intent["weight"]), now)
             self.state.finish_action(action, at=now)
-            return
+            return "WeightSet", _describe(action)
         prompt = str(action.intent["prompt"])
         label = str(action.intent["label"])
         version = int(action.intent["version"])
         current = self.labels.version_of(prompt, label)
         if action.observed is None:
-            self.state.observe_action(action.id, {"from": current})
+            self.state.observe_action(action, {"from": current})
             before = current
         else:
             before = action.observed.get("from")
@@ -556,6 +594,8 @@ class Controller:
             )
         )
         self.state.finish_action(action, at=now, label_move=move)
+        moved = "already there" if move is None else f"moved from version {before}"
+        return "LabelMoved", f"{_describe(action)} ({moved})"
 
     def _write_weight(self, policy: Policy, weight: float, now: float) -> None:
         if policy.target.upstreams is None:
@@ -620,6 +660,12 @@ class Controller:
             actions=[],
         )
         report.decisions.append((release.name, "abort"))
+        self.events.record(
+            release.name,
+            "Aborted",
+            "aborted by controller: its policy file was removed",
+            warning=True,
+        )
         table = self.routing.read(release.name)
         if table is not None and table.canary_weight != 0.0:
             try:
@@ -638,6 +684,10 @@ class Controller:
     ) -> ReleaseState:
         """promote, rollback, pause, resume or abort a release by hand."""
         with self.lock:
+            if not self.is_leader():
+                raise NotLeaderError(
+                    f"cannot {action} release {name!r}: this replica is a standby", None
+                )
             policy = self.policies().get(name)
             release = self.state.release(name)
             if policy is None or release is None:
@@ -710,6 +760,14 @@ class Controller:
     def last_judgement(self, name: str) -> Judgement | None:
         live = self.live.get(name)
         return None if live is None else live.last
+
+
+def _describe(action: Action) -> str:
+    """An action's intent, for people."""
+    intent = action.intent
+    if action.kind is ActionKind.SET_WEIGHT:
+        return f"canary weight to {float(intent['weight']):g}%"
+    return f"label {intent['label']} of prompt {intent['prompt']} to version {intent['version']}"
 
 
 def _move_label(prompt: str, label: str, version: int) -> tuple[ActionKind, dict[str, Any]]:

@@ -46,8 +46,12 @@ class ControllerCollector(Collector):
         clock: Callable[[], float] = time.time,
         policy_load_errors: Callable[[], int] | None = None,
         notifications: Callable[[], Mapping[str, int]] | None = None,
+        leader: Callable[[], bool] | None = None,
     ) -> None:
         self.controller = controller
+        self.leader = leader
+        """Cluster mode: whether this replica leads; only the leader exports the figures
+        of polling Langfuse (a standby does not poll)."""
         self.clock = clock
         self.policy_load_errors = policy_load_errors
         self.notifications = notifications
@@ -65,8 +69,12 @@ class ControllerCollector(Collector):
             judgement = self.controller.last_judgement(release.name)
             if judgement is not None:
                 _judgement(release.name, judgement, families)
-        self._requests(families["langfuse_requests"])
-        self._poll(families)
+        leading = self.leader is None or self.leader()
+        if self.leader is not None:
+            families["leader"].add_metric([], float(leading))
+        if leading:
+            self._requests(families["langfuse_requests"])
+            self._poll(families)
         if self.policy_load_errors is not None:
             families["policy_load_errors"].add_metric([], self.policy_load_errors())
         if self.notifications is not None:
@@ -146,6 +154,10 @@ class ControllerCollector(Collector):
                 "connection, error when no answer came).",
                 labels=["endpoint", "status_class"],
             ),
+            "leader": gauge(
+                "coalmine_controller_leader",
+                "Cluster mode: 1 on the replica that holds the Lease and acts, 0 on standbys.",
+            ),
             "since_poll": gauge(
                 "coalmine_seconds_since_last_poll",
                 "Seconds since the last successful poll of Langfuse (absent before the first).",
@@ -183,18 +195,14 @@ class ControllerCollector(Collector):
             families["weight"].add_metric([name], release.canary_weight)
             started = release.started_at is not None
             families["step"].add_metric([name], release.step + 1 if started else 0)
-            decisions = Counter(record.decision for record in state.decisions(name))
-            for decision, count in sorted(decisions.items()):
+            for decision, count in sorted(state.decision_counts(name).items()):
                 families["decisions"].add_metric([name, decision], count)
-            actions = state.actions(name)
-            finished = Counter(
-                (action.kind.value, action.status.value)
-                for action in actions
-                if action.status in FINISHED_ACTIONS
-            )
-            for (kind, status), count in sorted(finished.items()):
-                families["actions"].add_metric([name, kind, status], count)
-            pending = sum(action.status is ActionStatus.PENDING for action in actions)
+            pending = 0
+            for (kind, status), count in sorted(state.action_counts(name).items()):
+                if status == ActionStatus.PENDING.value:
+                    pending += count
+                elif ActionStatus(status) in FINISHED_ACTIONS:
+                    families["actions"].add_metric([name, kind, status], count)
             families["pending"].add_metric([name], pending)
 
     def _requests(self, family: CounterMetricFamily | GaugeMetricFamily) -> None:
@@ -263,6 +271,7 @@ class ControllerMetrics:
         clock: Callable[[], float] = time.time,
         policy_load_errors: Callable[[], int] | None = None,
         notifications: Callable[[], Mapping[str, int]] | None = None,
+        leader: Callable[[], bool] | None = None,
     ) -> ControllerCollector:
         """Export ``controller``'s figures. ``policy_load_errors`` returns the number of
         bad policy loads so far (``PolicyFiles.load_errors``); ``notifications`` the
@@ -274,6 +283,7 @@ class ControllerMetrics:
             clock=clock,
             policy_load_errors=policy_load_errors,
             notifications=notifications,
+            leader=leader,
         )
         self.registry.register(self.collector)
         return self.collector

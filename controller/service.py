@@ -8,12 +8,18 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from coalmine.state.store import SqliteRoutingStore
+from coalmine.kube.client import KubeError, api_client
+from coalmine.state.configmap import ConfigMapRoutingStore
+from coalmine.state.store import RoutingTableStore, SqliteRoutingStore
+from controller.cluster.events import KubeEventRecorder, ObjectRef
+from controller.cluster.lease import LeaseElector
+from controller.cluster.state import ClusterState
 from controller.labels import LangfusePromptLabels, PromptLabels
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
@@ -46,9 +52,14 @@ class ControllerService:
     notifier: Notifier
     metrics: ControllerMetrics
     clock: Callable[[], float] = time.time
+    elector: LeaseElector | None = None
+    """Cluster mode: the Lease election; only its leader ticks."""
+    events: KubeEventRecorder | None = None
     scheduler: BackgroundScheduler | None = None
     _policies: dict[str, Policy] = field(default_factory=dict)
     _policies_lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop_election: threading.Event = field(default_factory=threading.Event)
+    _election: threading.Thread | None = None
 
     def current_policies(self) -> Mapping[str, Policy]:
         with self._policies_lock:
@@ -66,10 +77,19 @@ class ControllerService:
         intervals = [policy.analysis.interval for policy in self.current_policies().values()]
         return max(MIN_TICK_SECONDS, min(intervals, default=60.0))
 
+    def is_leader(self) -> bool:
+        """Whether this replica acts: always outside cluster mode."""
+        return self.elector is None or self.elector.is_leader()
+
     def tick(self) -> None:
-        """One round: reload the policies, then the controller's tick at the clock's now."""
+        """One round: reload the policies, then the controller's tick at the clock's now
+        (a standby replica only forgets what it read, so its status stays current)."""
         try:
             self.reload_policies()
+            if not self.is_leader():
+                if isinstance(self.state, ClusterState):
+                    self.state.refresh()
+                return
             report = self.controller.tick(self.clock())
         except Exception:
             log.exception("tick failed")
@@ -78,8 +98,18 @@ class ControllerService:
             log.warning("%s", problem)
 
     def start(self) -> None:
-        """Reconcile once, then tick on a schedule in a background thread."""
+        """Reconcile once, then tick on a schedule in a background thread; in cluster
+        mode, first join the election (the first tick acts only if this replica leads)."""
         self.reload_policies()
+        if self.elector is not None:
+            self.elector.try_acquire_or_renew()
+            self._election = threading.Thread(
+                target=self.elector.run,
+                args=(self._stop_election, self._leadership_changed),
+                name="lease",
+                daemon=True,
+            )
+            self._election.start()
         self.tick()
         scheduler = BackgroundScheduler(daemon=True)
         scheduler.add_job(
@@ -92,6 +122,16 @@ class ControllerService:
         )
         scheduler.start()
         self.scheduler = scheduler
+
+    def _leadership_changed(self, leading: bool) -> None:
+        if not leading:
+            return
+        # what this replica held in memory may predate another leader's actions
+        self.controller.forget()
+        if isinstance(self.state, ClusterState):
+            self.state.refresh()
+        if self.scheduler is not None:
+            self.scheduler.modify_job("tick", next_run_time=datetime.now(UTC))
 
     def admin_app(self) -> Any:
         """The admin API and dashboard (FastAPI), guarded by the admin token."""
@@ -118,6 +158,12 @@ class ControllerService:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
+        if self._election is not None:
+            self._stop_election.set()  # the elector gives the Lease up as it ends
+            self._election.join(timeout=10)
+            self._election = None
+        if self.events is not None:
+            self.events.close()
         self.notifier.close()
         for part in (self.controller.source, self.controller.labels, self.controller.routing):
             close = getattr(part, "close", None)
@@ -135,7 +181,9 @@ def build_service(
     clock: Callable[[], float] = time.time,
 ) -> ControllerService:
     """Build the controller from its settings; ``source`` and ``labels`` replace the
-    Langfuse ones (tests, other backends)."""
+    Langfuse ones (tests, other backends).
+
+    Raises SetupError when it cannot start as configured."""
     if source is None or labels is None:
         keys = settings.langfuse_keys()
         if keys is None:
@@ -153,37 +201,110 @@ def build_service(
             )
         if labels is None:
             labels = LangfusePromptLabels(settings.langfuse_base_url, *keys, budget=budget)
-    state = ControllerState(settings.state)
     policy_files = PolicyFiles(list(policy_paths))
+    service_box: list[ControllerService] = []
+
+    def policies() -> Mapping[str, Policy]:
+        return service_box[0].current_policies()
+
+    cluster = _cluster(settings, policies) if settings.cluster else None
+    state: ControllerState
+    routing: RoutingTableStore
+    if cluster is None:
+        state = ControllerState(settings.state)
+        routing = SqliteRoutingStore(settings.state)
+    else:
+        state, routing = cluster.state, cluster.routing
     notifiers: list[Notifier] = []
     if settings.webhook_url:
         notifiers.append(WebhookNotifier(settings.webhook_url))
     if settings.slack_webhook_url:
         notifiers.append(WebhookNotifier(settings.slack_webhook_url, slack=True))
     notifier = MultiNotifier(notifiers)
-    service_box: list[ControllerService] = []
-
-    def policies() -> Mapping[str, Policy]:
-        return service_box[0].current_policies()
 
     controller = Controller(
         state=state,
-        routing=SqliteRoutingStore(settings.state),
+        routing=routing,
         source=source,
         labels=labels,
         policies=policies,
         notify=notifier.send,
+        events=None if cluster is None else cluster.events,
     )
+    if cluster is not None:
+        controller.is_leader = cluster.elector.is_leader
     metrics = ControllerMetrics()
     metrics.watch(
         controller,
         clock=clock,
         policy_load_errors=lambda: policy_files.load_errors,
         notifications=lambda: _notification_counts(notifiers),
+        leader=None if cluster is None else cluster.elector.is_leader,
     )
-    service = ControllerService(settings, policy_files, state, controller, notifier, metrics, clock)
+    service = ControllerService(
+        settings,
+        policy_files,
+        state,
+        controller,
+        notifier,
+        metrics,
+        clock,
+        elector=None if cluster is None else cluster.elector,
+        events=None if cluster is None else cluster.events,
+    )
     service_box.append(service)
     return service
+
+
+@dataclass(frozen=True)
+class _Cluster:
+    elector: LeaseElector
+    state: ClusterState
+    routing: ConfigMapRoutingStore
+    events: KubeEventRecorder
+
+
+def _cluster(
+    settings: ControllerSettings, policies: Callable[[], Mapping[str, Policy]]
+) -> _Cluster:
+    """The cluster-mode parts: one API client for the Lease, the state ConfigMaps, the
+    routing ConfigMaps and the Events."""
+    try:
+        client = api_client(settings)
+    except KubeError as error:
+        raise SetupError(str(error)) from None
+    namespace = settings.resolved_namespace()
+    identity = settings.identity()
+    elector = LeaseElector(
+        client,
+        namespace,
+        settings.lease_name,
+        identity,
+        lease_duration=settings.lease_duration_seconds,
+        renew_deadline=settings.renew_deadline_seconds,
+        retry_period=settings.retry_period_seconds,
+    )
+    state = ClusterState(
+        settings.state, client, namespace, settings.configmap_prefix, fence=elector.fence
+    )
+    routing = ConfigMapRoutingStore(client, namespace, settings.configmap_prefix, ())
+
+    def targets() -> dict[str, ObjectRef]:
+        found: dict[str, ObjectRef] = {}
+        for name, policy in policies().items():
+            target = None if policy.kubernetes is None else policy.kubernetes.event_target
+            if target is not None:
+                found[name] = ObjectRef(target.api_version, target.kind, target.name)
+        return found
+
+    events = KubeEventRecorder(
+        client,
+        namespace,
+        instance=identity,
+        pod=ObjectRef("v1", "Pod", identity, settings.pod_uid),
+        targets=targets,
+    )
+    return _Cluster(elector, state, routing, events)
 
 
 def _notification_counts(notifiers: Sequence[Notifier]) -> dict[str, int]:

@@ -8,11 +8,12 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from coalmine.kube.client import ClusterSettings
 from coalmine.settings import AdminToken, LangfuseConnection
 from controller.source.budget import DEFAULT_PER_MINUTE
 
 
-class ControllerSettings(LangfuseConnection, AdminToken):
+class ControllerSettings(LangfuseConnection, AdminToken, ClusterSettings):
     """Where the controller keeps state, listens, reads Langfuse and sends alerts."""
 
     model_config = SettingsConfigDict(
@@ -20,7 +21,8 @@ class ControllerSettings(LangfuseConnection, AdminToken):
     )
 
     state: Path = Path("coalmine-state.db")
-    """SQLite state file (WAL); the proxy reads its routing tables from the same file."""
+    """SQLite state file (WAL); the proxy reads its routing tables from the same file.
+    In cluster mode, only the local cache of samples read from Langfuse."""
 
     admin_listen: str = "127.0.0.1:9465"
     """HOST:PORT of the admin API and dashboard."""

@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -369,12 +370,12 @@ class ControllerState:
         )
         return [_action(row) for row in rows]
 
-    def observe_action(self, action_id: int, observed: dict[str, Any]) -> None:
+    def observe_action(self, action: Action, observed: dict[str, Any]) -> None:
         """Record what was there before acting (a label's version before the move)."""
         with self.transaction() as db:
             db.execute(
                 "UPDATE actions SET observed = ? WHERE id = ?",
-                (json.dumps(observed), action_id),
+                (json.dumps(observed), action.id),
             )
 
     def finish_action(
@@ -435,6 +436,22 @@ class ControllerState:
             )
             for row in reversed(rows)
         ]
+
+    def decision_counts(self, release: str) -> Counter[str]:
+        """How many decisions of each kind the release's log holds."""
+        rows = self._query(
+            "SELECT decision, COUNT(*) FROM decisions WHERE release = ? GROUP BY decision",
+            (release,),
+        )
+        return Counter({str(row[0]): int(row[1]) for row in rows})
+
+    def action_counts(self, release: str) -> Counter[tuple[str, str]]:
+        """How many actions of each (kind, status) the release's journal holds."""
+        rows = self._query(
+            "SELECT kind, status, COUNT(*) FROM actions WHERE release = ? GROUP BY kind, status",
+            (release,),
+        )
+        return Counter({(str(row[0]), str(row[1])): int(row[2]) for row in rows})
 
     def label_moves(self, release: str | None = None) -> list[LabelMove]:
         sql = (

@@ -294,6 +294,27 @@ class Step(_Model):
         return self
 
 
+class EventTarget(_Model):
+    """The object in the controller's namespace that a release's Kubernetes Events are
+    reported on (``kubectl describe`` lists them there)."""
+
+    api_version: str = Field(default="apps/v1", min_length=1)
+    """API version of the object, e.g. `apps/v1`."""
+
+    kind: str = Field(default="Deployment", pattern=r"^[A-Z][A-Za-z0-9]*$")
+    """Kind of the object, e.g. `Deployment`."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+    """Name of the object."""
+
+
+class Kubernetes(_Model):
+    """How the release shows in Kubernetes when the controller runs in cluster mode."""
+
+    event_target: EventTarget | None = None
+    """Object to report the release's Events on; unset: the controller's own pod."""
+
+
 class Shadow(_Model):
     """Mirror a sample of requests to a staging upstream; its responses are dropped."""
 
@@ -592,6 +613,9 @@ class Policy(_Model):
 
     analysis: Analysis
     """How the canary is judged."""
+
+    kubernetes: Kubernetes | None = None
+    """Kubernetes Events of the release (cluster mode)."""
 
     @field_validator("steps")
     @classmethod

@@ -9,6 +9,8 @@ import httpx
 import uvicorn
 from prometheus_client import disable_created_metrics, start_http_server
 
+from coalmine.kube.client import KubeError, api_client
+from coalmine.state.configmap import ConfigMapRoutingStore
 from coalmine.state.store import RoutingTableStore, SqliteRoutingStore
 from policies.model import Policy
 from proxy.app import ProxyApp
@@ -73,7 +75,19 @@ def build_app(
     releases = Releases(policies, pins)
     metrics = metrics or ProxyMetrics()
     spans = spans or span_reporter(settings)
-    if store is None and settings.state is not None:
+    if store is None and settings.cluster:
+        try:
+            client = api_client(settings)
+        except KubeError as error:
+            raise ValueError(str(error)) from None
+        store = ConfigMapRoutingStore(
+            client,
+            settings.resolved_namespace(),
+            settings.configmap_prefix,
+            [policy.name for policy in policies],
+            watch=True,
+        )
+    elif store is None and settings.state is not None:
         store = SqliteRoutingStore(settings.state, readonly=True)
     refresher = None
     if store is not None:

@@ -8,10 +8,11 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from coalmine.kube.client import ClusterSettings
 from coalmine.settings import AdminToken, LangfuseConnection
 
 
-class ProxySettings(LangfuseConnection, AdminToken):
+class ProxySettings(LangfuseConnection, AdminToken, ClusterSettings):
     """How one proxy process listens, where it reads routing tables, where spans go."""
 
     model_config = SettingsConfigDict(
@@ -26,7 +27,8 @@ class ProxySettings(LangfuseConnection, AdminToken):
 
     state: Path | None = None
     """SQLite state file the controller writes routing tables to; None: no store, every
-    release at canary weight 0 unless pinned."""
+    release at canary weight 0 unless pinned. Not read in cluster mode, where routing
+    tables are ConfigMaps the proxy watches."""
 
     spans: bool = True
     """Report every request to Langfuse as the root span of its trace."""

@@ -8,6 +8,11 @@ if ! scripts/install-browser.sh; then
     if [ "${CI:-}" = "true" ]; then exit 1; fi
     echo "warning: no chromium/chromedriver: the dashboard's browser test will be skipped" >&2
 fi
+# the alert rules' tests run Debian's promtool and a real Prometheus; under CI they must
+if ! scripts/install-prometheus.sh; then
+    if [ "${CI:-}" = "true" ]; then exit 1; fi
+    echo "warning: no prometheus/promtool: the alert rules' tests will be skipped" >&2
+fi
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff check"; ruff check .
 echo "== ruff format --check"; ruff format --check .

@@ -143,14 +143,18 @@ def run_demo(
     progress: Progress | None = None,
     workdir: Path | None = None,
     on_started: Callable[[str], None] | None = None,
+    metrics_port: int | None = None,
 ) -> DemoResult:
-    """Run one scenario to its end and stop everything; never leaves a process behind."""
+    """Run one scenario to its end and stop everything; never leaves a process behind.
+
+    ``metrics_port``: where `coalmine run` serves its metrics (default: a free port), so
+    that a Prometheus started beforehand can scrape it."""
     base = workdir or Path(tempfile.mkdtemp(prefix="coalmine-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     processes = Processes(base)
     token = secrets.token_hex(16)
     ports = {name: free_port() for name in ("emulator", "stable", "canary", "staging", "proxy")}
-    ports |= {"admin": free_port(), "metrics": free_port()}
+    ports |= {"admin": free_port(), "metrics": metrics_port or free_port()}
     emulator_url = f"http://127.0.0.1:{ports['emulator']}"
     env = {
         **os.environ,

@@ -60,6 +60,29 @@ class RoutingTableStore(Protocol):
         ...
 
 
+def parse_table(document: str, release: str, version: int, *, where: str) -> RoutingTable:
+    """A stored document as the routing table of ``release`` at ``version``.
+
+    Raises BadRoutingTableError, naming ``where`` it was stored, when it is not one.
+    """
+    try:
+        table = RoutingTable.model_validate_json(document)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or '(document)'}: {item['msg']}"
+            for item in error.errors(include_url=False)
+        )
+        raise BadRoutingTableError(
+            f"{where}: routing table of '{release}' v{version}: {problems}"
+        ) from None
+    if table.release != release or table.version != version:
+        raise BadRoutingTableError(
+            f"{where}: routing table stored as '{release}' v{version} says "
+            f"'{table.release}' v{table.version}"
+        )
+    return table
+
+
 class SqliteRoutingStore:
     """Routing tables in one SQLite file, safe to share between processes."""
 
@@ -113,22 +136,7 @@ class SqliteRoutingStore:
         if row is None:
             return None
         version, document = row
-        try:
-            table = RoutingTable.model_validate_json(document)
-        except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in item['loc']) or '(document)'}: {item['msg']}"
-                for item in error.errors(include_url=False)
-            )
-            raise BadRoutingTableError(
-                f"{self.path}: routing table of '{release}' v{version}: {problems}"
-            ) from None
-        if table.release != release or table.version != version:
-            raise BadRoutingTableError(
-                f"{self.path}: routing table stored as '{release}' v{version} says "
-                f"'{table.release}' v{table.version}"
-            )
-        return table
+        return parse_table(document, release, int(version), where=str(self.path))
 
     def write(self, table: RoutingTable, expected_version: int | None) -> RoutingTable:
         if self.readonly:
