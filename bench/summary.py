@@ -194,7 +194,12 @@ def render(out: Path) -> str:
     speed = _load(out / "replay_speed.json")
     if speed is not None:
         parts += ["## Replay speed", "", *replay_speed(speed), ""]
-    for report in ("emulator_speed.md", "proxy_speed.md", "controller_speed.md"):
+    for report in (
+        "emulator_speed.md",
+        "proxy_speed.md",
+        "controller_speed.md",
+        "cluster_speed.md",
+    ):
         parts += _own_report(out / report)
     return "\n".join(parts)
 

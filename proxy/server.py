@@ -22,6 +22,9 @@ from proxy.transport import PooledTransport
 
 log = logging.getLogger("coalmine.proxy")
 
+STORE_SYNC_SECONDS = 5.0
+"""Cluster mode: how long start-up waits for the routing ConfigMaps' first listing."""
+
 disable_created_metrics()  # type: ignore[no-untyped-call]
 # httpx logs every request at INFO: far too much for a proxy's hot path
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -87,6 +90,11 @@ def build_app(
             [policy.name for policy in policies],
             watch=True,
         )
+        if not store.wait_synced(STORE_SYNC_SECONDS):
+            log.warning(
+                "routing ConfigMaps not listed within %ss: canary weight 0 until they are",
+                STORE_SYNC_SECONDS,
+            )
     elif store is None and settings.state is not None:
         store = SqliteRoutingStore(settings.state, readonly=True)
     refresher = None

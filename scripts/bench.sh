@@ -16,4 +16,5 @@ python -m bench.emulator_speed --out bench/out
 scripts/bench-deps.sh
 python -m bench.proxy_speed --out bench/out
 python -m bench.controller_speed --out bench/out
+python -m bench.cluster_speed --out bench/out
 python -m bench.summary --out bench/out --doc docs/benchmarks.md
