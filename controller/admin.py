@@ -247,7 +247,7 @@ def _release_routes(controller: Controller, clock: Callable[[], float]) -> APIRo
             raise ApiError(
                 503,
                 "not_leader",
-                f"{error}; send it to the leader ({error.leader or 'not known yet'})",
+                f"{error}; send it to the leader, {error.leader or 'not known yet'}",
                 headers={"Retry-After": "2"},
             ) from None
         except ManualActionIncompleteError as error:

@@ -117,6 +117,8 @@ class Controller:
         self.state = state
         self.is_leader: Callable[[], bool] = lambda: True
         """Whether this replica may act (cluster mode: it holds the Lease)."""
+        self.fence: Callable[[], None] = lambda: None
+        """Raises NotLeaderError, naming the leader, when this replica may not act."""
         self.events: EventRecorder = events or NoopEventRecorder()
         self.routing = routing
         self.source = source
@@ -684,10 +686,12 @@ class Controller:
     ) -> ReleaseState:
         """promote, rollback, pause, resume or abort a release by hand."""
         with self.lock:
-            if not self.is_leader():
+            try:
+                self.fence()
+            except NotLeaderError as error:
                 raise NotLeaderError(
-                    f"cannot {action} release {name!r}: this replica is a standby", None
-                )
+                    f"cannot {action} release {name!r} here: {error}", error.leader
+                ) from None
             policy = self.policies().get(name)
             release = self.state.release(name)
             if policy is None or release is None:

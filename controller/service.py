@@ -233,6 +233,7 @@ def build_service(
     )
     if cluster is not None:
         controller.is_leader = cluster.elector.is_leader
+        controller.fence = cluster.elector.fence
     metrics = ControllerMetrics()
     metrics.watch(
         controller,

@@ -166,3 +166,6 @@ class RoutingRefresher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        close = getattr(self.store, "close", None)
+        if callable(close):
+            close()  # a watching store's threads end with it

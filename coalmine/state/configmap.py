@@ -11,6 +11,7 @@ server sends the event.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterable
@@ -147,6 +148,11 @@ class ConfigMapRoutingStore:
         self._stopped.set()
         for stream in list(self._streams):
             stream.stop()
+            # a watch blocks in a read until its next event: end the read now
+            response = getattr(stream, "_resp", None)
+            if response is not None:
+                with contextlib.suppress(Exception):
+                    response.shutdown()
 
     def _watch(self, release: str) -> None:
         from kubernetes import watch  # noqa: PLC0415

@@ -71,6 +71,8 @@ class _Pending:
     message: str
     warning: bool
     at: datetime
+    clock: float
+    """``clock()`` when it was recorded (repeats are judged by when they happened)."""
 
 
 class KubeEventRecorder:
@@ -104,7 +106,9 @@ class KubeEventRecorder:
 
     def record(self, release: str, reason: str, message: str, *, warning: bool = False) -> None:
         try:
-            self._queue.put_nowait(_Pending(release, reason, message, warning, datetime.now(UTC)))
+            self._queue.put_nowait(
+                _Pending(release, reason, message, warning, datetime.now(UTC), self._clock())
+            )
         except queue.Full:
             self.counts["dropped"] += 1
 
@@ -132,7 +136,7 @@ class KubeEventRecorder:
         target = self.targets().get(pending.release, self.pod)
         message = f"release {pending.release}: {pending.message}"[:1024]
         key = (f"{target.kind}/{target.name}", pending.reason, message)
-        now = self._clock()
+        now = pending.clock
         stamp = pending.at.strftime("%Y-%m-%dT%H:%M:%SZ")
         earlier = self._sent.get(key)
         if earlier is not None and now - earlier[2] < REPEAT_SECONDS:

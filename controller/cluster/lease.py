@@ -267,6 +267,10 @@ class LeaseElector:
 
 
 def _micro_time(moment: datetime) -> str:
+    # The client turns the text into a datetime and back with isoformat(), which drops a
+    # zero fraction, and the API server's MicroTime needs six digits: never send .000000.
+    if moment.microsecond == 0:
+        moment = moment.replace(microsecond=1)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
