@@ -185,7 +185,7 @@ class ProxyApp:
     async def startup(self) -> None:
         await self.spans.start()
         if self.refresher is not None:
-            await asyncio.to_thread(self.refresher.refresh)
+            await self.refresher.refresh_once()
             self.refresher.start()
 
     async def shutdown(self) -> None:

@@ -143,18 +143,22 @@ class RoutingRefresher:
         if self.on_error is not None:
             self.on_error(release, message)
 
+    async def refresh_once(self) -> None:
+        """One look at the store, off the event loop; each table applied is logged and
+        reported."""
+        for table in await asyncio.to_thread(self.refresh):
+            log.info(
+                "routing table of %s v%d applied: canary weight %s%%",
+                table.release,
+                table.version,
+                f"{table.canary_weight:g}",
+            )
+            if self.on_applied is not None:
+                self.on_applied(table)
+
     async def run(self) -> None:
         while True:
-            applied = await asyncio.to_thread(self.refresh)
-            for table in applied:
-                log.info(
-                    "routing table of %s v%d applied: canary weight %s%%",
-                    table.release,
-                    table.version,
-                    f"{table.canary_weight:g}",
-                )
-                if self.on_applied is not None:
-                    self.on_applied(table)
+            await self.refresh_once()
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:

@@ -1,0 +1,37 @@
+"""Fixtures of the cluster-mode tests: a fake Kubernetes API server on loopback, driven
+by the official client, and a clock that moves only when told."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cluster_support import Clock
+
+from sandbox.kube_api import FakeKubeServer
+
+NAMESPACE = "shop"
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKubeServer]:
+    with FakeKubeServer(token="coalmine-test-token") as server:
+        yield server
+
+
+@pytest.fixture
+def api(kube: FakeKubeServer) -> Iterator[Any]:
+    client = kube.api_client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
