@@ -12,6 +12,7 @@ Langfuse endpoint (a few) and status class (five).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
@@ -28,6 +29,8 @@ from controller.state import ActionStatus, Phase, ReleaseState
 
 SAMPLE_RATIO_CHECK: Final = "sample_ratio"
 """Name of the judge's sample-ratio guard (controller.judge.decide)."""
+
+log = logging.getLogger("coalmine.controller")
 
 FINISHED_ACTIONS: Final = (ActionStatus.DONE, ActionStatus.FAILED)
 
@@ -63,8 +66,12 @@ class ControllerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families = self._families()
-        releases = self.controller.state.releases()
-        self._releases(releases, families)
+        try:
+            releases = self.controller.state.releases()
+            self._releases(releases, families)
+        except Exception as error:  # the state store is outside the process (cluster mode)
+            log.warning("metrics: cannot read the releases' state: %s", error)
+            releases = []
         for release in releases:
             judgement = self.controller.last_judgement(release.name)
             if judgement is not None:

@@ -56,6 +56,12 @@ def register(app: typer.Typer) -> None:
         COALMINE_ADMIN_TOKEN (or COALMINE_ADMIN_TOKEN_FILE), COALMINE_WEBHOOK_URL,
         COALMINE_SLACK_WEBHOOK_URL, COALMINE_REQUESTS_PER_MINUTE, and Langfuse's
         LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_BASE_URL. Flags win.
+
+        Cluster mode (COALMINE_CLUSTER=true): state in ConfigMaps, one acting replica
+        elected by a Lease, Kubernetes Events; COALMINE_NAMESPACE, COALMINE_POD_NAME,
+        COALMINE_KUBECONFIG, COALMINE_CONFIGMAP_PREFIX, COALMINE_LEASE_NAME and the
+        COALMINE_LEASE_DURATION_SECONDS, _RENEW_DEADLINE_SECONDS, _RETRY_PERIOD_SECONDS
+        timing (docs/kubernetes.md).
         """
         _logging(log_level)
         settings = _controller_settings(
@@ -98,7 +104,8 @@ def register(app: typer.Typer) -> None:
         application's traffic by the routing tables the controller writes to the state
         file.
 
-        Environment as for `coalmine proxy` and `coalmine controller`.
+        Environment as for `coalmine proxy` and `coalmine controller`; with
+        COALMINE_CLUSTER=true the routing tables are ConfigMaps that the proxy watches.
         """
         from proxy.server import build_app, split_address  # noqa: PLC0415
         from proxy.settings import ProxySettings  # noqa: PLC0415
