@@ -45,7 +45,10 @@ SOURCE = "langfuse"
 JUDGEMENTS_KEPT = 1440
 """Judgements kept per running release for the dashboard's charts."""
 HELD_WHILE_BLIND = frozenset({Decision.ADVANCE, Decision.PROMOTE})
-"""Decisions never taken on a tick whose poll of Langfuse failed."""
+"""Decisions never taken on a tick whose poll of Langfuse failed, or that has not read
+Langfuse up to now (a new leader reading a release's history again)."""
+CAUGHT_UP_WITHIN = 60.0
+"""A poll whose cursors stop further than this before now is still catching up."""
 PRUNE_EVERY = 3600.0
 """Seconds between two clean-ups of stored samples."""
 EVENT_REASONS = {
@@ -95,6 +98,8 @@ class TickReport:
     poll_error: str | None = None
     new_traces: int = 0
     new_scores: int = 0
+    catching_up: str | None = None
+    """Why the poll has not read up to now (None: it has)."""
     decisions: list[tuple[str, str]] = field(default_factory=list)
     actions: int = 0
     action_errors: list[str] = field(default_factory=list)
@@ -194,6 +199,9 @@ class Controller:
             return
         self.last_poll_ok = now
         self.last_poll_error = None
+        behind = now - min(poll.cursors.observations_from, poll.cursors.scores_from)
+        if behind > CAUGHT_UP_WITHIN:
+            report.catching_up = f"Langfuse read up to {behind:.0f}s before now"
         traces, scores = self.state.store_poll(SOURCE, poll.cursors, poll.traces, poll.scores)
         report.new_traces, report.new_scores = len(traces), len(scores)
         self._feed(traces, scores)
@@ -255,13 +263,15 @@ class Controller:
         live.next_look = now + policy.analysis.interval
         if judgement.decision is Decision.CONTINUE:
             return
-        if report.poll_error is not None and judgement.decision in HELD_WHILE_BLIND:
-            # evidence read before Langfuse failed may be stale: never move forward on it
+        blind = report.poll_error or report.catching_up
+        if blind is not None and judgement.decision in HELD_WHILE_BLIND:
+            # evidence read before Langfuse failed, or not read up to now, may be stale or
+            # partial: never move forward on it
             log.warning(
-                "release %s: %s held: Langfuse could not be read (%s)",
+                "release %s: %s held: Langfuse not read up to now (%s)",
                 release.name,
                 judgement.decision.value,
-                report.poll_error,
+                blind,
             )
             return
         self._carry_out(release, policy, judgement, now, report)

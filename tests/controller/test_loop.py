@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -390,3 +390,46 @@ def test_samples_of_a_finished_release_are_forgotten(rig: Rig) -> None:
     assert rig.state.traces("support", 0.0) == []
     assert rig.state.scores_for_release("support", 0.0) == []
     assert rig.decisions() == ["start", "rollback"]  # the evidence stays in the log
+
+
+@dataclass
+class Lagging:
+    """The world's samples, with cursors that stop ``behind`` seconds before now: a
+    source still reading history (a new leader catching up on a long release)."""
+
+    world: World
+    behind: float | None = 600.0
+
+    def poll(self, releases: Mapping[str, Policy], cursors: Cursors | None, now: float) -> Poll:
+        poll = self.world.poll(releases, cursors, now)
+        if self.behind is None:
+            return poll
+        return replace(poll, cursors=Cursors(now - self.behind, now - self.behind))
+
+    def close(self) -> None:
+        pass
+
+
+def test_no_advance_or_promotion_until_langfuse_is_read_up_to_now(rig: Rig) -> None:
+    source = Lagging(rig.world)
+    rig.controller.source = source
+    rig.run(300, until=Phase.PROMOTED)
+    assert rig.decisions() == ["start"], "held while the reads stop short of now"
+    source.behind = 30.0  # within a minute of now: caught up
+    rig.run(600, until=Phase.PROMOTED)
+    assert rig.decisions() == ["start", "advance", "advance", "promote"]
+
+
+def test_a_bad_canary_is_rolled_back_even_while_langfuse_is_being_caught_up(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    state = ControllerState(path)
+    world = World(SqliteRoutingStore(path), canary_error=0.12)
+    labels = Labels()
+    policies = {"support": load_policy_text(POLICY, "support.yaml")}
+    controller = _controller(state, world, labels, policies)
+    controller.source = Lagging(world)
+    rig = Rig(path, labels, world, policies, controller, state)
+    rig.run(240, until=Phase.ROLLED_BACK)
+    assert rig.decisions() == ["start", "rollback"], "what was read is real evidence of harm"
