@@ -22,6 +22,7 @@ from coalmine.state.routing import initial_table
 from coalmine.state.store import RoutingTableStore, VersionConflictError
 from controller.cluster.events import EventRecorder, NoopEventRecorder
 from controller.cluster.lease import NotLeaderError
+from controller.cluster.state import StaleStateError
 from controller.evidence_log import judgement_summary
 from controller.judge import Decision, Evidence, Judgement, StepStatus, Trace, judge
 from controller.labels import PermanentError, PromptLabels, TemporaryError
@@ -157,6 +158,9 @@ class Controller:
             for name, policy in policies.items():
                 try:
                     self._step(name, policy, now, report)
+                except StaleStateError as error:  # another writer came first: judge again
+                    log.warning("release %s: %s", name, error)
+                    report.action_errors.append(f"{name}: {error}")
                 except Exception as error:  # one release's trouble never stops the others
                     log.exception("release %s: tick failed", name)
                     report.action_errors.append(f"{name}: {error}")

@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 
 T0 = 1_800_000_000.0
+NAMESPACE = "shop"
+"""The namespace of every cluster-mode test."""
 
 
 class Clock:

@@ -16,8 +16,6 @@ from cluster_support import Clock
 
 from sandbox.kube_api import FakeKubeServer
 
-NAMESPACE = "shop"
-
 
 @pytest.fixture
 def kube() -> Iterator[FakeKubeServer]:

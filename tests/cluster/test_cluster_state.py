@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NAMESPACE
+from cluster_support import NAMESPACE
 from kubernetes import client
 
 from controller.cluster.lease import NotLeaderError

@@ -7,8 +7,7 @@ import threading
 from typing import Any
 
 import pytest
-from cluster_support import wait_until
-from conftest import NAMESPACE
+from cluster_support import NAMESPACE, wait_until
 from kubernetes import client
 
 from coalmine.state.configmap import ConfigMapRoutingStore

@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cluster_support import wait_until
-from conftest import NAMESPACE
+from cluster_support import NAMESPACE, wait_until
 from kubernetes import client
 
 from controller.cluster.events import KubeEventRecorder, ObjectRef

@@ -6,8 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from cluster_support import Clock, wait_until
-from conftest import NAMESPACE
+from cluster_support import NAMESPACE, Clock, wait_until
 from kubernetes import client
 
 from controller.cluster.lease import LeaseElector, NotLeaderError

@@ -11,8 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cluster_support import wait_until, write_kubeconfig
-from conftest import NAMESPACE
+from cluster_support import NAMESPACE, wait_until, write_kubeconfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy"))
 

@@ -20,8 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cluster_support import wait_until, write_kubeconfig
-from conftest import NAMESPACE
+from cluster_support import NAMESPACE, wait_until, write_kubeconfig
 from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))

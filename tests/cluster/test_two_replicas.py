@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import Clock
-from conftest import NAMESPACE
+from cluster_support import NAMESPACE, Clock
 
 from coalmine.state.configmap import ConfigMapRoutingStore
 from controller.cluster.lease import LeaseElector

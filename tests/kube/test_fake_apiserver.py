@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from conftest import TOKEN
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
@@ -51,7 +50,10 @@ def raw(
         method,
         api.configuration.host + path,
         body=body,
-        headers={"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"},
+        headers={
+            "Content-Type": content_type,
+            "Authorization": api.configuration.get_api_key_with_prefix("authorization"),
+        },
     )
     return response.status, json.loads(response.data)
 
