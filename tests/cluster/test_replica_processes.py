@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
 
-from emulator_support import LiveEmulator, start_emulator
+from emulator_support import LiveEmulator, emulator_with_prompt
 
 from coalmine.emulator.settings import EmulatorSettings
 from controller.cluster.state import ClusterState
@@ -61,20 +60,9 @@ def free_port() -> int:
 
 @pytest.fixture
 def emulator() -> Iterator[tuple[LiveEmulator, EmulatorSettings]]:
-    keys = uuid.uuid4().hex[:8]
-    settings = EmulatorSettings(public_key=f"pk-lf-{keys}", secret_key=f"sk-lf-{keys}")
-    live = start_emulator(settings)
-    with live.client() as http:
-        for version, labels in ((1, ["production"]), (2, ["canary"])):
-            created = http.post(
-                "/api/public/v2/prompts",
-                json={"name": "support-agent", "prompt": f"v{version}", "labels": labels},
-            )
-            assert created.status_code in (200, 201), created.text
-    try:
-        yield live, settings
-    finally:
-        live.stop()
+    labels = {1: ["production"], 2: ["canary"]}
+    with emulator_with_prompt("support-agent", labels, versions=2) as running:
+        yield running
 
 
 class Replica:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "emulator"))
 
-from emulator_support import LiveEmulator, start_emulator
+from emulator_support import LiveEmulator, emulator_with_prompt
 
 from coalmine.emulator.settings import EmulatorSettings
 from coalmine.state.store import SqliteRoutingStore
@@ -48,21 +47,9 @@ PROMOTION_POINTS = [
 
 @pytest.fixture
 def emulator() -> Iterator[tuple[LiveEmulator, EmulatorSettings]]:
-    keys = uuid.uuid4().hex[:8]
-    settings = EmulatorSettings(public_key=f"pk-lf-{keys}", secret_key=f"sk-lf-{keys}")
-    live = start_emulator(settings)
-    with live.client() as http:
-        for version in (1, 2, 3, 4):
-            labels = {3: ["production"], 4: ["canary"]}.get(version, [])
-            created = http.post(
-                "/api/public/v2/prompts",
-                json={"name": "support-agent", "prompt": f"v{version}", "labels": labels},
-            )
-            assert created.status_code in (200, 201), created.text
-    try:
-        yield live, settings
-    finally:
-        live.stop()
+    labels = {3: ["production"], 4: ["canary"]}
+    with emulator_with_prompt("support-agent", labels, versions=4) as running:
+        yield running
 
 
 def _child(state: Path, live: LiveEmulator, settings: EmulatorSettings, *args: str) -> int:

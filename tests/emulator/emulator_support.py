@@ -71,6 +71,28 @@ def start_emulator(settings: EmulatorSettings, *, clock: Clock | None = None) ->
     return LiveEmulator(f"http://127.0.0.1:{port}", settings, checked, server, thread, emulator_app)
 
 
+@contextmanager
+def emulator_with_prompt(
+    name: str, labels: dict[int, list[str]], versions: int
+) -> Iterator[tuple[LiveEmulator, EmulatorSettings]]:
+    """An emulator with keys of its own and ``versions`` versions of prompt ``name``,
+    version N holding ``labels[N]``; stopped on exit."""
+    keys = uuid.uuid4().hex[:8]
+    settings = EmulatorSettings(public_key=f"pk-lf-{keys}", secret_key=f"sk-lf-{keys}")
+    live = start_emulator(settings)
+    with live.client() as http:
+        for version in range(1, versions + 1):
+            created = http.post(
+                "/api/public/v2/prompts",
+                json={"name": name, "prompt": f"v{version}", "labels": labels.get(version, [])},
+            )
+            assert created.status_code in (200, 201), created.text
+    try:
+        yield live, settings
+    finally:
+        live.stop()
+
+
 def sdk_emulator_settings() -> EmulatorSettings:
     """Keys of their own for a test that uses the SDK.
 
