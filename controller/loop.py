@@ -121,10 +121,9 @@ class Controller:
         events: EventRecorder | None = None,
     ) -> None:
         self.state = state
-        self.is_leader: Callable[[], bool] = lambda: True
-        """Whether this replica may act (cluster mode: it holds the Lease)."""
         self.fence: Callable[[], None] = lambda: None
-        """Raises NotLeaderError, naming the leader, when this replica may not act."""
+        """Raises NotLeaderError, naming the leader, when this replica may not act
+        (cluster mode: it does not hold the Lease)."""
         self.events: EventRecorder = events or NoopEventRecorder()
         self.routing = routing
         self.source = source
@@ -140,6 +139,14 @@ class Controller:
         self._next_prune = 0.0
         self.last_poll_ok: float | None = None
         self.last_poll_error: str | None = None
+
+    def is_leader(self) -> bool:
+        """Whether this replica may act."""
+        try:
+            self.fence()
+        except NotLeaderError:
+            return False
+        return True
 
     def forget(self) -> None:
         """Drop what is held in memory, so the next tick rebuilds it from the state store

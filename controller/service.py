@@ -87,8 +87,7 @@ class ControllerService:
         try:
             self.reload_policies()
             if not self.is_leader():
-                if isinstance(self.state, ClusterState):
-                    self.state.refresh()
+                self.state.refresh()
                 return
             report = self.controller.tick(self.clock())
         except Exception:
@@ -128,8 +127,7 @@ class ControllerService:
             return
         # what this replica held in memory may predate another leader's actions
         self.controller.forget()
-        if isinstance(self.state, ClusterState):
-            self.state.refresh()
+        self.state.refresh()
         if self.scheduler is not None:
             self.scheduler.modify_job("tick", next_run_time=datetime.now(UTC))
 
@@ -232,7 +230,6 @@ def build_service(
         events=None if cluster is None else cluster.events,
     )
     if cluster is not None:
-        controller.is_leader = cluster.elector.is_leader
         controller.fence = cluster.elector.fence
     metrics = ControllerMetrics()
     metrics.watch(

@@ -257,6 +257,10 @@ class ControllerState:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
 
+    def refresh(self) -> None:
+        """Forget what was read from a shared store (a SQLite file has one writer, this
+        process, so there is nothing to forget here)."""
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -10,6 +10,7 @@ temporary (retry with backoff: 429, 5xx, the network) and permanent (the rest: 4
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,8 @@ class ClusterSettings(BaseSettings):
 
     namespace: str | None = None
     """Namespace of the ConfigMaps, Lease and Events; None: the pod's own (the service
-    account's namespace file), else ``default``."""
+    account's namespace file), else the kubeconfig context's, else ``default`` (as
+    ``kubectl`` does)."""
 
     pod_name: str | None = None
     """This pod's name (downward API): the Lease holder's identity and the object
@@ -82,7 +84,20 @@ class ClusterSettings(BaseSettings):
             found = SERVICE_ACCOUNT_NAMESPACE.read_text(encoding="utf-8").strip()
         except OSError:
             found = ""
-        return found or "default"
+        return found or self._context_namespace() or "default"
+
+    def _context_namespace(self) -> str | None:
+        """The namespace of the kubeconfig's current context, if it names one."""
+        from kubernetes import config  # noqa: PLC0415
+        from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
+
+        path = None if self.kubeconfig is None else str(self.kubeconfig)
+        try:
+            _, current = config.list_kube_config_contexts(config_file=path)
+        except (ConfigException, OSError):
+            return None
+        namespace = (current or {}).get("context", {}).get("namespace")
+        return str(namespace) if namespace else None
 
     def identity(self) -> str:
         return self.pod_name or os.environ.get("HOSTNAME") or os.uname().nodename
@@ -158,8 +173,6 @@ def kube_call(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T
 
 
 def _reason(error: Any) -> str:
-    import json  # noqa: PLC0415
-
     try:
         body = json.loads(error.body or "")
     except (TypeError, ValueError):

@@ -4,7 +4,6 @@ the control loop's way."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from cluster_support import NAMESPACE, wait_until
@@ -64,9 +63,7 @@ def test_a_repeated_event_raises_the_count_of_the_first(api: Any) -> None:
     assert counts == [1, 3]
 
 
-def test_an_unreachable_api_server_loses_the_events_but_never_blocks(
-    api: Any, kube: Any, tmp_path: Path
-) -> None:
+def test_an_unreachable_api_server_loses_the_events_but_never_blocks(api: Any, kube: Any) -> None:
     kube.set_unavailable(True)
     sender = recorder(api)
     for index in range(5):

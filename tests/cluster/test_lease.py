@@ -6,9 +6,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from cluster_support import NAMESPACE, Clock, wait_until
+from cluster_support import NAMESPACE, Clock, wait_until, write_kubeconfig
 from kubernetes import client
 
+from coalmine.kube.client import ClusterSettings
 from controller.cluster.lease import LeaseElector, NotLeaderError
 
 LEASE = "coalmine-controller"
@@ -137,3 +138,10 @@ def test_run_reports_when_leading_starts_and_ends(api: Any) -> None:
         thread.join(timeout=5)
     assert changes == [True, False]
     assert holder(api)[0] is None, "the lease is given up on the way out"
+
+
+def test_without_a_namespace_setting_the_kubeconfig_context_names_it(tmp_path: Any) -> None:
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:1", None, "team-a")
+    assert ClusterSettings(kubeconfig=kubeconfig).resolved_namespace() == "team-a"
+    explicit = ClusterSettings(kubeconfig=kubeconfig, namespace="team-b")
+    assert explicit.resolved_namespace() == "team-b"

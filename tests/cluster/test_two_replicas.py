@@ -12,6 +12,7 @@ fake clock moved in steps of the Lease's retry period.
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,10 @@ from typing import Any
 
 import pytest
 from cluster_support import NAMESPACE, Clock
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
+
+from release_rig import POLICY as RIG_POLICY
 
 from coalmine.state.configmap import ConfigMapRoutingStore
 from controller.cluster.lease import LeaseElector
@@ -37,26 +42,12 @@ RETRY, RENEW, DURATION = 20.0, 100.0, 150.0
 AFTER_END = 5
 """Minutes run on after the end: more than the lease duration."""
 
-POLICY = """\
-apiVersion: coalmine/v1
-kind: Release
-name: support
-target:
-  prompt: {name: support-agent, stableLabel: production, canaryLabel: canary}
-  upstreams: {stable: "http://127.0.0.1:8000", canary: "http://127.0.0.1:8001"}
-steps:
-  - {weight: 10, minDuration: 30m}
-  - {weight: 30, minDuration: 30m}
-  - {weight: 50, minDuration: 30m, maxDuration: 4h}
-analysis:
-  interval: 1m
-  alpha: 0.05
-  minSamples: 50
-  metrics:
-    - {name: errors, source: error_rate, tolerance: 0.03, critical: true}
-    - {name: helpfulness, source: score, score: helpfulness, tolerance: 0.05,
-       effectSize: 0.1, critical: true}
-"""
+# the release rig's policy, with a canary upstream, so a promotion sends it every user
+POLICY = RIG_POLICY.replace(
+    'upstreams: {stable: "http://127.0.0.1:9"}',
+    'upstreams: {stable: "http://127.0.0.1:8000", canary: "http://127.0.0.1:8001"}',
+)
+assert POLICY != RIG_POLICY
 
 
 class Died(BaseException):
@@ -188,7 +179,6 @@ def replica(
         labels=killer(world, "move"),
         policies=lambda: {"support": policy},
     )
-    controller.is_leader = elector.is_leader
     controller.fence = elector.fence
     return Replica(name, elector, state, controller)
 
