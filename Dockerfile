@@ -17,7 +17,6 @@ COPY coalmine ./coalmine
 COPY controller ./controller
 COPY policies ./policies
 COPY proxy ./proxy
-COPY sandbox ./sandbox
 RUN pip install --no-cache-dir .
 
 # --- runtime: the same slim base, the virtual environment, a non-root user ---

@@ -3,7 +3,7 @@ write costs, and how soon a standby takes over from a dead leader.
 
     python -m bench.cluster_speed [--proxies 8] [--changes 100] [--out bench/out]
 
-The fake Kubernetes API server (``python -m sandbox.kube_api``) runs in its own process,
+The fake Kubernetes API server (``python -m tests.fakes.kube_api``) runs in its own process,
 as the real one would; every "pod" below has its own client and connection pool.
 
 1. **Routing-table propagation.** One writer (``ConfigMapRoutingStore``, as the leader's
@@ -40,12 +40,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from coalmine.state.configmap import ConfigMapRoutingStore
-from coalmine.state.routing import ArmRoute, RoutingTable
-from coalmine.state.store import SqliteRoutingStore
+from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
+from coalmine.shared.routing_tables.store import SqliteRoutingStore
+from coalmine.shared.routing_tables.table import ArmRoute, RoutingTable
 from controller.cluster.lease import LeaseElector
-from controller.cluster.state import ClusterState
-from controller.state import ActionKind, ControllerState, Phase, ReleaseState
+from controller.cluster.release_configmaps import ClusterState
+from controller.release_store import ActionKind, ControllerState, ReleaseState
+from policies.domain import Phase
 
 NAMESPACE = "bench"
 PREFIX = "bench"
@@ -57,7 +58,7 @@ class ApiServer:
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sandbox.kube_api", "--port", "0"],
+            [sys.executable, "-m", "tests.fakes.kube_api", "--port", "0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

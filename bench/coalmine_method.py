@@ -16,9 +16,10 @@ import numpy as np
 
 from bench.baselines import Outcome
 from bench.scenarios import Run
-from controller.judge import Arm, Decision, Evidence, StepStatus, judge
+from controller.judge import Decision, Evidence, StepStatus, judge
 from controller.judge.evidence import COST_FLOOR_USD, LOG_BIN_BASE
 from policies import Policy, load_policy_text
+from policies.domain import Arm
 
 SCORE_TIMEOUT = "30m"
 

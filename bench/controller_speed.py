@@ -79,10 +79,11 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from bench.controller_world import World
-from coalmine.conventions import Arm, trace_tags
-from coalmine.state.store import SqliteRoutingStore
+from coalmine.shared.conventions import trace_tags
+from coalmine.shared.routing_tables.store import SqliteRoutingStore
 from controller.labels import LangfusePromptLabels, StaticPromptLabels
 from controller.loop import Controller
+from controller.release_store import ControllerState
 from controller.samples import Cursors, Poll
 from controller.source.budget import (
     DEFAULT_PER_MINUTE,
@@ -99,8 +100,8 @@ from controller.source.langfuse import (
     LangfuseSource,
 )
 from controller.source.static import StaticSource
-from controller.state import ControllerState, Phase
 from policies import Policy
+from policies.domain import Arm, Phase
 from policies.loader import load_policy_text
 from proxy.assign import key_point
 from proxy.outcome import RequestOutcome

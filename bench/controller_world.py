@@ -8,9 +8,9 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from coalmine.state.store import RoutingTableStore
-from controller.judge import Arm
+from coalmine.shared.routing_tables.store import RoutingTableStore
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
+from policies.domain import Arm
 from policies.model import Policy
 
 MINUTE = 60.0

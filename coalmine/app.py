@@ -47,7 +47,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from coalmine.conventions import (
+from coalmine.shared.conventions import (
     ARM_HEADER,
     PROMPT_LABEL_HEADER,
     RELEASE_HEADER,
@@ -55,9 +55,9 @@ from coalmine.conventions import (
     SHADOW_HEADER,
     SHADOW_OF_HEADER,
     TRACEPARENT_HEADER,
-    Arm,
     trace_tags,
 )
+from policies.domain import Arm
 
 if TYPE_CHECKING:
     from langfuse import Langfuse

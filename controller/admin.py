@@ -37,7 +37,8 @@ from controller.cluster.lease import NotLeaderError
 from controller.dashboard import DashboardSettings, mount_dashboard
 from controller.evidence_log import judgement_summary
 from controller.loop import Controller, ManualActionError, ManualActionIncompleteError
-from controller.state import Action, DecisionRecord, LabelMove, Phase, ReleaseState
+from controller.release_store import Action, DecisionRecord, LabelMove, ReleaseState
+from policies.domain import Phase
 
 if TYPE_CHECKING:
     from policies.model import Policy, Step

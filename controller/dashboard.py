@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
 from controller.evidence_log import judgement_summary
-from controller.state import ActionKind, DecisionRecord, Phase, ReleaseState
+from controller.release_store import ActionKind, DecisionRecord, ReleaseState
+from policies.domain import Phase
 from policies.model import Direction, Metric, MetricSource, Policy
 
 if TYPE_CHECKING:

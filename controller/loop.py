@@ -18,26 +18,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from coalmine.state.routing import initial_table
-from coalmine.state.store import RoutingTableStore, VersionConflictError
+from coalmine.shared.routing_tables.store import RoutingTableStore, VersionConflictError
+from coalmine.shared.routing_tables.table import initial_table
 from controller.cluster.events import EventRecorder, NoopEventRecorder
 from controller.cluster.lease import NotLeaderError
-from controller.cluster.state import StaleStateError
+from controller.cluster.release_configmaps import StaleStateError
 from controller.evidence_log import judgement_summary
 from controller.judge import Decision, Evidence, Judgement, StepStatus, Trace, judge
 from controller.labels import PermanentError, PromptLabels, TemporaryError
-from controller.samples import Cursors, ScoreSample, TraceSample
-from controller.source import SampleSource
-from controller.state import (
-    FINISHED,
+from controller.release_store import (
     Action,
     ActionKind,
     ActionStatus,
     ControllerState,
     LabelMove,
-    Phase,
     ReleaseState,
 )
+from controller.samples import Cursors, ScoreSample, TraceSample
+from controller.source import SampleSource
+from policies.domain import FINISHED, Phase
 from policies.model import Policy
 
 log = logging.getLogger("coalmine.controller")

@@ -25,7 +25,8 @@ from prometheus_client.registry import Collector
 
 from controller.judge import CheckState, Judgement, Verdict
 from controller.loop import Controller
-from controller.state import ActionStatus, Phase, ReleaseState
+from controller.release_store import ActionStatus, ReleaseState
+from policies.domain import Phase
 
 SAMPLE_RATIO_CHECK: Final = "sample_ratio"
 """Name of the judge's sample-ratio guard (controller.judge.decide)."""

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from controller.state import ReleaseState
+from controller.release_store import ReleaseState
 from controller.stream import format_ts
 
 log = logging.getLogger("coalmine.controller.notify")

@@ -9,22 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from controller.judge import Decision, Evidence, Judgement, StepStatus, Trace, judge
 from controller.stream import LateScores
+from policies.domain import Phase
 from policies.model import Policy
-
-
-class Phase(StrEnum):
-    """Phase of a release (see DESIGN: pending, shadow, canary, promoted...)."""
-
-    PENDING = "pending"
-    CANARY = "canary"
-    PROMOTED = "promoted"
-    ROLLED_BACK = "rolled_back"
-    PAUSED = "paused"
-
 
 TERMINAL = {
     Decision.PROMOTE: Phase.PROMOTED,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.judge import Arm, ScoreValue
+from controller.judge import ScoreValue
+from policies.domain import Arm
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,22 +14,22 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from coalmine.kube.client import KubeError, api_client
-from coalmine.state.configmap import ConfigMapRoutingStore
-from coalmine.state.store import RoutingTableStore, SqliteRoutingStore
+from coalmine.shared.kube.client import KubeError, api_client
+from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
+from coalmine.shared.routing_tables.store import RoutingTableStore, SqliteRoutingStore
 from controller.cluster.events import KubeEventRecorder, ObjectRef
 from controller.cluster.lease import LeaseElector
-from controller.cluster.state import ClusterState
+from controller.cluster.release_configmaps import ClusterState
 from controller.labels import LangfusePromptLabels, PromptLabels
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
 from controller.notify import MultiNotifier, Notifier, WebhookNotifier
 from controller.policy_files import PolicyFiles
+from controller.release_store import ControllerState
 from controller.settings import ControllerSettings
 from controller.source import SampleSource
 from controller.source.budget import BudgetSettings, RequestBudget
 from controller.source.langfuse import LangfuseSource
-from controller.state import ControllerState
 from policies.model import Policy
 
 log = logging.getLogger("coalmine.controller")

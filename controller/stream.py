@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from controller.judge.model import Arm, ScoreValue, Trace
+from controller.judge.model import ScoreValue, Trace
+from policies.domain import Arm
 
 ARMS = {arm.value: arm for arm in Arm}
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from coalmine.conventions import (
+from coalmine.shared.conventions import (
     ADMIN_TOKEN_HEADER,
     ARM_HEADER,
     FORCE_ARM_HEADER,
@@ -27,8 +27,8 @@ from coalmine.conventions import (
     RELEASE_HEADER,
     REQUEST_ID_HEADER,
     TRACEPARENT_HEADER,
-    Arm,
 )
+from policies.domain import Arm
 from proxy.assign import arm_at_random, arm_for_key
 from proxy.headers import (
     Headers,

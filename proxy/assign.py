@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from hashlib import blake2b
 
-from coalmine.conventions import Arm
+from policies.domain import Arm
 
 _SCALE = 100.0 / float(1 << 64)
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 
-from coalmine.conventions import HEADER_PREFIX
+from coalmine.shared.conventions import HEADER_PREFIX
 
 Headers = list[tuple[bytes, bytes]]
 

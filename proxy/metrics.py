@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from coalmine.conventions import Arm
+from policies.domain import Arm
 from proxy.outcome import Failure, RequestOutcome
 
 LATENCY_BUCKETS = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from coalmine.conventions import Arm
+from policies.domain import Arm
 
 
 class Failure(StrEnum):

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from coalmine.state.routing import RoutingTable, check_upstreams, initial_table
-from coalmine.state.store import BadRoutingTableError, RoutingTableStore
+from coalmine.shared.routing_tables.store import BadRoutingTableError, RoutingTableStore
+from coalmine.shared.routing_tables.table import RoutingTable, check_upstreams, initial_table
 from policies.model import Policy
 
 log = logging.getLogger("coalmine.proxy.routing")

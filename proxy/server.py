@@ -9,9 +9,9 @@ import httpx
 import uvicorn
 from prometheus_client import disable_created_metrics, start_http_server
 
-from coalmine.kube.client import KubeError, api_client
-from coalmine.state.configmap import ConfigMapRoutingStore
-from coalmine.state.store import RoutingTableStore, SqliteRoutingStore
+from coalmine.shared.kube.client import KubeError, api_client
+from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
+from coalmine.shared.routing_tables.store import RoutingTableStore, SqliteRoutingStore
 from policies.model import Policy
 from proxy.app import ProxyApp
 from proxy.metrics import ProxyMetrics, SpanCounts

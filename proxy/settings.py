@@ -8,8 +8,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from coalmine.kube.client import ClusterSettings
-from coalmine.settings import AdminToken, LangfuseConnection
+from coalmine.shared.kube.client import ClusterSettings
+from coalmine.shared.settings import AdminToken, LangfuseConnection
 
 
 class ProxySettings(LangfuseConnection, AdminToken, ClusterSettings):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from coalmine.conventions import (
+from coalmine.shared.conventions import (
     ARM_HEADER,
     PROMPT_LABEL_HEADER,
     RELEASE_HEADER,
@@ -26,9 +26,9 @@ from coalmine.conventions import (
     SHADOW_HEADER,
     SHADOW_OF_HEADER,
     TRACEPARENT_HEADER,
-    Arm,
 )
-from coalmine.state.routing import ShadowRoute
+from coalmine.shared.routing_tables.table import ShadowRoute
+from policies.domain import Arm
 from proxy.headers import Headers, new_span_id, new_trace_id
 from proxy.metrics import ProxyMetrics, ShadowOutcome
 from proxy.outcome import Failure, RequestOutcome

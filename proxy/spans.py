@@ -31,7 +31,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from coalmine.conventions import trace_tags
+from coalmine.shared.conventions import trace_tags
 from proxy.outcome import Failure, RequestOutcome
 
 logger = logging.getLogger("coalmine.proxy.spans")

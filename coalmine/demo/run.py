@@ -205,7 +205,7 @@ def run_demo(
                 [
                     python(),
                     "-m",
-                    "sandbox.agent",
+                    "coalmine.demo.agent",
                     "--port",
                     str(ports[name]),
                     "--name",
@@ -259,7 +259,7 @@ def run_demo(
             [
                 python(),
                 "-m",
-                "sandbox.evaluator",
+                "coalmine.demo.evaluator",
                 "--delay-seconds",
                 f"{max(3 / speed, 1):g}",
                 "--noise",

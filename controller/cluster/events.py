@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from coalmine.kube.client import KubeError, KubeNotFoundError, kube_call
+from coalmine.shared.kube.client import KubeError, KubeNotFoundError, kube_call
 
 log = logging.getLogger("coalmine.controller")
 

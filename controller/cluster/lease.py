@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from coalmine.kube.client import (
+from coalmine.shared.kube.client import (
     KubeConflictError,
     KubeError,
     KubeNotFoundError,

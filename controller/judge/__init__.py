@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from controller.judge.decide import judge
 from controller.judge.evidence import Evidence
 from controller.judge.model import (
-    Arm,
     CheckResult,
     CheckState,
     Decision,
@@ -26,7 +25,6 @@ from controller.judge.model import (
 from policies.model import Policy
 
 __all__ = [
-    "Arm",
     "CheckResult",
     "CheckState",
     "Decision",

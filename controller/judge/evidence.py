@@ -23,7 +23,8 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from controller.judge.model import Arm, ScoreValue, Trace
+from controller.judge.model import ScoreValue, Trace
+from policies.domain import Arm
 from policies.model import Direction, Metric, MetricSource, Policy, ScoreType
 
 COST_FLOOR_USD = 1e-6  # zero-cost traces (cache hits) are counted as this on the log scale

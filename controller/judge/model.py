@@ -6,13 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-
-class Arm(StrEnum):
-    """Which release a trace was served by."""
-
-    BASELINE = "baseline"
-    CANARY = "canary"
-    SHADOW = "shadow"
+from policies.domain import Arm
 
 
 class Verdict(StrEnum):

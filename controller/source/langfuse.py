@@ -71,10 +71,11 @@ from typing import Any, Final
 
 import httpx
 
-from coalmine.conventions import TAG_PREFIX, release_tag
-from controller.judge import Arm, ScoreValue
+from coalmine.shared.conventions import TAG_PREFIX, release_tag
+from controller.judge import ScoreValue
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source.budget import Clock, RequestBudget, retry_after_seconds, status_class
+from policies.domain import Arm
 from policies.model import MetricSource, Policy
 
 __all__ = [

@@ -17,9 +17,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from release_rig import RELEASE, make_rig
 
-from coalmine.conventions import Arm
 from controller.metrics import ControllerMetrics
 from controller.source.budget import status_class
+from policies.domain import Arm
 from proxy.metrics import ProxyMetrics
 from proxy.outcome import Failure, RequestOutcome
 

@@ -18,6 +18,8 @@ from fastapi.testclient import TestClient
 from langfuse import Langfuse
 from opentelemetry.sdk.trace import TracerProvider
 
+from policies.domain import Arm
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
 
 from emulator_support import (
@@ -34,7 +36,7 @@ from coalmine.app import (
     prompt_label,
     request_scope,
 )
-from coalmine.conventions import Arm, trace_tags
+from coalmine.shared.conventions import trace_tags
 from proxy.outcome import RequestOutcome
 from proxy.spans import export_request
 

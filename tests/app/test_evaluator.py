@@ -16,13 +16,15 @@ from langfuse import Langfuse, propagate_attributes
 from langfuse.types import SpanLevel
 from opentelemetry.sdk.trace import TracerProvider
 
+from policies.domain import Arm
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the sandbox
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
 
 from emulator_support import LiveEmulator, langfuse_client
 
-from coalmine.conventions import Arm, trace_tags
-from sandbox.evaluator import Evaluator, EvaluatorSettings, main
+from coalmine.demo.evaluator import Evaluator, EvaluatorSettings, main
+from coalmine.shared.conventions import trace_tags
 
 DELAY = 300.0
 """Long enough that the generations of a test have surely not aged past it by itself."""

@@ -22,14 +22,16 @@ from langfuse import Langfuse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from opentelemetry.sdk.trace import TracerProvider
 
+from policies.domain import Arm
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the sandbox
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
 
 from emulator_support import LiveEmulator, langfuse_client
 
-from coalmine.conventions import Arm, trace_tags
-from sandbox.agent import mock_llm
-from sandbox.agent.app import FALLBACK_PROMPT, MODEL, AgentSettings, Outbox, create_app
+from coalmine.demo.agent import mock_llm
+from coalmine.demo.agent.app import FALLBACK_PROMPT, MODEL, AgentSettings, Outbox, create_app
+from coalmine.shared.conventions import trace_tags
 
 GOOD_PROMPT = "You are a careful support agent. Check the account before answering."
 WEAK_PROMPT = "Answer something. [[quality=0.2]]"

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster_support import Clock
 
-from sandbox.kube_api import FakeKubeServer
+from tests.fakes.kube_api import FakeKubeServer
 
 
 @pytest.fixture

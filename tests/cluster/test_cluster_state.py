@@ -13,13 +13,14 @@ from cluster_support import NAMESPACE
 from kubernetes import client
 
 from controller.cluster.lease import NotLeaderError
-from controller.cluster.state import (
+from controller.cluster.release_configmaps import (
     DECISIONS_KEPT,
     EVIDENCE_KEPT,
     ClusterState,
     StaleStateError,
 )
-from controller.state import ActionKind, ActionStatus, LabelMove, Phase, ReleaseState
+from controller.release_store import ActionKind, ActionStatus, LabelMove, ReleaseState
+from policies.domain import Phase
 
 PREFIX = "shop-app"
 

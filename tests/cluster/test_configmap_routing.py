@@ -10,9 +10,9 @@ import pytest
 from cluster_support import NAMESPACE, wait_until
 from kubernetes import client
 
-from coalmine.state.configmap import ConfigMapRoutingStore
-from coalmine.state.routing import ArmRoute, RoutingTable
-from coalmine.state.store import BadRoutingTableError, VersionConflictError
+from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
+from coalmine.shared.routing_tables.store import BadRoutingTableError, VersionConflictError
+from coalmine.shared.routing_tables.table import ArmRoute, RoutingTable
 
 PREFIX = "shop-app"
 

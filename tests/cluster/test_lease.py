@@ -9,7 +9,7 @@ from typing import Any
 from cluster_support import NAMESPACE, Clock, wait_until, write_kubeconfig
 from kubernetes import client
 
-from coalmine.kube.client import ClusterSettings
+from coalmine.shared.kube.client import ClusterSettings
 from controller.cluster.lease import LeaseElector, NotLeaderError
 
 LEASE = "coalmine-controller"

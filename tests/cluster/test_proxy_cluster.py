@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy"))
 
 from proxy_support import RunningProxy, Upstream, make_policy, serving, start_proxy
 
-from coalmine.state.configmap import ConfigMapRoutingStore
-from coalmine.state.routing import initial_table
+from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
+from coalmine.shared.routing_tables.table import initial_table
 from policies import Policy
 
 PREFIX = "shop-app"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
 from emulator_support import LiveEmulator, emulator_with_prompt
 
 from coalmine.emulator.settings import EmulatorSettings
-from controller.cluster.state import ClusterState
+from controller.cluster.release_configmaps import ClusterState
 
 TOKEN = "admin-token-for-the-replicas"
 PREFIX = "shop-app"

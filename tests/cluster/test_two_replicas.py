@@ -21,17 +21,17 @@ from typing import Any
 import pytest
 from cluster_support import NAMESPACE, Clock
 
+from policies.domain import FINISHED, Arm, Phase
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
 
 from release_rig import POLICY as RIG_POLICY
 
-from coalmine.state.configmap import ConfigMapRoutingStore
+from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
 from controller.cluster.lease import LeaseElector
-from controller.cluster.state import ClusterState
-from controller.judge import Arm
+from controller.cluster.release_configmaps import ClusterState
 from controller.loop import Controller
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
-from controller.state import FINISHED, Phase
 from policies import Policy
 from policies.loader import load_policy_text
 

@@ -16,16 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from policies.domain import FINISHED
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from test_loop import MINUTE, POLICY, T0, World  # noqa: E402
 
-from coalmine.state.store import SqliteRoutingStore  # noqa: E402
+from coalmine.shared.routing_tables.store import SqliteRoutingStore  # noqa: E402
 from controller.labels import LangfusePromptLabels  # noqa: E402
 from controller.loop import Controller  # noqa: E402
+from controller.release_store import ControllerState  # noqa: E402
 from controller.source.budget import BudgetSettings, RequestBudget  # noqa: E402
-from controller.state import FINISHED, ControllerState  # noqa: E402
 from policies.loader import load_policy_text  # noqa: E402
 
 MAX_TICKS = 2000

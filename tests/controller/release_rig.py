@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from policies.domain import Arm, Phase
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "proxy"))
 
 from proxy_support import closed_port_url, wait_until
@@ -19,11 +21,10 @@ from proxy_support import serving as serve_app
 
 __all__ = ["closed_port_url", "make_rig", "serving", "wait_until"]
 
-from coalmine.state.store import SqliteRoutingStore
-from controller.judge import Arm
+from coalmine.shared.routing_tables.store import SqliteRoutingStore
 from controller.loop import Controller, Notify
+from controller.release_store import ControllerState, ReleaseState
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
-from controller.state import ControllerState, Phase, ReleaseState
 from policies import Policy, load_policy
 
 T0 = 1_800_000_000.0

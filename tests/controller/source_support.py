@@ -17,6 +17,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
+from policies.domain import Arm
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
 
 from emulator_support import (  # the SDK helpers are re-exported for the tests
@@ -26,9 +28,9 @@ from emulator_support import (  # the SDK helpers are re-exported for the tests
     start_emulator,
 )
 
-from coalmine.conventions import Arm, trace_tags
 from coalmine.emulator.ratelimit import Clock
 from coalmine.emulator.settings import EmulatorSettings
+from coalmine.shared.conventions import trace_tags
 from policies.model import Policy
 from proxy.outcome import RequestOutcome
 from proxy.spans import export_request

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from release_rig import RELEASE, T0, TOKEN, Rig, make_rig
 
 from controller.admin import create_admin_app, finite
-from controller.state import Phase
+from policies.domain import Phase
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

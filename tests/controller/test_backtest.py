@@ -18,8 +18,7 @@ import pytest
 from source_support import FakeClock, LiveEmulator, iso, live_emulator, root, send_roots
 
 from coalmine import cli
-from coalmine.commands import backtest as backtest_commands
-from coalmine.conventions import Arm
+from coalmine.cli import backtest as backtest_commands
 from coalmine.emulator.settings import EmulatorSettings
 from controller.backtest import BacktestError, History, LangfuseHistorySource
 from controller.judge import Trace
@@ -27,6 +26,7 @@ from controller.replay import Replay
 from controller.source.budget import BudgetSettings, RequestBudget
 from controller.source.langfuse import LangfuseSource
 from controller.stream import LateScores
+from policies.domain import Arm
 from policies.loader import load_policy_text
 
 POLICY = """\

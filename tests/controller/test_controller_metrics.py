@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from release_rig import RELEASE, T0, Rig, make_rig
 
 from controller.metrics import ControllerMetrics
-from controller.state import Phase
+from policies.domain import Phase
 
 
 @pytest.fixture

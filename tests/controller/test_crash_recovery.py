@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from policies.domain import Phase
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "emulator"))
 
 from emulator_support import LiveEmulator, emulator_with_prompt
 
 from coalmine.emulator.settings import EmulatorSettings
-from coalmine.state.store import SqliteRoutingStore
-from controller.state import ActionStatus, ControllerState, Phase
+from coalmine.shared.routing_tables.store import SqliteRoutingStore
+from controller.release_store import ActionStatus, ControllerState
 
 CHILD = Path(__file__).resolve().parent / "crash_child.py"
 

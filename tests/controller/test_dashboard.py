@@ -18,13 +18,12 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from release_rig import MINUTE, POLICY, RELEASE, TOKEN, Rig, make_rig
 
-from coalmine.state.store import SqliteRoutingStore
+from coalmine.shared.routing_tables.store import SqliteRoutingStore
 from controller.admin import create_admin_app
 from controller.dashboard import DashboardSettings, metric_series
-from controller.judge import Arm
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
-from controller.state import Phase
 from policies import Policy
+from policies.domain import Arm, Phase
 from policies.loader import load_policy_text
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

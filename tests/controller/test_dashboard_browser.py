@@ -21,7 +21,7 @@ from release_rig import RELEASE, TOKEN, Rig, serving, wait_until
 from test_dashboard import AUTH, HEALTHY, LANGFUSE, PROJECT, fleet_rig, linked_settings, roll_out
 
 from controller.admin import create_admin_app
-from controller.state import Phase
+from policies.domain import Phase
 
 if TYPE_CHECKING:
     from selenium.webdriver.chrome.webdriver import WebDriver

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from policies.domain import Phase
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "proxy"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "emulator"))
 
@@ -28,7 +30,6 @@ from controller.service import ControllerService, build_service
 from controller.settings import ControllerSettings
 from controller.source.budget import BudgetSettings, RequestBudget
 from controller.source.langfuse import LangfuseSource
-from controller.state import Phase
 from policies import load_policy
 from proxy.spans import OtlpSpanReporter
 

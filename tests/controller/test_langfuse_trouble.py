@@ -22,23 +22,24 @@ from typing import Any
 import httpx
 import pytest
 
+from policies.domain import Arm, Phase
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "proxy"))
 
 from proxy_support import Served, start_server
 from source_support import SCORES, FakeClock, add_fault, clear_faults, iso, root, send_roots
 from spec_check import Checked, SpecCheckingApp
 
-from coalmine.conventions import Arm
 from coalmine.emulator.app import create_app
 from coalmine.emulator.ratelimit import PUBLIC_API, bucket_of
 from coalmine.emulator.settings import EmulatorSettings, Plan
-from coalmine.state.store import SqliteRoutingStore
+from coalmine.shared.routing_tables.store import SqliteRoutingStore
 from controller.admin import not_ready_reason
 from controller.labels import LangfusePromptLabels
 from controller.loop import Controller, TickReport
+from controller.release_store import ControllerState
 from controller.source.budget import BudgetSettings, RequestBudget
 from controller.source.langfuse import LangfuseSource
-from controller.state import ControllerState, Phase
 from policies import Policy
 from policies.loader import load_policy_text
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from coalmine.state.store import SqliteRoutingStore
-from controller.judge import Arm
+from coalmine.shared.routing_tables.store import SqliteRoutingStore
 from controller.labels import TemporaryError
 from controller.loop import Controller, ManualActionError
+from controller.release_store import ActionStatus, ControllerState
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
-from controller.state import ActionStatus, ControllerState, Phase
 from policies import Policy
+from policies.domain import Arm, Phase
 from policies.loader import load_policy_text
 
 T0 = 1_800_000_000.0

@@ -23,7 +23,8 @@ from controller.notify import (
     event_payload,
     slack_payload,
 )
-from controller.state import Phase, ReleaseState
+from controller.release_store import ReleaseState
+from policies.domain import Phase
 
 ROLLED_BACK = ReleaseState(
     name="support",

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from release_rig import Labels, Traffic
 
-from coalmine.state.store import SqliteRoutingStore
+from coalmine.shared.routing_tables.store import SqliteRoutingStore
 from controller.policy_files import PolicyFiles
 from controller.service import ControllerService, build_service
 from controller.settings import ControllerSettings
-from controller.state import Phase
+from policies.domain import Phase
 
 POLICY = """\
 apiVersion: coalmine/v1

@@ -36,12 +36,12 @@ from source_support import (
 )
 
 from coalmine.emulator.settings import EmulatorSettings, Plan
-from controller.judge import Arm
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source import SampleSource
 from controller.source.budget import BudgetSettings, RequestBudget
 from controller.source.langfuse import DEFAULT_MAX_WINDOW, LangfuseSource
 from controller.source.static import StaticSource
+from policies.domain import Arm
 from policies.model import Policy
 
 ALPHA = policy("alpha", prompt="support/answer", scores=["helpfulness"])

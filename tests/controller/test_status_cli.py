@@ -11,7 +11,7 @@ from release_rig import RELEASE, TOKEN, Rig, closed_port_url, make_rig, serving
 
 from coalmine.cli import main
 from controller.admin import create_admin_app
-from controller.state import Phase
+from policies.domain import Phase
 
 
 @pytest.fixture(autouse=True)

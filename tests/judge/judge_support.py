@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from controller.judge import Arm, Judgement, MetricResult, ScoreValue, Trace, judge_samples
+from controller.judge import Judgement, MetricResult, ScoreValue, Trace, judge_samples
 from policies import Policy, load_policy_text
+from policies.domain import Arm
 
 HELPFULNESS = (
     "{name: helpfulness, source: score, score: helpfulness, tolerance: 0.05, critical: true}"

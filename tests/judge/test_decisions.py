@@ -25,7 +25,6 @@ from judge_support import (
 )
 
 from controller.judge import (
-    Arm,
     CheckState,
     Decision,
     Evidence,
@@ -38,6 +37,7 @@ from controller.judge import (
     judge,
 )
 from policies import Policy
+from policies.domain import Arm
 
 HELPFULNESS_SOFT = "{name: helpfulness, source: score, score: helpfulness, tolerance: 0.05}"
 LATENCY_CRITICAL = (

@@ -15,7 +15,6 @@ import pytest
 from judge_support import ERRORS, HELPFULNESS, make_policy
 
 from controller.judge import (
-    Arm,
     Decision,
     Evidence,
     Judgement,
@@ -28,6 +27,7 @@ from controller.judge import (
 )
 from controller.judge.evidence import COST_FLOOR_USD, metric_value, sketch_bin
 from policies import Policy
+from policies.domain import Arm
 
 RESOLVED = (
     "{name: resolved, source: score, score: resolved, scoreType: boolean, tolerance: 0.05, "

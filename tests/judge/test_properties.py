@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from judge_support import make_policy, metric
 
 from controller.judge import (
-    Arm,
     Decision,
     Evidence,
     Judgement,
@@ -26,6 +25,7 @@ from controller.judge import (
     judge_samples,
 )
 from policies import Policy
+from policies.domain import Arm
 
 HELPFULNESS_CRITICAL = (
     "{name: helpfulness, source: score, score: helpfulness, tolerance: 0.05, critical: true}"

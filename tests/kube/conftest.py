@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from sandbox.kube_api import FakeKubeServer
+from tests.fakes.kube_api import FakeKubeServer
 
 TOKEN = "fake-token"
 

@@ -23,7 +23,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from sandbox.kube_api import FakeKubeServer
+from tests.fakes.kube_api import FakeKubeServer
 
 NS = "team-a"
 
@@ -795,7 +795,7 @@ def test_the_store_counts_requests_and_shows_its_objects(
 
 def test_the_module_serves_until_sigterm(tmp_path: Any) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox.kube_api", "--port", "0", "--token", "cli"],
+        [sys.executable, "-m", "tests.fakes.kube_api", "--port", "0", "--token", "cli"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from coalmine.conventions import Arm
+from policies.domain import Arm
 from proxy.assign import arm_at_random, arm_for_key, key_point
 
 

@@ -23,8 +23,8 @@ from proxy_support import (
     wait_until,
 )
 
-from coalmine.state.routing import initial_table
-from coalmine.state.store import SqliteRoutingStore
+from coalmine.shared.routing_tables.store import SqliteRoutingStore
+from coalmine.shared.routing_tables.table import initial_table
 from policies import Policy
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"

@@ -19,8 +19,9 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from coalmine.conventions import Arm, trace_tags
 from coalmine.emulator.settings import EmulatorSettings
+from coalmine.shared.conventions import trace_tags
+from policies.domain import Arm
 from proxy.outcome import Failure, RequestOutcome
 from proxy.spans import NoopSpanReporter, OtlpSpanReporter, SpanReporter, export_request
 

@@ -13,9 +13,10 @@ import pytest
 from conftest import METRICS, Run
 
 from bench.streams import SCENARIOS, generate
-from controller.judge import Arm, Trace
+from controller.judge import Trace
 from controller.replay import Replay
 from controller.stream import format_ts, parse_line, parse_ts
+from policies.domain import Arm
 from policies.loader import load_policy
 
 Coalmine = Callable[..., Run]

@@ -1,0 +1,249 @@
+"""`coalmine controller` (the control plane alone) and `coalmine run` (proxy and controller
+in one process, the sidecar default)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from pydantic import ValidationError
+
+from coalmine.cli.errors import InputError
+from coalmine.cli.proxy import load_policies, parse_weights
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+PolicyOption = Annotated[
+    list[Path],
+    typer.Option(
+        "--policy",
+        help="Policy file or directory of *.yaml files (repeatable); watched and reloaded.",
+    ),
+]
+StateOption = Annotated[
+    Path | None,
+    typer.Option(help="SQLite state file. [default: coalmine-state.db]"),
+]
+AdminOption = Annotated[
+    str | None,
+    typer.Option(help="HOST:PORT of the admin API and dashboard. [default: 127.0.0.1:9465]"),
+]
+LogOption = Annotated[str, typer.Option(help="Log level: critical, error, warning, info, debug.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the controller and run commands to the CLI."""
+
+    @app.command("controller")
+    def controller(
+        *,
+        policy: PolicyOption,
+        state: StateOption = None,
+        admin_listen: AdminOption = None,
+        metrics_listen: Annotated[
+            str | None,
+            typer.Option(help="HOST:PORT of the Prometheus metrics. [default: 127.0.0.1:9466]"),
+        ] = None,
+        log_level: LogOption = "info",
+    ) -> None:
+        """Poll Langfuse, judge each release, and promote or roll back by moving prompt
+        labels and routing weights.
+
+        Settings also come from the environment: COALMINE_STATE, COALMINE_ADMIN_LISTEN,
+        COALMINE_ADMIN_TOKEN (or COALMINE_ADMIN_TOKEN_FILE), COALMINE_WEBHOOK_URL,
+        COALMINE_SLACK_WEBHOOK_URL, COALMINE_REQUESTS_PER_MINUTE, and Langfuse's
+        LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_BASE_URL. Flags win.
+
+        Cluster mode (COALMINE_CLUSTER=true): state in ConfigMaps, one acting replica
+        elected by a Lease, Kubernetes Events; COALMINE_NAMESPACE, COALMINE_POD_NAME,
+        COALMINE_KUBECONFIG, COALMINE_CONFIGMAP_PREFIX, COALMINE_LEASE_NAME and the
+        COALMINE_LEASE_DURATION_SECONDS, _RENEW_DEADLINE_SECONDS, _RETRY_PERIOD_SECONDS
+        timing (docs/kubernetes.md).
+        """
+        _logging(log_level)
+        settings = _controller_settings(
+            state=state, admin_listen=admin_listen, metrics_listen=metrics_listen
+        )
+        _load_at_start(policy)
+        service = _service(settings, policy)
+        try:
+            if settings.metrics_listen is not None:
+                _serve_metrics(settings.metrics_listen, service.metrics.registry)
+            admin = _uvicorn(service.admin_app(), settings.admin_listen, "--admin-listen")
+            service.start()
+            asyncio.run(_serve_all([admin]))
+        finally:
+            service.stop()
+
+    @app.command("run")
+    def run(
+        *,
+        policy: PolicyOption,
+        state: StateOption = None,
+        listen: Annotated[
+            str | None,
+            typer.Option(help="HOST:PORT for the application's traffic. [default: 127.0.0.1:8080]"),
+        ] = None,
+        admin_listen: AdminOption = None,
+        metrics_listen: Annotated[
+            str | None,
+            typer.Option(
+                help="HOST:PORT of the Prometheus metrics of both. [default: 127.0.0.1:9464]"
+            ),
+        ] = None,
+        weight: Annotated[
+            list[str] | None,
+            typer.Option(help="Pin a release's canary weight in the proxy: RELEASE=PCT."),
+        ] = None,
+        log_level: LogOption = "info",
+    ) -> None:
+        """Proxy and controller in one process (the sidecar default): the proxy routes the
+        application's traffic by the routing tables the controller writes to the state
+        file.
+
+        Environment as for `coalmine proxy` and `coalmine controller`; with
+        COALMINE_CLUSTER=true the routing tables are ConfigMaps that the proxy watches.
+        """
+        from proxy.server import build_app, split_address  # noqa: PLC0415
+        from proxy.settings import ProxySettings  # noqa: PLC0415
+
+        _logging(log_level)
+        settings = _controller_settings(state=state, admin_listen=admin_listen)
+        overrides: dict[str, Any] = {"state": settings.state}
+        if listen is not None:
+            overrides["listen"] = listen
+        if metrics_listen is not None:
+            overrides["metrics_listen"] = metrics_listen
+        try:
+            proxy_settings = ProxySettings(**overrides)
+            split_address(proxy_settings.listen, "--listen")
+        except (ValidationError, ValueError) as error:
+            raise InputError(_first_error(error)) from None
+        policies = _load_at_start(policy)
+        pins = parse_weights(weight or [])
+        service = _service(settings, policy)
+        try:
+            try:
+                proxy_app = build_app(proxy_settings, policies, pins)
+            except ValueError as error:
+                raise InputError(str(error)) from None
+            if proxy_settings.metrics_listen is not None:
+                service.metrics.registry.register(_Merged(proxy_app.metrics.registry))
+                _serve_metrics(proxy_settings.metrics_listen, service.metrics.registry)
+            servers = [
+                _uvicorn(proxy_app, proxy_settings.listen, "--listen", lifespan="on"),
+                _uvicorn(service.admin_app(), settings.admin_listen, "--admin-listen"),
+            ]
+            service.start()
+            asyncio.run(_serve_all(servers))
+        finally:
+            service.stop()
+
+
+class _Merged:
+    """Another registry's metrics, collected into this one (one scrape for both)."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    def collect(self) -> Any:
+        return self.registry.collect()
+
+
+def _logging(level: str) -> None:
+    if level not in LOG_LEVELS:
+        raise InputError(f"--log-level: {level!r} is not one of {', '.join(LOG_LEVELS)}")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def _first_error(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"setting {where}: {first['msg']}"
+    return str(error)
+
+
+def _controller_settings(**flags: Any) -> Any:
+    from controller.settings import ControllerSettings  # noqa: PLC0415
+
+    overrides = {key: value for key, value in flags.items() if value is not None}
+    try:
+        return ControllerSettings(**overrides)
+    except ValidationError as error:
+        raise InputError(_first_error(error)) from None
+
+
+def _load_at_start(paths: list[Path]) -> list[Any]:
+    """The policies as they are at start, where a bad file is an error, not a warning."""
+    from controller.policy_files import PolicyFiles  # noqa: PLC0415
+
+    if not paths:
+        raise InputError("--policy: at least one policy file or directory is needed")
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"--policy: {path}: no such file or directory")
+    return load_policies(PolicyFiles(paths).files())
+
+
+def _service(settings: Any, policy_paths: list[Path]) -> Any:
+    from controller.release_store import StateLockedError  # noqa: PLC0415
+    from controller.service import SetupError, build_service  # noqa: PLC0415
+
+    try:
+        return build_service(settings, policy_paths)
+    except (SetupError, StateLockedError) as error:
+        raise InputError(str(error)) from None
+
+
+def _serve_metrics(address: str, registry: Any) -> None:
+    from prometheus_client import start_http_server  # noqa: PLC0415
+
+    from proxy.server import split_address  # noqa: PLC0415
+
+    try:
+        host, port = split_address(address, "--metrics-listen")
+        start_http_server(port, host, registry=registry)
+    except (ValueError, OSError) as error:
+        raise InputError(f"--metrics-listen: {error}") from None
+
+
+def _uvicorn(app: Any, address: str, flag: str, *, lifespan: Literal["on", "off"] = "off") -> Any:
+    import uvicorn  # noqa: PLC0415
+
+    from proxy.server import split_address  # noqa: PLC0415
+
+    try:
+        host, port = split_address(address, flag)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        lifespan=lifespan,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        proxy_headers=False,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+    return uvicorn.Server(config)
+
+
+async def _serve_all(servers: list[Any]) -> None:
+    """Serve until one server stops (a signal, a failure), then stop the others."""
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)

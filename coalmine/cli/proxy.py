@@ -1,0 +1,154 @@
+"""`coalmine proxy`: the routing proxy on its own (the data plane)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from coalmine.cli.errors import InputError
+from policies import Policy, PolicyError, load_policy
+
+
+def register(app: typer.Typer) -> None:
+    """Add the proxy command to the CLI."""
+
+    @app.command("proxy")
+    def proxy(
+        *,
+        policy: Annotated[
+            list[Path],
+            typer.Option(
+                "--policy", help="Release policy file (repeatable: one release per file)."
+            ),
+        ],
+        listen: Annotated[
+            str | None,
+            typer.Option(help="HOST:PORT for the application's traffic. [default: 127.0.0.1:8080]"),
+        ] = None,
+        metrics_listen: Annotated[
+            str | None,
+            typer.Option(help="HOST:PORT of the Prometheus metrics. [default: 127.0.0.1:9464]"),
+        ] = None,
+        state: Annotated[
+            Path | None,
+            typer.Option(help="State file the controller writes routing tables to."),
+        ] = None,
+        weight: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="Pin a release's canary weight: RELEASE=PCT (repeatable); the state "
+                "file is then not read for that release."
+            ),
+        ] = None,
+        spans: Annotated[
+            bool,
+            typer.Option(
+                "--spans/--no-spans",
+                help="Report every request to Langfuse as the root span of its trace "
+                "(needs LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY).",
+            ),
+        ] = True,
+        log_level: Annotated[
+            str, typer.Option(help="Log level: critical, error, warning, info, debug.")
+        ] = "info",
+    ) -> None:
+        """Route the application's traffic between the stable and canary arms of each
+        release, keep each user in one arm, and mirror a sample to staging.
+
+        Settings also come from the environment: COALMINE_LISTEN, COALMINE_METRICS_LISTEN,
+        COALMINE_STATE, COALMINE_ADMIN_TOKEN (or COALMINE_ADMIN_TOKEN_FILE), and Langfuse's
+        LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_BASE_URL. Flags win.
+        """
+        overrides: dict[str, Any] = {"spans": spans}
+        if listen is not None:
+            overrides["listen"] = listen
+        if metrics_listen is not None:
+            overrides["metrics_listen"] = metrics_listen
+        if state is not None:
+            overrides["state"] = state
+        run_proxy(
+            policy_files=policy,
+            overrides=overrides,
+            pins=parse_weights(weight or []),
+            log_level=log_level,
+        )
+
+
+def parse_weights(specs: list[str]) -> dict[str, float]:
+    """``RELEASE=PCT`` pins into a dict; InputError names the bad one."""
+    pins: dict[str, float] = {}
+    for spec in specs:
+        name, separator, value = spec.partition("=")
+        try:
+            percent = float(value)
+        except ValueError:
+            percent = -1.0
+        if not separator or not name or not 0 <= percent <= 100:
+            raise InputError(f"--weight: {spec!r} is not RELEASE=PCT with PCT from 0 to 100")
+        if name in pins:
+            raise InputError(f"--weight: release {name!r} is pinned twice")
+        pins[name] = percent
+    return pins
+
+
+def load_policies(files: list[Path]) -> list[Policy]:
+    policies = []
+    for file in files:
+        try:
+            policies.append(load_policy(file))
+        except PolicyError as error:
+            raise InputError(f"--policy: {error}") from None
+        except OSError as error:
+            raise InputError(f"--policy: {file}: {error.strerror or error}") from None
+    return policies
+
+
+def run_proxy(
+    *,
+    policy_files: list[Path],
+    overrides: dict[str, Any],
+    pins: dict[str, float],
+    log_level: str,
+) -> None:
+    # The server stack is imported here, not for every coalmine command.
+    from proxy.server import build_app, serve, split_address  # noqa: PLC0415
+    from proxy.settings import ProxySettings  # noqa: PLC0415
+
+    levels = ("critical", "error", "warning", "info", "debug")
+    if log_level not in levels:
+        raise InputError(f"--log-level: {log_level!r} is not one of {', '.join(levels)}")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not policy_files:
+        raise InputError("--policy: at least one policy file is needed")
+    policies = load_policies(policy_files)
+    try:
+        settings = ProxySettings(**overrides)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise InputError(f"setting {where}: {first['msg']}") from None
+    try:
+        split_address(settings.listen, "--listen")
+        if settings.metrics_listen is not None:
+            split_address(settings.metrics_listen, "--metrics-listen")
+        app = build_app(settings, policies, pins)
+    except (ValueError, OSError) as error:
+        raise InputError(str(error)) from None
+    releases = ", ".join(
+        f"{release.name} ({release.prefix}, canary {release.table.canary_weight:g}%"
+        f"{' pinned' if release.pinned else ''})"
+        for release in app.releases.by_name.values()
+    )
+    logging.getLogger("coalmine.proxy").info(
+        "proxy on http://%s, metrics on %s, releases: %s",
+        settings.listen,
+        f"http://{settings.metrics_listen}/metrics" if settings.metrics_listen else "off",
+        releases,
+    )
+    serve(app, settings)

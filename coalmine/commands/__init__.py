@@ -1,1 +1,0 @@
-"""Subcommands of the `coalmine` CLI, one module each."""

@@ -1,0 +1,614 @@
+"""The controller's local state: one SQLite file (WAL), one writer.
+
+What it holds, per release: phase, step, weights and versions (``releases``); an
+append-only decision log with each decision's evidence (``decisions``); an action journal
+(``actions``): the intent is written in the same transaction as the decision that
+requires it and completed after it is carried out, so a crash at any point leaves
+pending actions that the next start finishes; the label history Langfuse does not keep
+(``label_moves``); the samples read from Langfuse with the cursors of the read that
+returned them (``traces``, ``scores``, ``cursors``), so a restart rebuilds the judge's
+evidence without reading Langfuse's history again. Routing tables live in the same file
+(``coalmine.shared.routing_tables.store``) so the proxy reads what the controller writes.
+
+An exclusive lock on ``<file>.lock`` makes one controller process the single writer.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from controller.judge import ScoreValue
+from controller.samples import Cursors, ScoreSample, TraceSample
+from policies.domain import Arm, Phase
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS releases (
+    name TEXT PRIMARY KEY,
+    document TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    release TEXT NOT NULL,
+    at REAL NOT NULL,
+    decision TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    evidence TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_by_release ON decisions (release, id);
+CREATE TABLE IF NOT EXISTS actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    release TEXT NOT NULL,
+    decision_id INTEGER,
+    kind TEXT NOT NULL,
+    intent TEXT NOT NULL,
+    status TEXT NOT NULL,
+    observed TEXT,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS actions_pending ON actions (status, id);
+CREATE TABLE IF NOT EXISTS label_moves (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    release TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    label TEXT NOT NULL,
+    from_version INTEGER,
+    to_version INTEGER NOT NULL,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    action_id INTEGER UNIQUE
+);
+CREATE TABLE IF NOT EXISTS traces (
+    release TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    arm TEXT NOT NULL,
+    ts REAL NOT NULL,
+    error INTEGER NOT NULL,
+    latency_ms REAL,
+    cost_usd REAL,
+    prompt_version INTEGER,
+    PRIMARY KEY (release, trace_id)
+);
+CREATE INDEX IF NOT EXISTS traces_by_id ON traces (trace_id);
+CREATE TABLE IF NOT EXISTS scores (
+    score_id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scores_by_trace ON scores (trace_id);
+CREATE TABLE IF NOT EXISTS cursors (
+    source TEXT PRIMARY KEY,
+    observations_from REAL NOT NULL,
+    scores_from REAL NOT NULL
+);
+"""
+
+
+class StateLockedError(Exception):
+    """Another controller process holds the state file (permanent for this process)."""
+
+
+class ActionKind(StrEnum):
+    SET_WEIGHT = "set_weight"
+    MOVE_LABEL = "move_label"
+
+
+class ActionStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseState:
+    """One release as the controller last left it. Times in seconds since the epoch."""
+
+    name: str
+    phase: Phase
+    step: int = 0
+    """0-based index of the current step."""
+    step_starts: tuple[float, ...] = ()
+    """When each step so far began; the first is when the canary started."""
+    canary_weight: float = 0.0
+    """The weight the routing table should hold now."""
+    stable_version: int | None = None
+    """Prompt version that held the stable label when the release started."""
+    candidate_version: int | None = None
+    """Prompt version that held the canary label when the release started."""
+    updated_at: float = 0.0
+    reason: str = ""
+    policy_digest: str = ""
+    """Digest of the policy the release started with (an edit that changes it restarts a
+    release only while it is pending)."""
+    resume_phase: Phase | None = None
+    """The phase a paused release goes back to."""
+
+    @property
+    def started_at(self) -> float | None:
+        return self.step_starts[0] if self.step_starts else None
+
+    @property
+    def step_started_at(self) -> float | None:
+        return self.step_starts[-1] if self.step_starts else None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "name": self.name,
+                "phase": self.phase.value,
+                "step": self.step,
+                "stepStarts": list(self.step_starts),
+                "canaryWeight": self.canary_weight,
+                "stableVersion": self.stable_version,
+                "candidateVersion": self.candidate_version,
+                "updatedAt": self.updated_at,
+                "reason": self.reason,
+                "policyDigest": self.policy_digest,
+                "resumePhase": None if self.resume_phase is None else self.resume_phase.value,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ReleaseState:
+        data = json.loads(text)
+        resume = data.get("resumePhase")
+        return cls(
+            name=data["name"],
+            phase=Phase(data["phase"]),
+            step=int(data["step"]),
+            step_starts=tuple(float(value) for value in data["stepStarts"]),
+            canary_weight=float(data["canaryWeight"]),
+            stable_version=data.get("stableVersion"),
+            candidate_version=data.get("candidateVersion"),
+            updated_at=float(data.get("updatedAt", 0.0)),
+            reason=str(data.get("reason", "")),
+            policy_digest=str(data.get("policyDigest", "")),
+            resume_phase=None if resume is None else Phase(resume),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One step of carrying out a decision, as journalled."""
+
+    id: int
+    release: str
+    kind: ActionKind
+    intent: dict[str, Any]
+    status: ActionStatus
+    observed: dict[str, Any] | None = None
+    decision_id: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One entry of the decision log."""
+
+    id: int
+    release: str
+    at: float
+    decision: str
+    actor: str
+    reason: str
+    phase: Phase
+    step: int
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelMove:
+    """One move of a prompt label that coalmine made."""
+
+    release: str
+    prompt: str
+    label: str
+    from_version: int | None
+    to_version: int
+    at: float
+    actor: str
+    reason: str
+
+
+class ControllerState:
+    """The state file. Methods are safe to call from several threads (one connection,
+    one lock); every change is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _take_lock(path)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def refresh(self) -> None:
+        """Forget what was read from a shared store (a SQLite file has one writer, this
+        process, so there is nothing to forget here)."""
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            os.close(self._lock_file)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic change: everything in the block or nothing."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, args))
+
+    # -- releases ------------------------------------------------------------------------
+
+    def release(self, name: str) -> ReleaseState | None:
+        rows = self._query("SELECT document FROM releases WHERE name = ?", (name,))
+        return ReleaseState.from_json(rows[0][0]) if rows else None
+
+    def releases(self) -> list[ReleaseState]:
+        rows = self._query("SELECT document FROM releases ORDER BY name")
+        return [ReleaseState.from_json(row[0]) for row in rows]
+
+    @staticmethod
+    def put_release(db: sqlite3.Connection, release: ReleaseState) -> None:
+        db.execute(
+            "INSERT INTO releases (name, document) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET document = excluded.document",
+            (release.name, release.to_json()),
+        )
+
+    def save_release(self, release: ReleaseState) -> None:
+        with self.transaction() as db:
+            self.put_release(db, release)
+
+    def delete_release(self, name: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM releases WHERE name = ?", (name,))
+            db.execute("DELETE FROM traces WHERE release = ?", (name,))
+
+    # -- decisions and actions -------------------------------------------------------------
+
+    def decide(
+        self,
+        release: ReleaseState,
+        *,
+        at: float,
+        decision: str,
+        actor: str,
+        reason: str,
+        evidence: dict[str, Any],
+        actions: Sequence[tuple[ActionKind, dict[str, Any]]],
+    ) -> int:
+        """Log a decision, store the release's new state and journal the actions it
+        requires, all in one transaction. Returns the decision's id."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO decisions (release, at, decision, actor, reason, phase, step, "
+                "evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    release.name,
+                    at,
+                    decision,
+                    actor,
+                    reason,
+                    release.phase.value,
+                    release.step,
+                    json.dumps(evidence, default=str),
+                ),
+            )
+            decision_id = int(cursor.lastrowid or 0)
+            self.put_release(db, release)
+            for kind, intent in actions:
+                db.execute(
+                    "INSERT INTO actions (release, decision_id, kind, intent, status, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        release.name,
+                        decision_id,
+                        kind.value,
+                        json.dumps(intent),
+                        ActionStatus.PENDING.value,
+                        at,
+                    ),
+                )
+        return decision_id
+
+    def pending_actions(self, release: str | None = None) -> list[Action]:
+        sql = "SELECT id, release, kind, intent, status, observed, decision_id, error FROM actions"
+        sql += " WHERE status = ?"
+        args: list[Any] = [ActionStatus.PENDING.value]
+        if release is not None:
+            sql += " AND release = ?"
+            args.append(release)
+        return [_action(row) for row in self._query(sql + " ORDER BY id", args)]
+
+    def actions(self, release: str) -> list[Action]:
+        rows = self._query(
+            "SELECT id, release, kind, intent, status, observed, decision_id, error "
+            "FROM actions WHERE release = ? ORDER BY id",
+            (release,),
+        )
+        return [_action(row) for row in rows]
+
+    def observe_action(self, action: Action, observed: dict[str, Any]) -> None:
+        """Record what was there before acting (a label's version before the move)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE actions SET observed = ? WHERE id = ?",
+                (json.dumps(observed), action.id),
+            )
+
+    def finish_action(
+        self,
+        action: Action,
+        *,
+        at: float,
+        status: ActionStatus = ActionStatus.DONE,
+        error: str | None = None,
+        label_move: LabelMove | None = None,
+    ) -> None:
+        """Mark an action done (or failed) and, in the same transaction, record the
+        label move it made."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE actions SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+                (status.value, at, error, action.id),
+            )
+            if label_move is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO label_moves (release, prompt, label, from_version, "
+                    "to_version, at, actor, reason, action_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        label_move.release,
+                        label_move.prompt,
+                        label_move.label,
+                        label_move.from_version,
+                        label_move.to_version,
+                        label_move.at,
+                        label_move.actor,
+                        label_move.reason,
+                        action.id,
+                    ),
+                )
+
+    def decisions(self, release: str, limit: int | None = None) -> list[DecisionRecord]:
+        sql = (
+            "SELECT id, release, at, decision, actor, reason, phase, step, evidence "
+            "FROM decisions WHERE release = ? ORDER BY id DESC"
+        )
+        args: list[Any] = [release]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self._query(sql, args)
+        return [
+            DecisionRecord(
+                id=row[0],
+                release=row[1],
+                at=row[2],
+                decision=row[3],
+                actor=row[4],
+                reason=row[5],
+                phase=Phase(row[6]),
+                step=row[7],
+                evidence=json.loads(row[8]),
+            )
+            for row in reversed(rows)
+        ]
+
+    def decision_counts(self, release: str) -> Counter[str]:
+        """How many decisions of each kind the release's log holds."""
+        rows = self._query(
+            "SELECT decision, COUNT(*) FROM decisions WHERE release = ? GROUP BY decision",
+            (release,),
+        )
+        return Counter({str(row[0]): int(row[1]) for row in rows})
+
+    def action_counts(self, release: str) -> Counter[tuple[str, str]]:
+        """How many actions of each (kind, status) the release's journal holds."""
+        rows = self._query(
+            "SELECT kind, status, COUNT(*) FROM actions WHERE release = ? GROUP BY kind, status",
+            (release,),
+        )
+        return Counter({(str(row[0]), str(row[1])): int(row[2]) for row in rows})
+
+    def label_moves(self, release: str | None = None) -> list[LabelMove]:
+        sql = (
+            "SELECT release, prompt, label, from_version, to_version, at, actor, reason "
+            "FROM label_moves"
+        )
+        args: list[Any] = []
+        if release is not None:
+            sql += " WHERE release = ?"
+            args.append(release)
+        return [LabelMove(*row) for row in self._query(sql + " ORDER BY id", args)]
+
+    # -- samples -------------------------------------------------------------------------
+
+    def cursors(self, source: str) -> Cursors | None:
+        rows = self._query(
+            "SELECT observations_from, scores_from FROM cursors WHERE source = ?", (source,)
+        )
+        return Cursors(rows[0][0], rows[0][1]) if rows else None
+
+    def store_poll(
+        self,
+        source: str,
+        cursors: Cursors,
+        traces: Sequence[TraceSample],
+        scores: Sequence[ScoreSample],
+    ) -> tuple[list[TraceSample], list[ScoreSample]]:
+        """Store new samples and the cursors after them in one transaction; return the
+        samples not stored before (polls overlap)."""
+        new_traces: list[TraceSample] = []
+        new_scores: list[ScoreSample] = []
+        with self.transaction() as db:
+            for trace in traces:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO traces (release, trace_id, arm, ts, error, "
+                    "latency_ms, cost_usd, prompt_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        trace.release,
+                        trace.trace_id,
+                        trace.arm.value,
+                        trace.ts,
+                        int(trace.error),
+                        trace.latency_ms,
+                        trace.cost_usd,
+                        trace.prompt_version,
+                    ),
+                )
+                if cursor.rowcount:
+                    new_traces.append(trace)
+            for score in scores:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO scores (score_id, trace_id, name, value, at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (score.score_id, score.trace_id, score.name, json.dumps(score.value), score.at),
+                )
+                if cursor.rowcount:
+                    new_scores.append(score)
+            db.execute(
+                "INSERT INTO cursors (source, observations_from, scores_from) VALUES (?, ?, ?) "
+                "ON CONFLICT(source) DO UPDATE SET observations_from = excluded.observations_from,"
+                " scores_from = excluded.scores_from",
+                (source, cursors.observations_from, cursors.scores_from),
+            )
+        return new_traces, new_scores
+
+    def traces(self, release: str, since: float) -> list[TraceSample]:
+        rows = self._query(
+            "SELECT release, trace_id, arm, ts, error, latency_ms, cost_usd, prompt_version "
+            "FROM traces WHERE release = ? AND ts >= ? ORDER BY ts",
+            (release, since),
+        )
+        return [
+            TraceSample(
+                release=row[0],
+                trace_id=row[1],
+                arm=Arm(row[2]),
+                ts=row[3],
+                error=bool(row[4]),
+                latency_ms=row[5],
+                cost_usd=row[6],
+                prompt_version=row[7],
+            )
+            for row in rows
+        ]
+
+    def scores_for_release(self, release: str, since: float) -> list[ScoreSample]:
+        rows = self._query(
+            "SELECT s.score_id, s.trace_id, s.name, s.value, s.at FROM scores s "
+            "JOIN traces t ON t.trace_id = s.trace_id "
+            "WHERE t.release = ? AND t.ts >= ? ORDER BY s.at",
+            (release, since),
+        )
+        return [_score(row) for row in rows]
+
+    def scores_of(self, trace_ids: Sequence[str]) -> list[ScoreSample]:
+        """Stored scores of the given traces."""
+        found: list[ScoreSample] = []
+        ids = list(trace_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                "SELECT score_id, trace_id, name, value, at FROM scores "
+                f"WHERE trace_id IN ({marks}) ORDER BY at",
+                chunk,
+            )
+            found.extend(_score(row) for row in rows)
+        return found
+
+    def release_of_traces(self, trace_ids: Sequence[str]) -> dict[str, str]:
+        """The release of each known trace id."""
+        found: dict[str, str] = {}
+        ids = list(trace_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                f"SELECT trace_id, release FROM traces WHERE trace_id IN ({marks})", chunk
+            )
+            found.update((row[0], row[1]) for row in rows)
+        return found
+
+    def prune_samples(self, running: Sequence[str], scores_before: float) -> int:
+        """Forget samples no running release needs: the traces of every other release
+        (finished releases keep their evidence in the decision log) and scores older
+        than ``scores_before`` that belong to no stored trace. Returns rows deleted."""
+        marks = ",".join("?" * len(running))
+        keep = f"release NOT IN ({marks})" if running else "1"
+        with self.transaction() as db:
+            traces = db.execute(f"DELETE FROM traces WHERE {keep}", list(running)).rowcount
+            scores = db.execute(
+                "DELETE FROM scores WHERE at < ? AND trace_id NOT IN (SELECT trace_id FROM traces)",
+                (scores_before,),
+            ).rowcount
+        return int(traces) + int(scores)
+
+
+def _action(row: tuple[Any, ...]) -> Action:
+    return Action(
+        id=row[0],
+        release=row[1],
+        kind=ActionKind(row[2]),
+        intent=json.loads(row[3]),
+        status=ActionStatus(row[4]),
+        observed=None if row[5] is None else json.loads(row[5]),
+        decision_id=row[6],
+        error=row[7],
+    )
+
+
+def _score(row: tuple[Any, ...]) -> ScoreSample:
+    value: ScoreValue = json.loads(row[3])
+    return ScoreSample(score_id=row[0], trace_id=row[1], name=row[2], value=value, at=row[4])
+
+
+def _take_lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise StateLockedError(
+            f"{path}: another controller holds this state file ({lock_path})"
+        ) from None
+    return descriptor
+
+
+def with_phase(release: ReleaseState, phase: Phase, *, at: float, reason: str) -> ReleaseState:
+    return replace(release, phase=phase, updated_at=at, reason=reason)

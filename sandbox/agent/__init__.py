@@ -1,9 +1,0 @@
-"""The sample support agent: a FastAPI app with an OpenAI-compatible chat endpoint that
-answers through a deterministic mock model and traces with the coalmine helper.
-
-Run it with ``python -m sandbox.agent --port 8000 --name stable``.
-"""
-
-from sandbox.agent.app import AgentSettings, create_app
-
-__all__ = ["AgentSettings", "create_app"]

@@ -1,0 +1,1 @@
+"""Stand-ins for what cannot run here, for the tests and benchmarks only (never shipped)."""
