@@ -65,6 +65,3 @@ def main(argv: list[str] | None = None) -> int:
         raise
     return code if isinstance(code, int) else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
