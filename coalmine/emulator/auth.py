@@ -23,7 +23,7 @@ from enum import StrEnum
 
 from fastapi import Request
 
-from coalmine.emulator.errors import ApiError
+from coalmine.emulator.errors import ApiError, AuthError
 from coalmine.emulator.settings import EmulatorSettings
 
 HOST_HINT = ". Confirm that you've configured the correct host."
@@ -35,14 +35,6 @@ class Access(StrEnum):
 
     PROJECT = "project"  # Basic auth with public and secret key: everything
     SCORES = "scores"  # Bearer with the public key only: creating scores
-
-
-class AuthError(Exception):
-    """Credentials Langfuse would refuse, with its message."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def verify(header: str | None, settings: EmulatorSettings) -> Access:

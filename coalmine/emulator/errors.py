@@ -1,4 +1,21 @@
-"""Errors shaped the way Langfuse's public API shapes them.
+"""The emulator's exceptions, and its error answers in the shape of Langfuse's.
+
+The exceptions, with the HTTP status a client gets for each:
+
+* EmulatorError        the base class, never raised itself
+  + ApiError           the status it carries: 400 a bad request (zod issues, bad JSON,
+  |                    a bad cursor...), 401 refused credentials, 403 a Bearer key on a
+  |                    prompt route, 404 not found, 405 a method the route lacks, 500
+  |                    anything unexpected
+  + AuthError          401 (``auth.py`` answers it as an ApiError)
+  + OtlpError          400 (``otel.py`` answers it as an ApiError)
+  + StoreFullError     507 (the write is refused; everything stored before is kept)
+  + NeedsPythonError   none: a metrics query the SQL path cannot compute, which the
+                       Python path then answers (``metrics_sql.py``)
+
+Any other exception is answered 500 ``{"message": "Internal Server Error", "error":
+<text>}``. Rate limits (429), the body limit (413) and injected faults are answered by
+middleware, without an exception.
 
 Langfuse's route wrapper (``withMiddlewares``) answers
 
@@ -24,13 +41,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from coalmine.emulator.store import StoreFullError
-
 INVALID_REQUEST_DATA = "Invalid request data"
 INVALID_JSON = "Invalid JSON"
 
 
-class ApiError(Exception):
+class EmulatorError(Exception):
+    """Base class of the emulator's exceptions."""
+
+
+class ApiError(EmulatorError):
     """An error answer of the public API."""
 
     def __init__(
@@ -52,6 +71,30 @@ class ApiError(Exception):
         if self.error is not None:
             body["error"] = self.error
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class AuthError(EmulatorError):
+    """Credentials Langfuse would refuse, with its message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class OtlpError(EmulatorError):
+    """A trace export the server refuses with 400; ``message`` is what it answers."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class StoreFullError(EmulatorError):
+    """The store reached its size bound; the write was refused and rolled back."""
+
+
+class NeedsPythonError(EmulatorError):
+    """A metrics query the SQL path cannot compute; the Python path computes it."""
 
 
 MISSING: Any = object()

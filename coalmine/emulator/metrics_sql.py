@@ -1,7 +1,7 @@
 """Metrics v2 filtered, grouped and aggregated in SQLite.
 
 `grouped_rows` answers the queries SQL expresses directly and returns None for the
-others, which `coalmine.emulator.metrics` then computes in Python over the loaded rows.
+others, which `coalmine.emulator.metrics_python` then computes over the loaded rows.
 Both give the same rows; ``tests/emulator/test_metrics_sql.py`` runs a table of queries
 and generated ones through both.
 
@@ -44,22 +44,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coalmine.emulator.metrics import (
+from coalmine.emulator.errors import NeedsPythonError
+from coalmine.emulator.metrics_model import (
     OBSERVATIONS,
     TIME_DIMENSION,
     Query,
-    aggregate,
     filter_dimension_name,
-    finite,
     granularity_of,
-    group_key,
-    json_column,
     output_names,
-    predicate,
     query_metrics,
 )
-from coalmine.emulator.scores import parse_time_ms
+from coalmine.emulator.metrics_python import aggregate, finite, group_key, json_column, predicate
 from coalmine.emulator.store import Store
+from coalmine.emulator.wire import parse_time_ms
 
 INDEX = "observations_metrics"
 INDEXED = frozenset(
@@ -215,10 +212,6 @@ SELECT v FROM d WHERE v IS NOT NULL
 Condition = tuple[str, list[Any]]
 
 
-class _NeedsPythonError(Exception):
-    """The query needs the Python path."""
-
-
 # ------------------------------------------------------------------------- filters
 
 
@@ -250,14 +243,14 @@ def _string_sql(sql: str, operator: str, value: str, nullable: bool) -> Conditio
 
 def _condition(query: Query, spec: _ViewSql, raw: dict[str, Any]) -> Condition:
     """One filter as SQL, as the Python path's `predicate` tests it; raises
-    `_NeedsPythonError` for those only Python applies."""
+    `NeedsPythonError` for those only Python applies."""
     view = query.view
     kind, operator, value, column = raw["type"], raw["operator"], raw["value"], raw["column"]
     if column == view.time_column and kind == "datetime":
         return f"{spec.time} {operator} ?", [parse_time_ms(value)]
     name = filter_dimension_name(view, column)
     if name is None or name not in spec.dimensions:
-        raise _NeedsPythonError  # metadata
+        raise NeedsPythonError  # metadata
     dimension = view.dimensions[name]
     expr = spec.dimensions[name].sql
     nullable = dimension.nullable
@@ -276,7 +269,7 @@ def _condition(query: Query, spec: _ViewSql, raw: dict[str, Any]) -> Condition:
             return _options_sql(text, operator, value, nullable)
         if kind == "string":
             return _string_sql(text, operator, value, nullable)
-    raise _NeedsPythonError
+    raise NeedsPythonError
 
 
 def _tags_condition(
@@ -323,7 +316,7 @@ def grouped_rows(store: Store, query: Query) -> list[dict[str, Any]] | None:
     first appearance), computed in SQL; None if the query needs the Python path."""
     try:
         return _grouped_rows(store, query)
-    except _NeedsPythonError:
+    except NeedsPythonError:
         return None
     except sqlite3.OperationalError as error:
         if "overflow" in str(error):  # an integer SUM beyond 64 bits
@@ -337,7 +330,7 @@ def _source(query: Query, spec: _ViewSql, columns: set[str]) -> tuple[str, list[
     where = [f"{spec.time} >= ?", f"{spec.time} <= ?"]
     if spec is _OBSERVATIONS_SQL:
         if query.relations:  # score counts
-            raise _NeedsPythonError
+            raise NeedsPythonError
         if columns <= INDEXED:  # the covering index alone, in (tags, level) order
             return f"observations AS o INDEXED BY {INDEX}", where, window
         return "observations AS o", where, window
@@ -353,34 +346,52 @@ def _source(query: Query, spec: _ViewSql, columns: set[str]) -> tuple[str, list[
     return source, where, [*params, *window, *types]
 
 
-def _grouped_rows(store: Store, query: Query) -> list[dict[str, Any]]:
-    view = query.view
-    spec = _OBSERVATIONS_SQL if view is OBSERVATIONS else _SCORES_SQL
-    granularity = granularity_of(query)
-    if granularity is not None and (granularity not in GRANULARITIES or query.from_ms < 0):
-        raise _NeedsPythonError
-    metrics = query_metrics(query)
-    if any(measure not in spec.measures for measure, _ in metrics):
-        raise _NeedsPythonError
-    if any(d not in spec.dimensions for d in query.dimensions):
-        raise _NeedsPythonError
+@dataclass
+class _Filters:
+    """The query's filters as SQL, but for ``tags`` filters, tested in Python against
+    each distinct ``tags`` text once the database is open."""
 
-    conditions: list[str] = []
-    params: list[Any] = []
-    tag_tests: list[Callable[[dict[str, Any]], bool]] = []
-    columns: set[str] = {"start_ms"}
+    conditions: list[str]
+    params: list[Any]
+    tag_tests: list[Callable[[dict[str, Any]], bool]]
+    columns: set[str]  # observations' columns the filters read
+
+
+def _check_expressible(
+    query: Query, spec: _ViewSql, granularity: str | None, metrics: list[tuple[str, str]]
+) -> None:
+    """Raises `NeedsPythonError` for a time bucket, measure or dimension SQL lacks."""
+    if granularity is not None and (granularity not in GRANULARITIES or query.from_ms < 0):
+        raise NeedsPythonError
+    if any(measure not in spec.measures for measure, _ in metrics):
+        raise NeedsPythonError
+    if any(d not in spec.dimensions for d in query.dimensions):
+        raise NeedsPythonError
+
+
+def _filters(query: Query, spec: _ViewSql) -> _Filters:
+    filters = _Filters([], [], [], {"start_ms"})
     for raw in query.filters:
-        name = filter_dimension_name(view, raw["column"])
+        name = filter_dimension_name(query.view, raw["column"])
         if name == "tags":
-            tag_tests.append(predicate(view, raw))
-            columns.add("tags")
+            filters.tag_tests.append(predicate(query.view, raw))
+            filters.columns.add("tags")
             continue
         sql, values = _condition(query, spec, raw)
-        conditions.append(sql)
-        params.extend(values)
+        filters.conditions.append(sql)
+        filters.params.extend(values)
         if name is not None:
-            columns |= spec.dimensions[name].columns
-    columns |= {c for d in query.dimensions for c in spec.dimensions[d].columns}
+            filters.columns |= spec.dimensions[name].columns
+    return filters
+
+
+def _grouped_rows(store: Store, query: Query) -> list[dict[str, Any]]:
+    spec = _OBSERVATIONS_SQL if query.view is OBSERVATIONS else _SCORES_SQL
+    granularity = granularity_of(query)
+    metrics = query_metrics(query)
+    _check_expressible(query, spec, granularity, metrics)
+    filters = _filters(query, spec)
+    columns = filters.columns | {c for d in query.dimensions for c in spec.dimensions[d].columns}
     columns |= {c for m, _ in metrics for c in spec.measures[m].columns}
     source, where, source_params = _source(query, spec, columns)
 
@@ -396,11 +407,16 @@ def _grouped_rows(store: Store, query: Query) -> list[dict[str, Any]]:
     grouping = f" GROUP BY {', '.join(str(i + 1) for i in range(len(groups)))}" if groups else ""
 
     with store.transaction() as db:
-        if tag_tests:
-            sql, values = _tags_condition(db, spec.dimensions["tags"].sql, tag_tests)
-            conditions.append(sql)
-            params.extend(values)
-        scan = _Scan(source, " AND ".join(where + conditions), source_params + params, groups)
+        if filters.tag_tests:
+            sql, values = _tags_condition(db, spec.dimensions["tags"].sql, filters.tag_tests)
+            filters.conditions.append(sql)
+            filters.params.extend(values)
+        scan = _Scan(
+            source,
+            " AND ".join(where + filters.conditions),
+            source_params + filters.params,
+            groups,
+        )
         found = db.execute(
             f"SELECT {', '.join(select.columns)} FROM {scan.source} "
             f"WHERE {scan.condition}{grouping}",
@@ -412,25 +428,39 @@ def _grouped_rows(store: Store, query: Query) -> list[dict[str, Any]]:
             order = _newest_first(db, scan, found, keys, first)
         else:
             order = sorted(range(len(found)), key=lambda i: found[i][first])
+    return _rows(query, granularity, found, keys, order, plans, reals)
 
+
+def _rows(
+    query: Query,
+    granularity: str | None,
+    found: list[sqlite3.Row],
+    keys: list[tuple[Any, ...]],
+    order: list[int],
+    plans: list[_Plan],
+    reals: dict[tuple[Any, ...], list[float]],
+) -> list[dict[str, Any]]:
+    """The groups as the Python path gives them: dimensions, time bucket and raw
+    aggregates, in ``order``."""
     rows: list[dict[str, Any]] = []
     seen: set[tuple[Any, ...]] = set()
-    names = output_names(query)
+    metrics = query_metrics(query)
     for index in order:
-        row_sql, key = found[index], keys[index]
-        row: dict[str, Any] = {}
-        for position, dimension in enumerate(query.dimensions):
-            row[dimension] = _dimension_value(query, dimension, key[position])
+        key = keys[index]
+        row = {
+            dimension: _dimension_value(query, dimension, key[position])
+            for position, dimension in enumerate(query.dimensions)
+        }
         bucket = key[-1] if granularity is not None else None
         python_key = (*(group_key(row[d]) for d in query.dimensions), bucket)
         if python_key in seen:  # two texts of one tags list: Python would merge them
-            raise _NeedsPythonError
+            raise NeedsPythonError
         seen.add(python_key)
         if granularity is not None:
             row[TIME_DIMENSION] = bucket
-        for name, (measure, _), compute in zip(names, metrics, plans, strict=True):
-            kind = view.measures[measure].type
-            row[name] = compute(row_sql, reals.get(key, []), kind, query.bins)
+        for name, (measure, _), compute in zip(output_names(query), metrics, plans, strict=True):
+            kind = query.view.measures[measure].type
+            row[name] = compute(found[index], reals.get(key, []), kind, query.bins)
         rows.append(row)
     return rows
 
@@ -460,45 +490,67 @@ class _Plan:
 
 
 def _plan(select: _Select, spec: _ViewSql, measure: str, aggregation: str) -> _Plan:
+    """How one metric is computed, with the columns it adds to ``select``."""
     expr = spec.measures[measure]
     count = select.add(f"COUNT({expr.sql})")
     if aggregation == "count":
-        return _Plan(lambda row, _r, _k, _b: row[count], None, count)
+        return _Plan(_column(count), None, count)
     if aggregation in ("min", "max"):
-        index = select.add(f"{aggregation.upper()}({expr.sql})")
-
-        def extreme(row: Sequence[Any], _r: list[float], kind: str, _b: int) -> Any:
-            found = row[index]
-            return found if found is None or kind != "integer" else int(found)
-
-        return _Plan(extreme, None, count)
+        return _Plan(_extreme(select.add(f"{aggregation.upper()}({expr.sql})")), None, count)
     if expr.real:
         if aggregation == "uniq":
-            index = select.add(f"COUNT(DISTINCT {expr.sql})")
-            return _Plan(lambda row, _r, _k, _b: row[index], None, count)
-
-        def from_values(row: Sequence[Any], reals: list[float], kind: str, bins: int) -> Any:
-            return aggregate(aggregation, reals, kind, bins)
-
-        return _Plan(from_values, expr.sql, count)
+            return _Plan(_column(select.add(f"COUNT(DISTINCT {expr.sql})")), None, count)
+        return _Plan(_from_values(aggregation), expr.sql, count)
     if aggregation in ("sum", "avg"):  # integer measures: SQL sums are exact
-        total = select.add(f"SUM({expr.sql})")
-
-        def summed(row: Sequence[Any], _r: list[float], _k: str, _b: int) -> Any:
-            if row[total] is None:
-                return None
-            if aggregation == "sum":
-                return int(row[total])
-            return finite(float(row[total]) / row[count])
-
-        return _Plan(summed, None, count)
+        return _Plan(_summed(select.add(f"SUM({expr.sql})"), count, aggregation), None, count)
     assert aggregation in _LIST_AGGREGATIONS or aggregation == "uniq"
-    packed = select.add(f"json_group_array({expr.sql})")
+    return _Plan(_listed(select.add(f"json_group_array({expr.sql})"), aggregation), None, count)
+
+
+def _column(index: int) -> Compute:
+    """The value of a result column as it is."""
+    return lambda row, _r, _k, _b: row[index]
+
+
+def _extreme(index: int) -> Compute:
+    """A MIN or MAX column; an integer for an integer measure."""
+
+    def extreme(row: Sequence[Any], _r: list[float], kind: str, _b: int) -> Any:
+        found = row[index]
+        return found if found is None or kind != "integer" else int(found)
+
+    return extreme
+
+
+def _from_values(aggregation: str) -> Compute:
+    """The Python path's aggregate over the group's REAL values, read as rows."""
+
+    def from_values(_row: Sequence[Any], reals: list[float], kind: str, bins: int) -> Any:
+        return aggregate(aggregation, reals, kind, bins)
+
+    return from_values
+
+
+def _summed(total: int, count: int, aggregation: str) -> Compute:
+    """The sum, or the average, of an integer measure from its SUM and COUNT columns."""
+
+    def summed(row: Sequence[Any], _r: list[float], _k: str, _b: int) -> Any:
+        if row[total] is None:
+            return None
+        if aggregation == "sum":
+            return int(row[total])
+        return finite(float(row[total]) / row[count])
+
+    return summed
+
+
+def _listed(packed: int, aggregation: str) -> Compute:
+    """The Python path's aggregate over the values packed by ``json_group_array``."""
 
     def listed(row: Sequence[Any], _r: list[float], kind: str, bins: int) -> Any:
         return aggregate(aggregation, json.loads(row[packed]), kind, bins)
 
-    return _Plan(listed, None, count)
+    return listed
 
 
 def _real_values(

@@ -24,7 +24,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,6 +252,8 @@ class ObservationsQuery:
 
 # ------------------------------------------------------------------ parsing
 
+Problems = list[dict[str, Any]]
+
 
 def _too_big(path: str, maximum: int) -> dict[str, Any]:
     return issue(
@@ -353,64 +355,115 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     return start_ms, last_id
 
 
-def parse_query(params: QueryParams) -> ObservationsQuery:
-    """The request's parameters, or a 400 ``ApiError`` in Langfuse's shape."""
-    issues: list[dict[str, Any]] = []
-    groups = _parse_fields(params.get("fields"))
-    limit = _parse_limit(params.get("limit"), issues)
-    if params.get("parseIoAsJson") not in (None, "", "false"):
-        if params.get("parseIoAsJson") == "true":
-            issues.append(
-                issue(
-                    "custom",
-                    ["parseIoAsJson"],
-                    "parseIoAsJson=true is no longer supported on the v2 observations "
-                    "endpoint. Input/output fields are always returned as raw strings. "
-                    "Remove the parseIoAsJson parameter or set it to false.",
-                )
+def _check_parse_io(raw: str | None, issues: Problems) -> None:
+    if raw in (None, "", "false"):
+        return
+    if raw == "true":
+        issues.append(
+            issue(
+                "custom",
+                ["parseIoAsJson"],
+                "parseIoAsJson=true is no longer supported on the v2 observations "
+                "endpoint. Input/output fields are always returned as raw strings. "
+                "Remove the parseIoAsJson parameter or set it to false.",
             )
-        else:
-            issues.append(_option_issue("parseIoAsJson", ("true", "false")))
-    simple: list[Condition] = []
-    for name, column in (
-        ("name", "o.name"),
-        ("userId", "o.user_id"),
-        ("sessionId", "o.session_id"),
-        ("traceId", "o.trace_id"),
-        ("version", "o.version"),
-    ):
+        )
+    else:
+        issues.append(_option_issue("parseIoAsJson", ("true", "false")))
+
+
+ParameterParser = Callable[[QueryParams, str, Problems], list[Condition]]
+"""Reads one query parameter: the conditions it sets, problems appended to a list."""
+
+
+def _equals(column: str) -> ParameterParser:
+    """``column = value`` for a non-empty value."""
+
+    def parse(params: QueryParams, name: str, _issues: Problems) -> list[Condition]:
         value = params.get(name)
-        if value:
-            simple.append(Condition(column, f"{column} = ?", [value]))
-    for name, options, column in (
-        ("type", OBSERVATION_TYPES, "o.type"),
-        ("level", LEVELS, "o.level"),
-    ):
+        return [Condition(column, f"{column} = ?", [value])] if value else []
+
+    return parse
+
+
+def _one_of(options: Sequence[str], column: str) -> ParameterParser:
+    """``column = value`` for a non-empty value among ``options``."""
+
+    def parse(params: QueryParams, name: str, issues: Problems) -> list[Condition]:
         value = params.get(name)
         if not value:
-            continue
+            return []
         if value not in options:
             issues.append(_option_issue(name, options))
-        else:
-            simple.append(Condition(column, f"{column} = ?", [value]))
-    parent = params.get("parentObservationId")
-    if parent is not None:
-        column = "o.parent_observation_id"
-        if parent == "":
-            simple.append(Condition(column, f"{column} IS NULL", []))
-        else:
-            simple.append(Condition(column, f"{column} = ?", [parent]))
-    is_root = _parse_bool("isRootObservation", params.get("isRootObservation"), issues)
-    if is_root is not None:
-        simple.append(Condition("o.is_root", "o.is_root = ?", [int(is_root)]))
-    environments = [value for value in params.getlist("environment") if value]
-    if environments:
-        marks = ", ".join("?" * len(environments))
-        simple.append(Condition("o.environment", f"o.environment IN ({marks})", environments))
-    for name, operator in (("fromStartTime", ">="), ("toStartTime", "<")):
+            return []
+        return [Condition(column, f"{column} = ?", [value])]
+
+    return parse
+
+
+def _parent(params: QueryParams, name: str, _issues: Problems) -> list[Condition]:
+    """The parent's id; given empty, the observations without one."""
+    parent = params.get(name)
+    column = "o.parent_observation_id"
+    if parent is None:
+        return []
+    if parent == "":
+        return [Condition(column, f"{column} IS NULL", [])]
+    return [Condition(column, f"{column} = ?", [parent])]
+
+
+def _is_root(params: QueryParams, name: str, issues: Problems) -> list[Condition]:
+    is_root = _parse_bool(name, params.get(name), issues)
+    if is_root is None:
+        return []
+    return [Condition("o.is_root", "o.is_root = ?", [int(is_root)])]
+
+
+def _environments(params: QueryParams, name: str, _issues: Problems) -> list[Condition]:
+    """Any of the environments given (the parameter repeats)."""
+    environments = [value for value in params.getlist(name) if value]
+    if not environments:
+        return []
+    marks = ", ".join("?" * len(environments))
+    return [Condition("o.environment", f"o.environment IN ({marks})", environments)]
+
+
+def _start_time(operator: str) -> ParameterParser:
+    """``start_ms <operator> time`` for an ISO time with an offset."""
+
+    def parse(params: QueryParams, name: str, issues: Problems) -> list[Condition]:
         millis = _parse_query_datetime(name, params.get(name), issues)
-        if millis is not None:
-            simple.append(Condition("o.start_ms", f"o.start_ms {operator} ?", [millis]))
+        if millis is None:
+            return []
+        return [Condition("o.start_ms", f"o.start_ms {operator} ?", [millis])]
+
+    return parse
+
+
+_PARAMETERS: tuple[tuple[str, ParameterParser], ...] = (
+    ("name", _equals("o.name")),
+    ("userId", _equals("o.user_id")),
+    ("sessionId", _equals("o.session_id")),
+    ("traceId", _equals("o.trace_id")),
+    ("version", _equals("o.version")),
+    ("type", _one_of(OBSERVATION_TYPES, "o.type")),
+    ("level", _one_of(LEVELS, "o.level")),
+    ("parentObservationId", _parent),
+    ("isRootObservation", _is_root),
+    ("environment", _environments),
+    ("fromStartTime", _start_time(">=")),
+    ("toStartTime", _start_time("<")),
+)
+"""The filtering parameters besides ``filter``, read in this order."""
+
+
+def parse_query(params: QueryParams) -> ObservationsQuery:
+    """The request's parameters, or a 400 ``ApiError`` in Langfuse's shape."""
+    issues: Problems = []
+    groups = _parse_fields(params.get("fields"))
+    limit = _parse_limit(params.get("limit"), issues)
+    _check_parse_io(params.get("parseIoAsJson"), issues)
+    simple = [condition for name, parse in _PARAMETERS for condition in parse(params, name, issues)]
     advanced = parse_filter(params.get("filter"), issues)
     if issues:
         raise invalid(issues)
@@ -480,6 +533,74 @@ def parse_filter(raw: str | None, issues: list[dict[str, Any]]) -> list[Conditio
     return conditions
 
 
+ValueCheck = Callable[[Any, Any, list[Any]], dict[str, Any] | None]
+"""Checks a filter's value, given its operator and the value's path: a zod issue or None."""
+
+
+def _typed_value(expected: str, accepts: Callable[[Any], bool]) -> ValueCheck:
+    def check(value: Any, _operator: Any, path: list[Any]) -> dict[str, Any] | None:
+        return None if accepts(value) else _type_issue(path, expected, value)
+
+    return check
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float)
+
+
+def _texts(empty_refused: Callable[[Any], bool]) -> ValueCheck:
+    """An array of strings; ``empty_refused(operator)``: whether it must not be empty."""
+
+    def check(value: Any, operator: Any, path: list[Any]) -> dict[str, Any] | None:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return _type_issue(path, "array", value)
+        if not value and empty_refused(operator):
+            return issue(
+                "custom",
+                path,
+                "Value array must not be empty unless operator is 'all of' or 'none of' "
+                "(which represent waiting for selection)",
+            )
+        return None
+
+    return check
+
+
+def _date_value(value: Any, _operator: Any, path: list[Any]) -> dict[str, Any] | None:
+    if _filter_datetime(value) is None:
+        return issue("invalid_type", path, "Invalid input: expected date")
+    return None
+
+
+def _null_value(value: Any, _operator: Any, path: list[Any]) -> dict[str, Any] | None:
+    if value not in ("", None):
+        return issue("invalid_value", path, 'Invalid input: expected ""')
+    return None
+
+
+def _any_value(_value: Any, _operator: Any, _path: list[Any]) -> dict[str, Any] | None:
+    return None
+
+
+_VALUE_CHECKS: dict[str, ValueCheck] = {
+    "datetime": _date_value,
+    "string": _typed_value("string", lambda value: isinstance(value, str)),
+    "stringOptions": _texts(lambda _operator: True),
+    "categoryOptions": _texts(lambda _operator: False),
+    "arrayOptions": _texts(lambda operator: operator == "any of"),
+    "number": _typed_value("number", _is_number),
+    "stringObject": _typed_value("string", lambda value: isinstance(value, str)),
+    "numberObject": _typed_value("number", _is_number),
+    "boolean": _typed_value("boolean", lambda value: isinstance(value, bool)),
+    "null": _null_value,
+    "positionInTrace": _any_value,
+}
+"""The value each filter type takes (the types of ``OPERATORS``)."""
+
+_KEYED = frozenset({"stringObject", "numberObject", "categoryOptions"})
+"""Filter types that take a ``key`` too."""
+
+
 def _check_filter(entry: Any, path: list[Any]) -> dict[str, Any] | None:
     """A zod issue for a malformed filter condition, else None."""
     if not isinstance(entry, dict):
@@ -503,38 +624,9 @@ def _check_filter(entry: Any, path: list[Any]) -> dict[str, Any] | None:
     operator = entry.get("operator")
     if operator not in OPERATORS[kind]:
         return _option_issue_at([*path, "operator"], OPERATORS[kind])
-    value = entry.get("value")
-    if kind in ("stringObject", "numberObject", "categoryOptions") and not isinstance(
-        entry.get("key"), str
-    ):
+    if kind in _KEYED and not isinstance(entry.get("key"), str):
         return _type_issue([*path, "key"], "string", entry.get("key"))
-    if kind in ("string", "stringObject"):
-        if not isinstance(value, str):
-            return _type_issue([*path, "value"], "string", value)
-    elif kind in ("number", "numberObject"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return _type_issue([*path, "value"], "number", value)
-    elif kind == "boolean":
-        if not isinstance(value, bool):
-            return _type_issue([*path, "value"], "boolean", value)
-    elif kind in ("stringOptions", "categoryOptions", "arrayOptions"):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return _type_issue([*path, "value"], "array", value)
-        if not value and (
-            kind == "stringOptions" or (kind == "arrayOptions" and operator == "any of")
-        ):
-            return issue(
-                "custom",
-                [*path, "value"],
-                "Value array must not be empty unless operator is 'all of' or 'none of' "
-                "(which represent waiting for selection)",
-            )
-    elif kind == "datetime":
-        if _filter_datetime(value) is None:
-            return issue("invalid_type", [*path, "value"], "Invalid input: expected date")
-    elif kind == "null" and value not in ("", None):
-        return issue("invalid_value", [*path, "value"], 'Invalid input: expected ""')
-    return None
+    return _VALUE_CHECKS[kind](entry.get("value"), operator, [*path, "value"])
 
 
 def _type_issue(path: list[Any], expected: str, value: Any) -> dict[str, Any]:
@@ -604,34 +696,62 @@ def _compile(entry: dict[str, Any]) -> Condition:
         raise bad_request(
             "The 'matches' operator is only supported for input, output and metadata filters."
         )
-    sql = column.sql
     if kind == "null":
-        if operator == "is null":
-            empty = f" OR {sql} = ''" if column.empty_is_null else ""
-            return Condition(sql, f"({sql} IS NULL{empty})", [])
-        empty = f" AND {sql} <> ''" if column.empty_is_null else ""
-        return Condition(sql, f"({sql} IS NOT NULL{empty})", [])
+        return _null_condition(column, operator)
     if column.kind == _ARRAY:
         return _tags_condition(operator, value)
     if column.kind == _OBJECT:
         return _metadata_condition(kind, operator, entry["key"], value)
-    if kind == "string":
-        if column.empty_is_null and value == "" and operator == "=":
-            return Condition(sql, f"{sql} IS NULL", [])
-        return _string_sql(sql, operator, value, case_sensitive=False)
-    if kind in ("stringOptions", "categoryOptions"):
-        marks = ", ".join("?" * len(value))
-        if operator == "any of":
-            return Condition(sql, f"{sql} IN ({marks})", list(value))
-        if not value:
-            return Condition(sql, "1", [])
-        return Condition(sql, f"({sql} IS NULL OR {sql} NOT IN ({marks}))", list(value))
-    if kind == "datetime":
-        return Condition(sql, f"{sql} {operator} ?", [_filter_datetime(value)])
-    if kind == "number":
-        return Condition(sql, f"{sql} {operator} ?", [value])
-    # boolean
-    return Condition(sql, f"{sql} {'=' if operator == '=' else '<>'} ?", [int(bool(value))])
+    return _COMPILERS[kind](column, operator, value)
+
+
+def _null_condition(column: Column, operator: str) -> Condition:
+    sql = column.sql
+    if operator == "is null":
+        empty = f" OR {sql} = ''" if column.empty_is_null else ""
+        return Condition(sql, f"({sql} IS NULL{empty})", [])
+    empty = f" AND {sql} <> ''" if column.empty_is_null else ""
+    return Condition(sql, f"({sql} IS NOT NULL{empty})", [])
+
+
+def _string_condition(column: Column, operator: str, value: Any) -> Condition:
+    if column.empty_is_null and value == "" and operator == "=":
+        return Condition(column.sql, f"{column.sql} IS NULL", [])
+    return _string_sql(column.sql, operator, value, case_sensitive=False)
+
+
+def _options_condition(column: Column, operator: str, value: Any) -> Condition:
+    sql = column.sql
+    marks = ", ".join("?" * len(value))
+    if operator == "any of":
+        return Condition(sql, f"{sql} IN ({marks})", list(value))
+    if not value:
+        return Condition(sql, "1", [])
+    return Condition(sql, f"({sql} IS NULL OR {sql} NOT IN ({marks}))", list(value))
+
+
+def _datetime_condition(column: Column, operator: str, value: Any) -> Condition:
+    return Condition(column.sql, f"{column.sql} {operator} ?", [_filter_datetime(value)])
+
+
+def _number_condition(column: Column, operator: str, value: Any) -> Condition:
+    return Condition(column.sql, f"{column.sql} {operator} ?", [value])
+
+
+def _boolean_condition(column: Column, operator: str, value: Any) -> Condition:
+    comparison = "=" if operator == "=" else "<>"
+    return Condition(column.sql, f"{column.sql} {comparison} ?", [int(bool(value))])
+
+
+_COMPILERS: dict[str, Callable[[Column, str, Any], Condition]] = {
+    "string": _string_condition,
+    "stringOptions": _options_condition,
+    "categoryOptions": _options_condition,
+    "datetime": _datetime_condition,
+    "number": _number_condition,
+    "boolean": _boolean_condition,
+}
+"""The condition of a filter on a column of plain values, by filter type."""
 
 
 def _tags_condition(operator: str, tags: list[str]) -> Condition:

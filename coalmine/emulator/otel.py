@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from coalmine.emulator import otlp
 from coalmine.emulator.auth import require_project
-from coalmine.emulator.errors import ApiError
+from coalmine.emulator.errors import ApiError, OtlpError
 from coalmine.emulator.store import Store
 
 router = APIRouter()
@@ -57,7 +57,7 @@ async def export_traces(request: Request) -> JSONResponse:
             content_type=request.headers.get("content-type"),
             content_encoding=request.headers.get("content-encoding"),
         )
-    except otlp.OtlpError as error:
+    except OtlpError as error:
         raise _error(error.message) from None
     if not spans:
         return JSONResponse({})

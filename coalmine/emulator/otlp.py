@@ -25,7 +25,7 @@ import math
 import re
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -34,6 +34,8 @@ from typing import Any
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from coalmine.emulator.errors import OtlpError
 
 MAX_DECOMPRESSED_BYTES = 64 << 20
 """A gzip body may inflate to at most this many bytes (a guard, not a server rule)."""
@@ -58,14 +60,6 @@ OBSERVATION_TYPES = frozenset(
 )
 
 STATUS_CODE_ERROR = 2
-
-
-class OtlpError(Exception):
-    """A trace export the server refuses with 400; ``message`` is what it answers."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,45 +303,53 @@ def _decode_json(body: bytes) -> list[RawSpan]:
     spans: list[RawSpan] = []
     rejected = _Rejections()
     for entry in resource_spans:
-        if not isinstance(entry, dict):
-            continue
-        resource_obj = entry.get("resource")
-        resource = _json_attributes(
-            resource_obj.get("attributes") if isinstance(resource_obj, dict) else None,
-            rejected,
-            "resource",
-        )
-        scope_spans_list = entry.get("scopeSpans")
-        if scope_spans_list is None:
-            continue
-        if not isinstance(scope_spans_list, list):
-            rejected.malformed_collections += 1
-            rejected.reason("scopeSpans:not_an_array", "unknown")
-            continue
-        for scope_spans in scope_spans_list:
-            if not isinstance(scope_spans, dict):
-                continue
-            scope_obj = scope_spans.get("scope")
-            scope_obj = scope_obj if isinstance(scope_obj, dict) else {}
-            scope_name = str(scope_obj.get("name") or "")
-            scope = Scope(
-                scope_name,
-                str(scope_obj["version"]) if scope_obj.get("version") else None,
-                _json_attributes(scope_obj.get("attributes"), rejected, scope_name),
-            )
-            span_list = scope_spans.get("spans")
-            if span_list is None:
-                continue
-            if not isinstance(span_list, list):
-                rejected.malformed_collections += 1
-                rejected.reason("spans:not_an_array", scope_name or "unknown")
-                continue
-            for span in span_list:
-                raw = _json_span(span, resource, scope, rejected)
-                if raw is not None:
-                    spans.append(raw)
+        if isinstance(entry, dict):
+            spans.extend(_json_resource_spans(entry, rejected))
     rejected.raise_if_any()
     return spans
+
+
+def _json_collection(value: Any, name: str, rejected: _Rejections, where: str) -> list[Any]:
+    """The items of an array field; none, and a rejection if it is there but no array."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        rejected.malformed_collections += 1
+        rejected.reason(f"{name}:not_an_array", where)
+        return []
+    return value
+
+
+def _json_resource_spans(entry: dict[str, Any], rejected: _Rejections) -> list[RawSpan]:
+    resource_obj = entry.get("resource")
+    resource = _json_attributes(
+        resource_obj.get("attributes") if isinstance(resource_obj, dict) else None,
+        rejected,
+        "resource",
+    )
+    spans: list[RawSpan] = []
+    for scope_spans in _json_collection(entry.get("scopeSpans"), "scopeSpans", rejected, "unknown"):
+        if isinstance(scope_spans, dict):
+            spans.extend(_json_scope_spans(scope_spans, resource, rejected))
+    return spans
+
+
+def _json_scope_spans(
+    scope_spans: dict[str, Any], resource: dict[str, Any], rejected: _Rejections
+) -> list[RawSpan]:
+    scope_obj = scope_spans.get("scope")
+    scope_obj = scope_obj if isinstance(scope_obj, dict) else {}
+    scope_name = str(scope_obj.get("name") or "")
+    scope = Scope(
+        scope_name,
+        str(scope_obj["version"]) if scope_obj.get("version") else None,
+        _json_attributes(scope_obj.get("attributes"), rejected, scope_name),
+    )
+    span_list = _json_collection(
+        scope_spans.get("spans"), "spans", rejected, scope_name or "unknown"
+    )
+    decoded = (_json_span(span, resource, scope, rejected) for span in span_list)
+    return [span for span in decoded if span is not None]
 
 
 def _json_span(
@@ -359,6 +361,33 @@ def _json_span(
     where = scope.name or "unknown"
     trace_id, trace_problem = _json_id(span.get("traceId"), TRACE_ID_BYTES)
     span_id, span_problem = _json_id(span.get("spanId"), SPAN_ID_BYTES)
+    problems = _json_span_problems(span, trace_problem, span_problem)
+    if problems:
+        rejected.invalid_spans += 1
+        for problem in problems:
+            rejected.reason(problem, where)
+        return None
+    assert trace_id is not None and span_id is not None
+    status_code, message = _json_status(span.get("status"))
+    return RawSpan(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=_json_parent(span.get("parentSpanId")),
+        name=str(span.get("name") or ""),
+        start_ns=_json_nanos(span.get("startTimeUnixNano")),
+        end_ns=_json_nanos(span.get("endTimeUnixNano")),
+        attributes=_json_attributes(span.get("attributes"), rejected, where),
+        status_code=status_code,
+        status_message=message,
+        resource=resource,
+        scope=scope,
+    )
+
+
+def _json_span_problems(
+    span: dict[str, Any], trace_problem: str | None, span_problem: str | None
+) -> list[str]:
+    """Why a span is rejected: bad ids, attributes or events that are not arrays."""
     problems = []
     if trace_problem:
         problems.append(f"traceId:{trace_problem}")
@@ -367,41 +396,27 @@ def _json_span(
     for collection in ("attributes", "events"):
         if span.get(collection) is not None and not isinstance(span[collection], list):
             problems.append(f"{collection}:not_an_array")
-    if problems:
-        rejected.invalid_spans += 1
-        for problem in problems:
-            rejected.reason(problem, where)
+    return problems
+
+
+def _json_parent(parent: Any) -> str | None:
+    if not parent:
         return None
-    assert trace_id is not None and span_id is not None
-    parent = span.get("parentSpanId")
-    parent_id: str | None = None
-    if parent:
-        parent_id, _ = _json_id(parent, SPAN_ID_BYTES)
-        if parent_id is None:  # not an id at all: keep whatever text was sent
-            parent_id = str(parent)
-    status = span.get("status")
+    parent_id, _ = _json_id(parent, SPAN_ID_BYTES)
+    return str(parent) if parent_id is None else parent_id  # not an id: the text sent
+
+
+def _json_status(status: Any) -> tuple[int, str | None]:
+    """The status code (0 unset, 1 ok, 2 error) and message."""
     status = status if isinstance(status, dict) else {}
-    code = status.get("code")
+    code, message = status.get("code"), status.get("message")
     if code in ("STATUS_CODE_ERROR", 2, "2"):
         status_code = STATUS_CODE_ERROR
     elif code in ("STATUS_CODE_OK", 1, "1"):
         status_code = 1
     else:
         status_code = 0
-    message = status.get("message")
-    return RawSpan(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_span_id=parent_id,
-        name=str(span.get("name") or ""),
-        start_ns=_json_nanos(span.get("startTimeUnixNano")),
-        end_ns=_json_nanos(span.get("endTimeUnixNano")),
-        attributes=_json_attributes(span.get("attributes"), rejected, where),
-        status_code=status_code,
-        status_message=message if isinstance(message, str) and message else None,
-        resource=resource,
-        scope=scope,
-    )
+    return status_code, message if isinstance(message, str) and message else None
 
 
 def _json_attributes(entries: Any, rejected: _Rejections, where: str) -> dict[str, Any]:
@@ -421,40 +436,58 @@ def _json_attributes(entries: Any, rejected: _Rejections, where: str) -> dict[st
 def _json_value(value: Any) -> Any:
     if not isinstance(value, dict):
         return None
-    if "stringValue" in value:
-        return value["stringValue"]
-    if "intValue" in value:
-        try:
-            return int(value["intValue"])
-        except (TypeError, ValueError):
-            return None
-    if "doubleValue" in value:
-        number = value["doubleValue"]
-        if isinstance(number, str):  # "NaN", "Infinity", "-Infinity" in OTLP/JSON
-            try:
-                return float(number)
-            except ValueError:
-                return None
-        return number
-    if "boolValue" in value:
-        return bool(value["boolValue"])
-    if "arrayValue" in value:
-        array = value["arrayValue"]
-        items = array.get("values") if isinstance(array, dict) else None
-        return [_json_value(item) for item in items] if isinstance(items, list) else []
-    if "kvlistValue" in value:
-        kvlist = value["kvlistValue"]
-        items = kvlist.get("values") if isinstance(kvlist, dict) else None
-        if not isinstance(items, list):
-            return {}
-        return {
-            item["key"]: _json_value(item.get("value"))
-            for item in items
-            if isinstance(item, dict) and isinstance(item.get("key"), str)
-        }
-    if "bytesValue" in value:
-        return value["bytesValue"]
+    for key, decode in _JSON_VALUES:
+        if key in value:
+            return decode(value[key])
     return None
+
+
+def _json_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _json_double(value: Any) -> Any:
+    if isinstance(value, str):  # "NaN", "Infinity", "-Infinity" in OTLP/JSON
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return value
+
+
+def _json_array(array: Any) -> list[Any]:
+    items = array.get("values") if isinstance(array, dict) else None
+    return [_json_value(item) for item in items] if isinstance(items, list) else []
+
+
+def _json_kvlist(kvlist: Any) -> dict[str, Any]:
+    items = kvlist.get("values") if isinstance(kvlist, dict) else None
+    if not isinstance(items, list):
+        return {}
+    return {
+        item["key"]: _json_value(item.get("value"))
+        for item in items
+        if isinstance(item, dict) and isinstance(item.get("key"), str)
+    }
+
+
+def _as_sent(value: Any) -> Any:
+    return value
+
+
+_JSON_VALUES: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("stringValue", _as_sent),
+    ("intValue", _json_int),
+    ("doubleValue", _json_double),
+    ("boolValue", bool),
+    ("arrayValue", _json_array),
+    ("kvlistValue", _json_kvlist),
+    ("bytesValue", _as_sent),
+)
+"""An ``AnyValue``'s fields, by precedence, and how each is read."""
 
 
 def _json_nanos(value: Any) -> int | None:
@@ -854,41 +887,59 @@ def _non_negative_int(value: Any) -> int | None:
     return None
 
 
+_OPENAI_SHAPES = (
+    (
+        ("prompt_tokens", "completion_tokens", "total_tokens"),
+        ("prompt_tokens_details", "completion_tokens_details"),
+    ),
+    (
+        ("input_tokens", "output_tokens", "total_tokens"),
+        ("input_tokens_details", "output_tokens_details"),
+    ),
+)
+"""OpenAI's usage shapes (chat completions, responses): the counts of input, output and
+total, and the details of input and output."""
+
+
 def _openai_usage(value: dict[str, Any]) -> dict[str, int] | None:
     """OpenAI completion or response usage, converted as Langfuse does, or None."""
     if "total_tokens" not in value:
         return None
-    for names in (
-        ("prompt_tokens", "completion_tokens", "total_tokens"),
-        ("input_tokens", "output_tokens", "total_tokens"),
-    ):
-        details = (
-            ("prompt_tokens_details", "completion_tokens_details")
-            if names[0] == "prompt_tokens"
-            else ("input_tokens_details", "output_tokens_details")
-        )
-        if set(value) - set(names) - set(details) or not set(names) <= set(value):
-            continue
-        counts = [_non_negative_int(value[name]) for name in names]
-        if any(count is None for count in counts):
-            return None
-        result = {"input": counts[0] or 0, "output": counts[1] or 0, "total": counts[2] or 0}
-        for side, detail_key in zip(("input", "output"), details, strict=True):
-            detail = value.get(detail_key)
-            if detail is None:
-                continue
-            if not isinstance(detail, dict):
-                return None
-            for key, raw in detail.items():
-                if raw is None:
-                    continue
-                count = _non_negative_int(raw)
-                if count is None:
-                    return None
-                result[f"{side}_{key}"] = count
-                result[side] = max(result[side] - count, 0)
-        return result
+    for names, details in _OPENAI_SHAPES:
+        if not set(value) - set(names) - set(details) and set(names) <= set(value):
+            return _openai_counts(value, names, details)
     return None
+
+
+def _openai_counts(
+    value: dict[str, Any], names: tuple[str, ...], details: tuple[str, ...]
+) -> dict[str, int] | None:
+    counts = [_non_negative_int(value[name]) for name in names]
+    if any(count is None for count in counts):
+        return None
+    result = {"input": counts[0] or 0, "output": counts[1] or 0, "total": counts[2] or 0}
+    for side, detail_key in zip(("input", "output"), details, strict=True):
+        if not _take_details(result, side, value.get(detail_key)):
+            return None
+    return result
+
+
+def _take_details(result: dict[str, int], side: str, detail: Any) -> bool:
+    """Move the detail counts of one side out of its count (cached input tokens...);
+    False for details Langfuse refuses."""
+    if detail is None:
+        return True
+    if not isinstance(detail, dict):
+        return False
+    for key, raw in detail.items():
+        if raw is None:
+            continue
+        count = _non_negative_int(raw)
+        if count is None:
+            return False
+        result[f"{side}_{key}"] = count
+        result[side] = max(result[side] - count, 0)
+    return True
 
 
 def validate_usage(value: Any) -> dict[str, int]:

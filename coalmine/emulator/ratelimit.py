@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from coalmine.emulator.auth import Access, AuthError, verify
+from coalmine.emulator.auth import Access, verify
+from coalmine.emulator.errors import AuthError
 from coalmine.emulator.settings import EmulatorSettings, Plan
 
 Clock = Callable[[], float]

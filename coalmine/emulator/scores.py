@@ -41,11 +41,9 @@ import json
 import math
 import re
 import sqlite3
-import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -56,6 +54,7 @@ from coalmine.emulator.auth import require_project, require_scores_access
 from coalmine.emulator.errors import INVALID_JSON, bad_request, invalid, issue, js_type
 from coalmine.emulator.settings import EmulatorSettings
 from coalmine.emulator.store import Store
+from coalmine.emulator.wire import format_ms, now_ms, parse_json, parse_time_ms
 
 router = APIRouter()
 
@@ -68,76 +67,6 @@ TEXT_MAX_CHARS = 500
 ENVIRONMENT_RE = re.compile(r"^(?!langfuse)[a-z0-9_-]{1,40}$")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
-
-# ---------------------------------------------------------------------------- time
-
-_ISO_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})"
-    r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
-    r"(Z|z|[+-]\d{2}(?::?\d{2})?)?$"
-)
-_STRICT_ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})$")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def parse_time_ms(text: str, *, strict: bool = False) -> int | None:
-    """Epoch milliseconds of an ISO 8601 time, or None if it is not one.
-
-    ``strict`` takes only what zod's ``datetime({offset: true})`` takes: date, ``T``,
-    time with seconds, and ``Z`` or an offset. Otherwise a date alone, a time without
-    seconds and a time without offset (read as UTC) pass too, like JavaScript's
-    ``new Date(...)``. Fractions of a millisecond are dropped, as Langfuse stores
-    milliseconds.
-    """
-    text = text.strip()
-    if strict and not _STRICT_ISO_RE.match(text):
-        return None
-    match = _ISO_RE.match(text)
-    if match is None:
-        return None
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
-    offset = timedelta(0)
-    if zone and zone not in ("Z", "z"):
-        sign = -1 if zone[0] == "-" else 1
-        digits = zone[1:].replace(":", "")
-        hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
-        if hours > 23 or minutes > 59:
-            return None
-        offset = sign * timedelta(hours=hours, minutes=minutes)
-    try:
-        moment = datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour or 0),
-            int(minute or 0),
-            int(second or 0),
-            int((fraction or "0")[:3].ljust(3, "0")) * 1000,
-            tzinfo=timezone(offset),
-        )
-    except ValueError:
-        return None
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
-
-
-def format_ms(ms: int) -> str:
-    """``2026-10-01T12:00:00.000Z``: how Langfuse's API writes times."""
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_json(text: str | bytes) -> Any:
-    """``JSON.parse``: like ``json.loads``, but ``NaN`` and ``Infinity`` are errors."""
-    return json.loads(text, parse_constant=_no_constant)
-
 
 # ------------------------------------------------------------------------ creating
 
@@ -184,60 +113,42 @@ def _optional_string(
     return value
 
 
-def validate_score(body: Any, received_ms: int) -> NewScore | list[dict[str, Any]]:
-    """A score body checked as Langfuse checks it: the score, or zod-shaped issues."""
-    if not isinstance(body, dict):
-        return [
-            issue("invalid_type", [], f"Invalid input: expected object, received {js_type(body)}")
-        ]
-    problems: list[dict[str, Any]] = []
+Problems = list[dict[str, Any]]
+ValueCheck = Callable[[Any, Problems], tuple[float | None, str | None]]
+"""Checks a score's value for its data type: (number, text) to store, or a problem."""
 
-    name = body.get("name")
-    if not isinstance(name, str) or not name:
-        problems.append(
-            issue("invalid_type", ["name"], "Invalid input: expected non-empty string")
-            if not isinstance(name, str)
-            else issue("too_small", ["name"], "Too small: expected string to have >=1 characters")
-        )
 
-    value = body.get("value")
-    data_type = body.get("dataType")
-    if data_type is None:
-        data_type = "NUMERIC" if _is_number(value) else "CATEGORICAL"
-    number: float | None = None
-    text: str | None = None
-    if data_type not in DATA_TYPES:
+def _number_value(value: Any, problems: Problems) -> tuple[float | None, str | None]:
+    if not _is_number(value) or not math.isfinite(value):
         problems.append(
             issue(
-                "invalid_union",
-                ["dataType"],
-                f"Invalid input: dataType must be one of {', '.join(DATA_TYPES)}",
+                "invalid_type",
+                ["value"],
+                f"Invalid input: expected number, received {js_type(value)}",
             )
         )
-    elif "value" not in body or value is None:
-        problems.append(issue("invalid_type", ["value"], "Invalid input: value is required"))
-    elif data_type in ("NUMERIC", "BOOLEAN"):
-        if not _is_number(value) or not math.isfinite(value):
-            problems.append(
-                issue(
-                    "invalid_type",
-                    ["value"],
-                    f"Invalid input: expected number, received {js_type(value)}",
-                )
+        return None, None
+    return float(value), None
+
+
+def _boolean_value(value: Any, problems: Problems) -> tuple[float | None, str | None]:
+    number, _ = _number_value(value, problems)
+    if number is None:
+        return None, None
+    if number not in (0, 1):
+        problems.append(
+            issue(
+                "custom",
+                ["value"],
+                "Value must be a number equal to either 0 or 1 for data type BOOLEAN",
             )
-        elif data_type == "BOOLEAN" and value not in (0, 1):
-            problems.append(
-                issue(
-                    "custom",
-                    ["value"],
-                    "Value must be a number equal to either 0 or 1 for data type BOOLEAN",
-                )
-            )
-        else:
-            number = float(value)
-            if data_type == "BOOLEAN":
-                text = "True" if number == 1 else "False"
-    elif not isinstance(value, str):
+        )
+        return None, None
+    return number, "True" if number == 1 else "False"
+
+
+def _string_value(value: Any, problems: Problems) -> tuple[float | None, str | None]:
+    if not isinstance(value, str):
         problems.append(
             issue(
                 "invalid_type",
@@ -245,29 +156,88 @@ def validate_score(body: Any, received_ms: int) -> NewScore | list[dict[str, Any
                 f"Invalid input: expected string, received {js_type(value)}",
             )
         )
-    elif data_type == "TEXT" and not 1 <= len(value) <= TEXT_MAX_CHARS:
+        return None, None
+    return None, value
+
+
+def _text_value(value: Any, problems: Problems) -> tuple[float | None, str | None]:
+    _, text = _string_value(value, problems)
+    if text is None:
+        return None, None
+    if not 1 <= len(text) <= TEXT_MAX_CHARS:
         problems.append(
             issue(
-                "too_small" if not value else "too_big",
+                "too_small" if not text else "too_big",
                 ["value"],
                 f"Text score values must be between 1 and {TEXT_MAX_CHARS} characters",
             )
         )
-    else:
-        text = value
+        return None, None
+    return None, text
 
-    config_id = _optional_string(body, "configId", problems)
-    if data_type == "CORRECTION":
-        name = CORRECTION_NAME
-        if config_id is not None:
-            problems.append(
-                issue("invalid_type", ["configId"], "Correction scores cannot have a config")
+
+_VALUE_CHECKS: dict[str, ValueCheck] = {
+    "NUMERIC": _number_value,
+    "BOOLEAN": _boolean_value,
+    "CATEGORICAL": _string_value,
+    "TEXT": _text_value,
+    "CORRECTION": _string_value,
+}
+"""The value each data type takes, by data type (``DATA_TYPES``)."""
+
+
+def _checked_value(
+    body: Mapping[str, Any], problems: Problems
+) -> tuple[Any, float | None, str | None]:
+    """(dataType, number, text): the data type defaults from the value."""
+    value = body.get("value")
+    data_type = body.get("dataType")
+    if data_type is None:
+        data_type = "NUMERIC" if _is_number(value) else "CATEGORICAL"
+    check = _VALUE_CHECKS.get(data_type) if isinstance(data_type, str) else None
+    if check is None:
+        problems.append(
+            issue(
+                "invalid_union",
+                ["dataType"],
+                f"Invalid input: dataType must be one of {', '.join(DATA_TYPES)}",
             )
+        )
+        return data_type, None, None
+    if value is None:
+        problems.append(issue("invalid_type", ["value"], "Invalid input: value is required"))
+        return data_type, None, None
+    number, text = check(value, problems)
+    return data_type, number, text
 
+
+def _checked_name(body: Mapping[str, Any], problems: Problems) -> Any:
+    name = body.get("name")
+    if not isinstance(name, str):
+        problems.append(issue("invalid_type", ["name"], "Invalid input: expected non-empty string"))
+    elif not name:
+        problems.append(
+            issue("too_small", ["name"], "Too small: expected string to have >=1 characters")
+        )
+    return name
+
+
+def _checked_config(body: Mapping[str, Any], data_type: Any, problems: Problems) -> str | None:
+    config_id = _optional_string(body, "configId", problems)
+    if data_type == "CORRECTION" and config_id is not None:
+        problems.append(
+            issue("invalid_type", ["configId"], "Correction scores cannot have a config")
+        )
+    return config_id
+
+
+def _checked_source(
+    body: Mapping[str, Any], data_type: Any, config_id: str | None, problems: Problems
+) -> Any:
     source = body.get("source")
     if source is None:
-        source = "API"
-    elif source == "EVAL":
+        return "API"
+    if source == "EVAL":
         problems.append(
             issue(
                 "invalid_value",
@@ -289,11 +259,14 @@ def validate_score(body: Any, received_ms: int) -> NewScore | list[dict[str, Any
                 "CORRECTION",
             )
         )
+    return source
 
+
+def _checked_environment(body: Mapping[str, Any], problems: Problems) -> Any:
     environment = body.get("environment")
     if environment is None:
-        environment = "default"
-    elif not isinstance(environment, str) or not ENVIRONMENT_RE.match(environment):
+        return "default"
+    if not isinstance(environment, str) or not ENVIRONMENT_RE.match(environment):
         problems.append(
             issue(
                 "invalid_format",
@@ -302,20 +275,71 @@ def validate_score(body: Any, received_ms: int) -> NewScore | list[dict[str, Any
                 "at most 40 characters, and must not start with 'langfuse'",
             )
         )
+    return environment
 
-    score_id = _optional_string(body, "id", problems) or str(uuid.uuid4())
-    trace_id = _optional_string(body, "traceId", problems)
-    observation_id = _optional_string(body, "observationId", problems)
-    session_id = _optional_string(body, "sessionId", problems)
-    dataset_run_id = _optional_string(body, "datasetRunId", problems)
-    comment = _optional_string(body, "comment", problems)
-    queue_id = _optional_string(body, "queueId", problems)
-    subject_ok = (
-        (bool(trace_id) and not session_id and not dataset_run_id)
-        or (bool(session_id) and not trace_id and not dataset_run_id and not observation_id)
-        or (bool(dataset_run_id) and not trace_id and not session_id and not observation_id)
+
+_STRING_FIELDS = (
+    "id",
+    "traceId",
+    "observationId",
+    "sessionId",
+    "datasetRunId",
+    "comment",
+    "queueId",
+)
+"""The optional text fields, checked in this order."""
+
+
+def _one_subject(strings: Mapping[str, str | None]) -> bool:
+    """Exactly one of trace (with an optional observation), session or dataset run."""
+    trace, observation = strings["traceId"], strings["observationId"]
+    session, run = strings["sessionId"], strings["datasetRunId"]
+    return (
+        (bool(trace) and not session and not run)
+        or (bool(session) and not trace and not run and not observation)
+        or (bool(run) and not trace and not session and not observation)
     )
-    if not subject_ok:
+
+
+def _checked_timestamp(body: Mapping[str, Any], received_ms: int, problems: Problems) -> int:
+    stamp = body.get("timestamp")
+    if stamp is None:
+        return received_ms
+    parsed = parse_time_ms(stamp, strict=True) if isinstance(stamp, str) else None
+    if parsed is None:
+        problems.append(
+            issue(
+                "invalid_format",
+                ["timestamp"],
+                "Invalid ISO datetime: expected a date-time with a UTC offset",
+            )
+        )
+        return received_ms
+    return parsed
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    return value if isinstance(value, dict) else {"metadata": value}
+
+
+def validate_score(body: Any, received_ms: int) -> NewScore | list[dict[str, Any]]:
+    """A score body checked as Langfuse checks it: the score, or zod-shaped issues."""
+    if not isinstance(body, dict):
+        return [
+            issue("invalid_type", [], f"Invalid input: expected object, received {js_type(body)}")
+        ]
+    problems: Problems = []
+    name = _checked_name(body, problems)
+    data_type, number, text = _checked_value(body, problems)
+    if data_type == "CORRECTION":
+        name = CORRECTION_NAME
+    config_id = _checked_config(body, data_type, problems)
+    source = _checked_source(body, data_type, config_id, problems)
+    environment = _checked_environment(body, problems)
+    strings = {key: _optional_string(body, key, problems) for key in _STRING_FIELDS}
+    if not _one_subject(strings):
         problems.append(
             issue(
                 "custom",
@@ -324,46 +348,24 @@ def validate_score(body: Any, received_ms: int) -> NewScore | list[dict[str, Any
                 "observationId), sessionId or datasetRunId. ObservationId requires traceId.",
             )
         )
-
-    metadata = body.get("metadata")
-    if metadata is None:
-        metadata = {}
-    elif not isinstance(metadata, dict):
-        metadata = {"metadata": metadata}
-
-    timestamp_ms = received_ms
-    if body.get("timestamp") is not None:
-        stamp = body["timestamp"]
-        parsed = parse_time_ms(stamp, strict=True) if isinstance(stamp, str) else None
-        if parsed is None:
-            problems.append(
-                issue(
-                    "invalid_format",
-                    ["timestamp"],
-                    "Invalid ISO datetime: expected a date-time with a UTC offset",
-                )
-            )
-        else:
-            timestamp_ms = parsed
-
+    timestamp_ms = _checked_timestamp(body, received_ms, problems)
     if problems:
         return problems
-    assert isinstance(name, str) and isinstance(environment, str) and isinstance(source, str)
     return NewScore(
-        id=score_id,
+        id=strings["id"] or str(uuid.uuid4()),
         name=name,
         value=number,
         string_value=text,
         data_type=data_type,
         source=source,
-        trace_id=trace_id,
-        observation_id=observation_id,
-        session_id=session_id,
-        dataset_run_id=dataset_run_id,
-        comment=comment,
-        metadata=metadata,
+        trace_id=strings["traceId"],
+        observation_id=strings["observationId"],
+        session_id=strings["sessionId"],
+        dataset_run_id=strings["datasetRunId"],
+        comment=strings["comment"],
+        metadata=_metadata(body.get("metadata")),
         config_id=config_id,
-        queue_id=queue_id,
+        queue_id=strings["queueId"],
         environment=environment,
         timestamp_ms=timestamp_ms,
     )
@@ -486,21 +488,6 @@ _LIST_FILTERS = {
     "observationId": "observation_id",
     "experimentId": "dataset_run_id",
 }
-_KNOWN_PARAMS = {
-    "limit",
-    "cursor",
-    "fields",
-    "source",
-    "dataType",
-    "value",
-    "valueMin",
-    "valueMax",
-    "fromTimestamp",
-    "toTimestamp",
-    "userId",
-    "traceTags",
-    *_LIST_FILTERS,
-}
 
 
 @dataclass
@@ -514,13 +501,171 @@ class ListQuery:
     params: list[Any]
 
 
+Condition = tuple[str, list[Any]]
+Parsed = Mapping[str, Any]
+"""The parameters given, each parsed by its `_Param`."""
+
+
 def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+def _parse_csv(_key: str, text: str, _problems: Problems) -> list[str]:
+    return _csv(text)
+
+
+def _parse_text(_key: str, text: str, _problems: Problems) -> str:
+    return text
+
+
+def _parse_limit(key: str, text: str, problems: Problems) -> int | None:
+    try:
+        limit = int(text)
+    except ValueError:
+        problems.append(issue("invalid_type", [key], "Invalid input: expected int, received NaN"))
+        return None
+    if limit < 1:
+        problems.append(issue("too_small", [key], "Too small: expected number to be >0"))
+    elif limit > MAX_LIMIT:
+        problems.append(issue("too_big", [key], f"Too big: expected number to be <={MAX_LIMIT}"))
+    return limit
+
+
+def _parse_field_groups(key: str, text: str, problems: Problems) -> list[str]:
+    groups = _csv(text)
+    problems.extend(
+        issue(
+            "invalid_value",
+            [key],
+            "Invalid option: expected one of " + "|".join(f'"{g}"' for g in FIELD_GROUPS),
+        )
+        for group in groups
+        if group not in FIELD_GROUPS
+    )
+    return groups
+
+
+def _parse_choices(allowed: Sequence[str]) -> Callable[[str, str, Problems], list[str]]:
+    """A parser of a comma-separated list of ``allowed`` values, in any case."""
+
+    def parse(key: str, text: str, problems: Problems) -> list[str]:
+        values = [value.upper() for value in _csv(text)]
+        problems.extend(
+            issue("custom", [key], f'Invalid {key} value: "{v}". Allowed: {", ".join(allowed)}')
+            for v in values
+            if v not in allowed
+        )
+        return values
+
+    return parse
+
+
+def _parse_number(key: str, text: str, problems: Problems) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        problems.append(
+            issue("invalid_type", [key], "Invalid input: expected number, received NaN")
+        )
+    return number
+
+
+def _parse_date(key: str, text: str, problems: Problems) -> int | None:
+    parsed = parse_time_ms(text)
+    if parsed is None:
+        problems.append(issue("invalid_type", [key], "Invalid input: expected date"))
+    return parsed
+
+
+def _parse_cursor(_key: str, text: str, _problems: Problems) -> tuple[int, str]:
+    return _decode_cursor(text)
+
+
+def _in(column: str) -> Callable[[list[Any], Parsed], Condition | None]:
+    """``column IN (...)`` for a non-empty list of values."""
+
+    def where(values: list[Any], _parsed: Parsed) -> Condition | None:
+        if not values:
+            return None
+        return f"{column} IN ({', '.join('?' * len(values))})", list(values)
+
+    return where
+
+
+def _bound(sql: str) -> Callable[[Any, Parsed], Condition | None]:
+    """``sql`` with the parameter's value as its one placeholder."""
+    return lambda value, _parsed: (sql, [value])
+
+
+@dataclass(frozen=True)
+class _ValueFilter:
+    """How the ``value`` filter reads its values for one data type."""
+
+    accepts: Callable[[str], bool]
+    requirement: str  # what the error says each value must be
+    column: str
+    convert: Callable[[str], Any]
+
+
+def _is_finite_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+_VALUE_FILTERS = {
+    "NUMERIC": _ValueFilter(_is_finite_number, "to be a finite number", "value", float),
+    "BOOLEAN": _ValueFilter(
+        lambda text: text in ("true", "false"),
+        'to be "true" or "false"',
+        "value",
+        lambda text: 1.0 if text == "true" else 0.0,
+    ),
+    "CATEGORICAL": _ValueFilter(lambda _text: True, "", "string_value", str),
+}
+
+
+def _value_in(values: list[str], parsed: Parsed) -> Condition | None:
+    """The ``value`` filter: numbers, booleans or categories, by the one ``dataType``."""
+    if not values:
+        return None
+    reading = _VALUE_FILTERS[parsed["dataType"][0]]
+    return _in(reading.column)([reading.convert(value) for value in values], parsed)
+
+
+@dataclass(frozen=True)
+class _Param:
+    """A query parameter: how its text is parsed (problems appended to a list), and the
+    SQL condition its parsed value adds, if any."""
+
+    parse: Callable[[str, str, Problems], Any]
+    where: Callable[[Any, Parsed], Condition | None] | None = None
+
+
+_PARAMS: dict[str, _Param] = {
+    # parsed, then turned into conditions, in this order
+    "limit": _Param(_parse_limit),
+    "fields": _Param(_parse_field_groups),
+    **{key: _Param(_parse_csv, _in(column)) for key, column in _LIST_FILTERS.items()},
+    "source": _Param(_parse_choices(SOURCES), _in("source")),
+    "dataType": _Param(_parse_choices(DATA_TYPES), _in("data_type")),
+    "value": _Param(_parse_csv, _value_in),
+    "valueMin": _Param(_parse_number, _bound("value >= ?")),
+    "valueMax": _Param(_parse_number, _bound("value <= ?")),
+    "fromTimestamp": _Param(_parse_date, _bound("timestamp_ms >= ?")),
+    "toTimestamp": _Param(_parse_date, _bound("timestamp_ms < ?")),
+    "userId": _Param(_parse_text),  # refused by the rules across parameters
+    "traceTags": _Param(_parse_text),
+    "cursor": _Param(_parse_cursor),  # last: a bad cursor is answered alone
+}
+
+
 def _single_params(query: Mapping[str, list[str]]) -> tuple[dict[str, str], list[dict[str, Any]]]:
     problems: list[dict[str, Any]] = []
-    unknown = sorted(key for key in query if key not in _KNOWN_PARAMS)
+    unknown = sorted(key for key in query if key not in _PARAMS)
     if unknown:
         problems.append(
             issue(
@@ -535,7 +680,7 @@ def _single_params(query: Mapping[str, list[str]]) -> tuple[dict[str, str], list
         )
     single: dict[str, str] = {}
     for key, values in query.items():
-        if key not in _KNOWN_PARAMS:
+        if key not in _PARAMS:
             continue
         if len(values) > 1:
             problems.append(
@@ -575,191 +720,101 @@ def encode_cursor(timestamp_ms: int, score_id: str) -> str:
     return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
 
 
+def _custom(message: str) -> dict[str, Any]:
+    return issue("custom", [], message)
+
+
+def _join_filters(parsed: Parsed) -> Problems:
+    return [
+        _custom(
+            f"{key} filter requires a trace JOIN and is not supported in v3 — use v2 "
+            "or omit this filter"
+        )
+        for key in ("userId", "traceTags")
+        if parsed.get(key)
+    ]
+
+
+def _value_filter(parsed: Parsed) -> Problems:
+    values: list[str] = parsed.get("value", [])
+    if not values:
+        return []
+    data_types = parsed.get("dataType", [])
+    if len(data_types) != 1:
+        return [
+            _custom("value filter requires a single dataType from: NUMERIC, BOOLEAN, CATEGORICAL")
+        ]
+    reading = _VALUE_FILTERS.get(data_types[0])
+    if reading is None:
+        return [
+            _custom(
+                "value filter requires dataType to be NUMERIC, BOOLEAN, or CATEGORICAL "
+                f'(got "{data_types[0]}")'
+            )
+        ]
+    return [
+        _custom(
+            f"value filter with dataType={data_types[0]} requires each value "
+            f'{reading.requirement} (got "{value}")'
+        )
+        for value in values
+        if not reading.accepts(value)
+    ]
+
+
+def _value_bounds(parsed: Parsed) -> Problems:
+    if ("valueMin" in parsed or "valueMax" in parsed) and parsed.get("dataType") != ["NUMERIC"]:
+        return [_custom("valueMin and valueMax require dataType=NUMERIC as a single value")]
+    return []
+
+
+def _subjects(parsed: Parsed) -> Problems:
+    problems = []
+    if parsed.get("observationId") and not parsed.get("traceId"):
+        problems.append(
+            _custom("observationId filter requires traceId — observation IDs are scoped to a trace")
+        )
+    if sum(1 for key in ("traceId", "sessionId", "experimentId") if parsed.get(key)) > 1:
+        problems.append(_custom("At most one of traceId, sessionId, experimentId may be specified"))
+    return problems
+
+
+_RULES: tuple[Callable[[Parsed], Problems], ...] = (
+    _join_filters,
+    _value_filter,
+    _value_bounds,
+    _subjects,
+)
+"""The rules across parameters (the route's superRefine), in the order it reports them."""
+
+
 def parse_list_query(query: Mapping[str, list[str]]) -> ListQuery:
     """Check the query string of ``GET /v3/scores`` as Langfuse does: first each
     parameter (all problems at once), then the rules across parameters."""
     single, problems = _single_params(query)
-    where: list[str] = []
-    params: list[Any] = []
-
-    limit = DEFAULT_LIMIT
-    if single.get("limit", "") != "":
-        try:
-            limit = int(single["limit"])
-        except ValueError:
-            problems.append(
-                issue("invalid_type", ["limit"], "Invalid input: expected int, received NaN")
-            )
-        else:
-            if limit < 1:
-                problems.append(
-                    issue("too_small", ["limit"], "Too small: expected number to be >0")
-                )
-            elif limit > MAX_LIMIT:
-                problems.append(
-                    issue("too_big", ["limit"], f"Too big: expected number to be <={MAX_LIMIT}")
-                )
-
-    fields = _csv(single["fields"]) if single.get("fields") else ["core"]
-    for group in fields:
-        if group not in FIELD_GROUPS:
-            problems.append(
-                issue(
-                    "invalid_value",
-                    ["fields"],
-                    "Invalid option: expected one of " + "|".join(f'"{g}"' for g in FIELD_GROUPS),
-                )
-            )
-
-    lists: dict[str, list[str]] = {}
-    for key in _LIST_FILTERS:
-        if single.get(key):
-            lists[key] = _csv(single[key])
-    for key, allowed in (("source", SOURCES), ("dataType", DATA_TYPES)):
-        if single.get(key):
-            values = [v.upper() for v in _csv(single[key])]
-            for v in values:
-                if v not in allowed:
-                    problems.append(
-                        issue(
-                            "custom",
-                            [key],
-                            f'Invalid {key} value: "{v}". Allowed: {", ".join(allowed)}',
-                        )
-                    )
-            lists[key] = values
-    values = _csv(single["value"]) if single.get("value") else []
-
-    bounds: dict[str, float] = {}
-    for key in ("valueMin", "valueMax"):
-        if single.get(key, "") != "":
-            try:
-                bounds[key] = float(single[key])
-            except ValueError:
-                bounds[key] = math.nan
-            if not math.isfinite(bounds[key]):
-                problems.append(
-                    issue("invalid_type", [key], "Invalid input: expected number, received NaN")
-                )
-
-    times: dict[str, int] = {}
-    for key in ("fromTimestamp", "toTimestamp"):
-        if single.get(key, "") != "":
-            parsed = parse_time_ms(single[key])
-            if parsed is None:
-                problems.append(issue("invalid_type", [key], "Invalid input: expected date"))
-            else:
-                times[key] = parsed
-
-    cursor = _decode_cursor(single["cursor"]) if single.get("cursor") else None
+    parsed = {
+        key: param.parse(key, single[key], problems)
+        for key, param in _PARAMS.items()
+        if single.get(key)
+    }
     if problems:
         raise invalid(problems)
-
-    # The rules across parameters (the route's superRefine).
-    for key in ("userId", "traceTags"):
-        if single.get(key):
-            problems.append(
-                issue(
-                    "custom",
-                    [],
-                    f"{key} filter requires a trace JOIN and is not supported in v3 — use v2 "
-                    "or omit this filter",
-                )
-            )
-    data_types = lists.get("dataType", [])
-    if values:
-        if len(data_types) != 1:
-            problems.append(
-                issue(
-                    "custom",
-                    [],
-                    "value filter requires a single dataType from: NUMERIC, BOOLEAN, CATEGORICAL",
-                )
-            )
-        elif data_types[0] not in ("NUMERIC", "BOOLEAN", "CATEGORICAL"):
-            problems.append(
-                issue(
-                    "custom",
-                    [],
-                    "value filter requires dataType to be NUMERIC, BOOLEAN, or CATEGORICAL "
-                    f'(got "{data_types[0]}")',
-                )
-            )
-        elif data_types[0] == "NUMERIC":
-            for v in values:
-                try:
-                    finite = math.isfinite(float(v))
-                except ValueError:
-                    finite = False
-                if not finite:
-                    problems.append(
-                        issue(
-                            "custom",
-                            [],
-                            "value filter with dataType=NUMERIC requires each value to be a "
-                            f'finite number (got "{v}")',
-                        )
-                    )
-        elif data_types[0] == "BOOLEAN":
-            for v in values:
-                if v not in ("true", "false"):
-                    problems.append(
-                        issue(
-                            "custom",
-                            [],
-                            "value filter with dataType=BOOLEAN requires each value to be "
-                            f'"true" or "false" (got "{v}")',
-                        )
-                    )
-    if bounds and data_types != ["NUMERIC"]:
-        problems.append(
-            issue("custom", [], "valueMin and valueMax require dataType=NUMERIC as a single value")
-        )
-    if lists.get("observationId") and not lists.get("traceId"):
-        problems.append(
-            issue(
-                "custom",
-                [],
-                "observationId filter requires traceId — observation IDs are scoped to a trace",
-            )
-        )
-    if sum(1 for key in ("traceId", "sessionId", "experimentId") if lists.get(key)) > 1:
-        problems.append(
-            issue("custom", [], "At most one of traceId, sessionId, experimentId may be specified")
-        )
+    problems = [problem for rule in _RULES for problem in rule(parsed)]
     if problems:
         raise invalid(problems)
-
-    for key, column in (*_LIST_FILTERS.items(), ("source", "source"), ("dataType", "data_type")):
-        options = lists.get(key)
-        if options:
-            where.append(f"{column} IN ({', '.join('?' * len(options))})")
-            params.extend(options)
-    if values:
-        if data_types[0] == "CATEGORICAL":
-            where.append(f"string_value IN ({', '.join('?' * len(values))})")
-            params.extend(values)
-        else:
-            numbers = (
-                [1.0 if v == "true" else 0.0 for v in values]
-                if data_types[0] == "BOOLEAN"
-                else [float(v) for v in values]
-            )
-            where.append(f"value IN ({', '.join('?' * len(numbers))})")
-            params.extend(numbers)
-    if "valueMin" in bounds:
-        where.append("value >= ?")
-        params.append(bounds["valueMin"])
-    if "valueMax" in bounds:
-        where.append("value <= ?")
-        params.append(bounds["valueMax"])
-    if "fromTimestamp" in times:
-        where.append("timestamp_ms >= ?")
-        params.append(times["fromTimestamp"])
-    if "toTimestamp" in times:
-        where.append("timestamp_ms < ?")
-        params.append(times["toTimestamp"])
-    return ListQuery(limit=limit, fields=fields, cursor=cursor, where=where, params=params)
+    conditions = [
+        param.where(parsed[key], parsed)
+        for key, param in _PARAMS.items()
+        if param.where is not None and key in parsed
+    ]
+    where = [condition for condition in conditions if condition is not None]
+    return ListQuery(
+        limit=parsed.get("limit", DEFAULT_LIMIT),
+        fields=parsed.get("fields", ["core"]),
+        cursor=parsed.get("cursor"),
+        where=[sql for sql, _ in where],
+        params=[value for _, values in where for value in values],
+    )
 
 
 def _subject(row: sqlite3.Row) -> dict[str, str]:

@@ -14,10 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from coalmine.emulator import schema
-
-
-class StoreFullError(Exception):
-    """The store reached its size bound; the write was refused and rolled back."""
+from coalmine.emulator.errors import StoreFullError
 
 
 class Store:
