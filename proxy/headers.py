@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 
@@ -100,8 +101,19 @@ def new_trace_id() -> str:
     return trace if trace != _ZERO_TRACE else new_trace_id()
 
 
-def trace_context(incoming: str | None) -> TraceContext:
-    """Continue a valid incoming ``traceparent``, or start a new sampled trace."""
+def new_request_id() -> str:
+    """32 random hex digits: a request id, or the sticky key of a new user."""
+    return os.urandom(16).hex()
+
+
+def trace_context(
+    incoming: str | None,
+    *,
+    new_trace: Callable[[], str] = new_trace_id,
+    new_span: Callable[[], str] = new_span_id,
+) -> TraceContext:
+    """Continue a valid incoming ``traceparent``, or start a new sampled trace; the new
+    ids come from ``new_trace`` and ``new_span``."""
     if incoming is not None:
         match = _TRACEPARENT.match(incoming.strip())
         if match is not None:
@@ -113,15 +125,15 @@ def trace_context(incoming: str | None) -> TraceContext:
                 and (version != "00" or rest is None)
             )
             if valid:
-                return TraceContext(trace_id, parent, new_span_id(), flags)
-    return TraceContext(new_trace_id(), None, new_span_id(), "01")
+                return TraceContext(trace_id, parent, new_span(), flags)
+    return TraceContext(new_trace(), None, new_span(), "01")
 
 
-def request_id(incoming: str | None) -> str:
-    """Keep a well-formed incoming ``x-request-id``; otherwise make one."""
+def request_id(incoming: str | None, new: Callable[[], str] = new_request_id) -> str:
+    """Keep a well-formed incoming ``x-request-id``; otherwise make one with ``new``."""
     if incoming is not None and _REQUEST_ID.match(incoming):
         return incoming
-    return os.urandom(16).hex()
+    return new()
 
 
 def cookie_value(cookie_header: str, name: str) -> str | None:

@@ -31,11 +31,20 @@ class Release:
     """Pinned by ``--weight``: the store is not read for this release."""
     sticky_header: bytes | None = field(init=False, default=None)
     """The stickiness header as ASGI spells header names (lower-case bytes), if any."""
+    timeout: dict[str, float] = field(init=False, default_factory=dict)
+    """The per-request timeouts in the form transports read from request extensions."""
 
     def __post_init__(self) -> None:
-        stickiness = self.policy.routing.stickiness
+        routing = self.policy.routing
+        stickiness = routing.stickiness
         if stickiness is not None and stickiness.header is not None:
             self.sticky_header = stickiness.header.lower().encode()
+        self.timeout = {
+            "connect": routing.connect_timeout,
+            "read": routing.read_timeout,
+            "write": routing.read_timeout,
+            "pool": routing.connect_timeout,
+        }
 
     @property
     def name(self) -> str:

@@ -1,4 +1,5 @@
-"""Mirrored copies to staging: sampled, bounded, fire-and-forget.
+"""Mirrored copies to staging: bounded and fire-and-forget (``proxy.plan`` decides which
+requests are in the sample).
 
 A copy is sent only after the client's request body is complete, from a buffer of at most
 ``maxBodyBytes``; it runs as a task of its own on a client of its own (its own connection
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass
 
@@ -35,14 +35,6 @@ from proxy.outcome import Failure, RequestOutcome
 from proxy.spans import SpanReporter
 
 log = logging.getLogger("coalmine.proxy.shadow")
-
-
-def wants_copy(route: ShadowRoute | None, method: str, draw: float | None = None) -> bool:
-    """Whether this request is in the mirrored sample."""
-    if route is None or method not in route.methods:
-        return False
-    point = random.random() * 100.0 if draw is None else draw
-    return point < route.percent
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,8 @@ import random
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from email.utils import parsedate_to_datetime
-from typing import Final, Protocol
+from dataclasses import dataclass, field
+from typing import Final, Protocol, runtime_checkable
 
 import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -32,6 +32,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from coalmine.shared.conventions import trace_tags
+from coalmine.shared.retry import Backoff, Outcome, Random, outcome_of, parse_retry_after
 from proxy.outcome import Failure, RequestOutcome
 
 logger = logging.getLogger("coalmine.proxy.spans")
@@ -43,7 +44,12 @@ MAX_NAME_CHARS: Final = 200
 MAX_ATTEMPTS: Final = 3
 """Tries per batch before it is dropped."""
 RETRY_AFTER_CAP: Final = 30.0
-"""Longest wait, in seconds, that a 429's ``Retry-After`` can impose."""
+"""Longest wait, in seconds, that a ``Retry-After`` can impose."""
+EXPORT_BACKOFF: Final = Backoff(
+    attempts=MAX_ATTEMPTS, first=0.5, factor=2.0, jitter=0.5, retry_after_cap=RETRY_AFTER_CAP
+)
+"""Retries of a batch: 0.5 s, then 1 s, each jittered by ±50 % so that proxies do not
+retry in step; a server's ``Retry-After`` wins, up to ``RETRY_AFTER_CAP``."""
 WARNING_INTERVAL: Final = 60.0
 """Seconds between two warnings of the same kind."""
 
@@ -67,6 +73,7 @@ _HEADERS: Final = {
 }
 
 
+@runtime_checkable
 class SpanReporter(Protocol):
     """Where the proxy hands each finished request."""
 
@@ -232,6 +239,28 @@ class _Warnings:
         logger.warning(message, *args)
 
 
+@dataclass(frozen=True, slots=True)
+class SpanExportSettings:
+    """How the exporter queues, batches and retries."""
+
+    max_queue: int = 10_000
+    """Spans waiting at most; past it a span is dropped and counted."""
+    batch_size: int = 512
+    """Spans per export; a full batch is sent without waiting for the interval."""
+    flush_interval: float = 1.0
+    """Seconds a partial batch waits before it is sent."""
+    timeout: float = 10.0
+    """Seconds for one export request, and for the flush at shutdown."""
+    service_name: str = "coalmine-proxy"
+    """The ``service.name`` of the exported resource."""
+    retry: Backoff = field(default=EXPORT_BACKOFF)
+    """Tries per batch and the waits between them."""
+
+    def __post_init__(self) -> None:
+        if self.max_queue < 1 or self.batch_size < 1:
+            raise ValueError("max_queue and batch_size must be at least 1")
+
+
 class OtlpSpanReporter:
     """Sends request spans to Langfuse's OTLP endpoint in batches, in the background.
 
@@ -245,28 +274,20 @@ class OtlpSpanReporter:
         base_url: str,
         public_key: str,
         secret_key: str,
+        settings: SpanExportSettings | None = None,
         *,
-        max_queue: int = 10_000,
-        batch_size: int = 512,
-        flush_interval: float = 1.0,
-        timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        service_name: str = "coalmine-proxy",
-        max_attempts: int = MAX_ATTEMPTS,
-        backoff: float = 0.5,
     ) -> None:
-        if max_queue < 1 or batch_size < 1 or max_attempts < 1:
-            raise ValueError("max_queue, batch_size and max_attempts must be at least 1")
+        settings = settings or SpanExportSettings()
         self._url = base_url.rstrip("/") + OTLP_TRACES_PATH
         self._auth = httpx.BasicAuth(public_key, secret_key)
-        self._max_queue = max_queue
-        self._batch_size = batch_size
-        self._flush_interval = flush_interval
-        self._timeout = timeout
+        self._max_queue = settings.max_queue
+        self._batch_size = settings.batch_size
+        self._flush_interval = settings.flush_interval
+        self._timeout = settings.timeout
         self._transport = transport
-        self._service_name = service_name
-        self._max_attempts = max_attempts
-        self._backoff = backoff
+        self._service_name = settings.service_name
+        self._retry = settings.retry
         self._queue: deque[RequestOutcome] = deque()
         self._wake = asyncio.Event()
         self._closing = False
@@ -367,46 +388,55 @@ class OtlpSpanReporter:
         return self._http
 
     async def _deliver(self, body: bytes, count: int) -> None:
-        """POST one export, retrying 429, 5xx and connection errors a few times."""
+        """POST one export, retrying temporary failures (429, most 5xx, no answer at all)
+        as ``retry`` says."""
+        retry = self._retry
         problem = ""
-        for attempt in range(1, self._max_attempts + 1):
+        for attempt in range(1, retry.attempts + 1):
+            response: httpx.Response | None = None
             try:
                 response = await self._client().post(self._url, content=body)
             except httpx.TransportError as error:
                 problem = f"{type(error).__name__}: {error}"
-                delay = self._backoff_delay(attempt)
             else:
-                status = response.status_code
-                if response.is_success:
+                outcome = outcome_of(response.status_code)
+                if outcome is Outcome.DONE:
                     self.spans_sent += count
                     return
-                problem = f"HTTP {status}: {response.text[:200]}"
-                if status == 429:
-                    asked = _retry_after(response)
-                    delay = self._backoff_delay(attempt) if asked is None else asked
-                elif status >= 500:
-                    delay = self._backoff_delay(attempt)
-                else:
+                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                if outcome is Outcome.PERMANENT:
                     self.spans_failed += count
                     self._warnings.warn(
                         "refused", "%s refused %d spans: %s", self._url, count, problem
                     )
                     return
-            if attempt < self._max_attempts:
-                await asyncio.sleep(delay)
+            if retry.more_after(attempt):
+                await asyncio.sleep(retry_delay(retry, attempt, response, now=time.time()))
         self.spans_failed += count
         self._warnings.warn(
             "retries",
             "dropped %d spans after %d attempts to %s: %s",
             count,
-            self._max_attempts,
+            retry.attempts,
             self._url,
             problem,
         )
 
-    def _backoff_delay(self, attempt: int) -> float:
-        """Exponential in the attempt number, jittered so proxies do not retry in step."""
-        return self._backoff * 2.0 ** (attempt - 1) * random.uniform(0.5, 1.5)
+
+def retry_delay(
+    retry: Backoff,
+    attempt: int,
+    response: httpx.Response | None,
+    *,
+    now: float,
+    rng: Random = random,
+) -> float:
+    """Seconds to wait after try ``attempt`` failed with ``response`` (None: no answer):
+    what its ``Retry-After`` asks for, when it asks for a usable wait, else the backoff's
+    jittered doubling."""
+    header = None if response is None else response.headers.get("retry-after")
+    asked = parse_retry_after(header, now=now, cap=retry.retry_after_cap)
+    return retry.delay(attempt, retry_after=asked, rng=rng)
 
 
 def _encode(batch: list[RequestOutcome], service_name: str) -> tuple[bytes, int, list[str]]:
@@ -420,18 +450,3 @@ def _encode(batch: list[RequestOutcome], service_name: str) -> tuple[bytes, int,
         except ValueError as error:
             problems.append(str(error))
     return _export(spans, service_name).SerializeToString(), len(spans), problems
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """The wait a 429 asks for, in seconds (capped), or None when it names none."""
-    raw = response.headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(raw).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP)

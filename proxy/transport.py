@@ -33,6 +33,8 @@ from typing import cast
 import httptools
 import httpx
 
+from proxy.errors import StaleConnectionError
+
 __all__ = ["PooledTransport"]
 
 _HTTP_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
@@ -57,10 +59,6 @@ _BUSY, _IDLE, _GONE = 0, 1, 2
 
 _CLOSED_BEFORE_RESPONSE = "the upstream closed the connection without sending a response"
 _CLOSED_MID_BODY = "the upstream closed the connection before the end of the response body"
-
-
-class _StaleConnectionError(Exception):
-    """A connection closed before any byte of the response arrived."""
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
@@ -387,7 +385,7 @@ class _Connection(asyncio.Protocol):
                 raise httpx.RemoteProtocolError(self.error, request=request)
             if self.closed:
                 if not self.received:
-                    raise _StaleConnectionError
+                    raise StaleConnectionError
                 raise httpx.RemoteProtocolError(_CLOSED_BEFORE_RESPONSE, request=request)
             await self._wait(read_timeout, request)
         return self._response(request, read_timeout)
@@ -684,7 +682,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         conn, reused = await self._acquire(pool, request, timeouts)
         try:
             return await conn.send(request, head, body, chunked, timeouts)
-        except _StaleConnectionError:
+        except StaleConnectionError:
             if not reused or body is None:
                 conn.abandon()
                 raise httpx.RemoteProtocolError(_CLOSED_BEFORE_RESPONSE, request=request) from None
@@ -699,7 +697,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         conn = await self._open(pool, request, timeouts.get("connect"))
         try:
             return await conn.send(request, head, body, chunked, timeouts)
-        except _StaleConnectionError:
+        except StaleConnectionError:
             conn.abandon()
             raise httpx.RemoteProtocolError(_CLOSED_BEFORE_RESPONSE, request=request) from None
         except BaseException:

@@ -1,0 +1,394 @@
+"""What the proxy does with one request, decided from its head alone.
+
+``plan_request`` is a pure function: from the request head, the routing tables in force and
+the proxy's settings (and a ``Chance`` for its random draws and fresh ids) it returns either
+a ``Refusal`` (answer this status, send nothing upstream) or a ``Forward`` (this release,
+this arm, this upstream, these request headers, this shadow decision). It reads no clock
+and does no I/O; ``proxy.app`` carries the plan out.
+"""
+
+from __future__ import annotations
+
+import hmac
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from coalmine.shared.conventions import (
+    ADMIN_TOKEN_HEADER,
+    ARM_HEADER,
+    FORCE_ARM_HEADER,
+    PROMPT_LABEL_HEADER,
+    RELEASE_HEADER,
+    REQUEST_ID_HEADER,
+    TRACEPARENT_HEADER,
+)
+from coalmine.shared.routing_tables.table import RoutingTable, ShadowRoute
+from policies.domain import Arm
+from proxy.assign import arm_at_random, arm_for_key
+from proxy.headers import (
+    Headers,
+    TraceContext,
+    cookie_value,
+    new_request_id,
+    new_span_id,
+    new_trace_id,
+    request_headers_for_upstream,
+    request_id,
+    sticky_cookie,
+    trace_context,
+)
+from proxy.routes import Release, Releases
+
+SMALL_BODY_BYTES: Final = 64 * 1024
+"""A request body of known length up to this size is read whole before it is sent on
+(one write upstream instead of a chunk stream); larger ones stream."""
+
+_FORCE: Final = FORCE_ARM_HEADER.encode()
+_TOKEN: Final = ADMIN_TOKEN_HEADER.encode()
+_TRACEPARENT: Final = TRACEPARENT_HEADER.encode()
+_REQUEST_ID: Final = REQUEST_ID_HEADER.encode()
+_RELEASE: Final = RELEASE_HEADER.encode()
+_ARM: Final = ARM_HEADER.encode()
+_LABEL: Final = PROMPT_LABEL_HEADER.encode()
+_FORCEABLE: Final = {Arm.BASELINE.value: Arm.BASELINE, Arm.CANARY.value: Arm.CANARY}
+
+# headers read as text into the field of the same meaning, the last one sent winning
+_TEXT_FIELDS: Final = {
+    _TRACEPARENT: "traceparent",
+    _REQUEST_ID: "request_id",
+    _TOKEN: "token",
+    b"x-forwarded-for": "forwarded_for",
+    b"x-forwarded-proto": "forwarded_proto",
+    b"host": "host",
+}
+
+
+class Chance(Protocol):
+    """Where a plan's random draws and fresh ids come from."""
+
+    def percent(self) -> float:
+        """A uniform draw in [0, 100)."""
+
+    def new_id(self) -> str:
+        """A fresh request id or sticky key."""
+
+    def new_trace_id(self) -> str:
+        """A fresh W3C trace id."""
+
+    def new_span_id(self) -> str:
+        """A fresh W3C span id."""
+
+
+class SystemChance:
+    """The process's random numbers and the operating system's random bytes."""
+
+    def percent(self) -> float:
+        return random.random() * 100.0
+
+    new_id = staticmethod(new_request_id)
+    new_trace_id = staticmethod(new_trace_id)
+    new_span_id = staticmethod(new_span_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """What the plan reads of a request: everything that arrives before its body."""
+
+    method: str
+    path: str
+    """The decoded path, matched against the releases' path prefixes."""
+    target: str
+    """Path and query as they are sent upstream (the raw path, read as latin-1)."""
+    scheme: str
+    client: str | None
+    """The client's address, when the server knows it."""
+    headers: Headers
+    """As ASGI gives them: lower-case byte names, in the order sent."""
+
+    @classmethod
+    def of(cls, scope: Mapping[str, Any]) -> RequestHead:
+        """The head of an ASGI ``http`` scope."""
+        path: str = scope["path"]
+        raw_path: bytes = scope.get("raw_path") or path.encode()
+        query: bytes = scope.get("query_string", b"")
+        target = raw_path.decode("latin-1")
+        if query:
+            target += "?" + query.decode("latin-1")
+        client = scope.get("client")
+        return cls(
+            method=scope["method"],
+            path=path,
+            target=target,
+            scheme=scope.get("scheme", "http"),
+            client=client[0] if client else None,
+            headers=scope["headers"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSettings:
+    """The proxy's settings that a plan reads."""
+
+    admin_token: bytes | None = None
+    """The token a request must carry to force its arm; None: no request may."""
+    max_header_bytes: int = 65536
+    """Requests whose headers add up to more are refused with 431."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Answer the client with a JSON error of the proxy's own; nothing goes upstream."""
+
+    status: int
+    code: str
+    """The ``error.code`` of the answer."""
+    message: str
+    request_id: str | None
+    """Echoed in the answer; None when the request was refused before it had one."""
+    reason: str
+    """The ``reason`` label of the refused-requests metric."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowPlan:
+    """A copy of the request for staging, to be sent once its body is complete."""
+
+    route: ShadowRoute
+    headers: Headers
+    """The client's headers as forwarded, without the primary's coalmine headers."""
+    prompt_label: str | None
+    """The canary's prompt label: staging runs the candidate."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send the request to one arm's upstream, and maybe a copy to staging."""
+
+    release: str
+    arm: Arm
+    upstream: str
+    """The arm's base URL."""
+    method: str
+    path: str
+    target: str
+    """Path and query, appended to the upstream's base URL."""
+    headers: Headers
+    """The request headers sent upstream, in order."""
+    request_id: str
+    trace: TraceContext
+    prompt_label: str | None
+    """The arm's prompt label, sent upstream and recorded with the outcome."""
+    set_cookie: bytes | None
+    """A ``Set-Cookie`` added to the response: the sticky key of a new user."""
+    timeout: dict[str, float]
+    body_limit: int
+    """Bytes of request body past which the request is refused with 413."""
+    read_whole: bool
+    """Read the body whole before sending (small and of known length, or none); else
+    stream it."""
+    shadow: ShadowPlan | None
+    shadow_dropped: bool
+    """The request was sampled for a copy, but its declared length is over the copy's
+    limit: counted as dropped, not sent."""
+
+    @property
+    def url(self) -> str:
+        return self.upstream.rstrip("/") + self.target
+
+
+@dataclass(slots=True)
+class _Incoming:
+    """The request headers the plan looks at, gathered in one pass."""
+
+    sticky: str | None = None
+    cookie: str | None = None
+    force: str | None = None
+    token: str | None = None
+    traceparent: str | None = None
+    request_id: str | None = None
+    content_length: int | None = None
+    bad_length: bool = False
+    chunked: bool = False
+    forwarded_for: str | None = None
+    forwarded_proto: str | None = None
+    host: str | None = None
+    size: int = 0
+
+    def add_cookie(self, text: str) -> None:
+        self.cookie = text if self.cookie is None else f"{self.cookie}; {text}"
+
+    def add_length(self, value: bytes) -> None:
+        """One ``Content-Length``: a bad or a second, different one makes the length bad."""
+        try:
+            length = int(value)
+        except ValueError:
+            self.bad_length = True
+            return
+        if length < 0 or self.content_length not in (None, length):
+            self.bad_length = True
+        self.content_length = length
+
+
+def _gather(headers: Headers, sticky_header: bytes | None) -> _Incoming:
+    seen = _Incoming()
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+        if name == sticky_header:
+            seen.sticky = value.decode("latin-1")
+        elif (field := _TEXT_FIELDS.get(name)) is not None:
+            setattr(seen, field, value.decode("latin-1"))
+        elif name == b"cookie":
+            seen.add_cookie(value.decode("latin-1"))
+        elif name == b"content-length":
+            seen.add_length(value)
+        elif name == b"transfer-encoding":
+            seen.chunked = True
+        elif name == _FORCE:
+            seen.force = value.decode("latin-1").strip().lower()
+    seen.size = size
+    return seen
+
+
+def plan_request(
+    head: RequestHead, releases: Releases, settings: PlanSettings, chance: Chance
+) -> Refusal | Forward:
+    """What to do with a request, from its head and the routing tables in force."""
+    release = releases.match(head.path)
+    if release is None:
+        message = f"no release serves the path {head.path!r}"
+        return Refusal(404, "no_release", message, None, "no_release")
+    seen = _gather(head.headers, release.sticky_header)
+    rid = request_id(seen.request_id, chance.new_id)
+    limit = release.policy.routing.max_body_bytes
+    refused = _refused_head(seen, limit, settings, rid)
+    if refused is not None:
+        return refused
+    table = release.table  # read once: the refresher may swap it meanwhile
+    if seen.force is not None:
+        forced = _forced_arm(seen, settings.admin_token)
+        if not isinstance(forced, Arm):
+            return Refusal(403, "force_arm_refused", forced, rid, "force_arm_refused")
+        arm, set_cookie = forced, None
+    else:
+        arm, set_cookie = _assign(head, seen, release, table, chance)
+    route = table.canary if arm is Arm.CANARY else table.baseline
+    trace = trace_context(
+        seen.traceparent, new_trace=chance.new_trace_id, new_span=chance.new_span_id
+    )
+    forwarded = _forwarded_headers(head, seen)
+    headers = [
+        *forwarded,
+        (_RELEASE, release.name.encode()),
+        (_ARM, arm.value.encode()),
+        (_REQUEST_ID, rid.encode()),
+        (_TRACEPARENT, trace.traceparent().encode()),
+    ]
+    if route.prompt_label is not None:
+        headers.append((_LABEL, route.prompt_label.encode()))
+    if seen.content_length is not None:
+        headers.append((b"content-length", str(seen.content_length).encode()))
+    shadow, shadow_dropped = _shadow(table, head.method, seen.content_length, forwarded, chance)
+    expected = seen.content_length
+    return Forward(
+        release=release.name,
+        arm=arm,
+        upstream=route.upstream,
+        method=head.method,
+        path=head.path,
+        target=head.target,
+        headers=headers,
+        request_id=rid,
+        trace=trace,
+        prompt_label=route.prompt_label,
+        set_cookie=set_cookie,
+        timeout=release.timeout,
+        body_limit=limit,
+        read_whole=not seen.chunked and (expected is None or expected <= SMALL_BODY_BYTES),
+        shadow=shadow,
+        shadow_dropped=shadow_dropped,
+    )
+
+
+def _refused_head(seen: _Incoming, limit: int, settings: PlanSettings, rid: str) -> Refusal | None:
+    """A refusal for headers too large, a bad length or a body declared too large."""
+    if seen.size > settings.max_header_bytes:
+        message = f"request headers are {seen.size} bytes; the limit is {settings.max_header_bytes}"
+        return Refusal(431, "headers_too_large", message, rid, "headers_too_large")
+    if seen.bad_length:
+        return Refusal(400, "bad_content_length", "Content-Length is not valid", rid, "bad_request")
+    if seen.content_length is not None and seen.content_length > limit:
+        message = f"request body is {seen.content_length} bytes; the limit is {limit}"
+        return Refusal(413, "body_too_large", message, rid, "body_too_large")
+    return None
+
+
+def _assign(
+    head: RequestHead, seen: _Incoming, release: Release, table: RoutingTable, chance: Chance
+) -> tuple[Arm, bytes | None]:
+    """The request's arm by its stickiness key, and the ``Set-Cookie`` that keeps a new
+    user in it."""
+    weight = table.canary_weight
+    stickiness = release.policy.routing.stickiness
+    if stickiness is None:
+        return arm_at_random(weight, chance.percent()), None
+    if release.sticky_header is not None:
+        key = seen.sticky
+        if key:
+            return arm_for_key(release.name, key, weight), None
+        return arm_at_random(weight, chance.percent()), None
+    cookie_name = stickiness.cookie or ""
+    known = cookie_value(seen.cookie, cookie_name) if seen.cookie else None
+    if known is not None:
+        return arm_for_key(release.name, known, weight), None
+    key = chance.new_id()
+    secure = (seen.forwarded_proto or head.scheme) == "https"
+    return arm_for_key(release.name, key, weight), sticky_cookie(cookie_name, key, secure=secure)
+
+
+def _forced_arm(seen: _Incoming, admin_token: bytes | None) -> Arm | str:
+    """The arm an operator forced, or why the force was refused."""
+    given = (seen.token or "").encode("latin-1")
+    if admin_token is None or not hmac.compare_digest(given, admin_token):
+        return f"{FORCE_ARM_HEADER} needs a valid {ADMIN_TOKEN_HEADER}"
+    arm = _FORCEABLE.get(seen.force or "")
+    if arm is None:
+        return f"{FORCE_ARM_HEADER} must be 'baseline' or 'canary'"
+    return arm
+
+
+def _forwarded_headers(head: RequestHead, seen: _Incoming) -> Headers:
+    """The client's headers as any upstream gets them, with the ``X-Forwarded-*`` the
+    proxy adds."""
+    headers = request_headers_for_upstream(head.headers)
+    if head.client is not None:
+        forwarded = head.client
+        if seen.forwarded_for:
+            forwarded = f"{seen.forwarded_for}, {forwarded}"
+        headers = [(n, v) for n, v in headers if n != b"x-forwarded-for"]
+        headers.append((b"x-forwarded-for", forwarded.encode("latin-1")))
+    if seen.forwarded_proto is None:
+        headers.append((b"x-forwarded-proto", head.scheme.encode()))
+    if seen.host is not None:
+        headers = [(n, v) for n, v in headers if n != b"x-forwarded-host"]
+        headers.append((b"x-forwarded-host", seen.host.encode("latin-1")))
+    return headers
+
+
+def _shadow(
+    table: RoutingTable,
+    method: str,
+    content_length: int | None,
+    headers: Headers,
+    chance: Chance,
+) -> tuple[ShadowPlan | None, bool]:
+    """The copy for staging, if this request is in the mirrored sample, and whether a
+    sampled request is dropped for its declared length."""
+    route = table.shadow
+    if route is None or method not in route.methods or not chance.percent() < route.percent:
+        return None, False
+    if content_length is not None and content_length > route.max_body_bytes:
+        return None, True
+    return ShadowPlan(route, headers, table.canary.prompt_label), False
