@@ -33,10 +33,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from controller.cluster.lease import NotLeaderError
 from controller.dashboard import DashboardSettings, mount_dashboard
+from controller.errors import (
+    ApiError,
+    ManualActionError,
+    ManualActionIncompleteError,
+    NotLeaderError,
+)
 from controller.evidence_log import judgement_summary
-from controller.loop import Controller, ManualActionError, ManualActionIncompleteError
+from controller.loop import Controller
 from controller.release_store import Action, DecisionRecord, LabelMove, ReleaseState
 from policies.domain import Phase
 
@@ -51,19 +56,6 @@ RUNNING: Final = frozenset({Phase.CANARY, Phase.PAUSED})
 DEFAULT_POLL_STALE_AFTER: Final = 300.0
 """Seconds after the last good poll when the controller stops being ready; a few of its
 tick intervals."""
-
-
-class ApiError(Exception):
-    """An answer other than success, in the API's error shape."""
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
 
 
 class ActionBody(BaseModel):

@@ -34,13 +34,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
+from controller.errors import BacktestError
 from controller.judge import Trace
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source.langfuse import LangfuseSource
 from controller.stream import LateScores
 from policies.model import Policy
 
-__all__ = ["BacktestError", "History", "HistorySource", "LangfuseHistorySource", "Record"]
+__all__ = ["History", "HistorySource", "LangfuseHistorySource", "Record"]
 
 Record = Trace | LateScores
 
@@ -52,15 +53,6 @@ _REFUSED = re.compile(r": HTTP 4(?!29)\d\d\b")
 """Langfuse refused the request: the same request fails again."""
 _HELD_BACK = re.compile(r"^request budget spent$|^backing off |: rate limited \(429\)")
 """The poll was not made, or not let through: wait, it is not Langfuse failing."""
-
-
-class BacktestError(Exception):
-    """Langfuse could not be read; ``permanent`` when retrying would not help (bad keys,
-    a request Langfuse refuses)."""
-
-    def __init__(self, message: str, *, permanent: bool) -> None:
-        super().__init__(message)
-        self.permanent = permanent
 
 
 class HistorySource(Protocol):

@@ -5,16 +5,15 @@ versions/{v}`` with ``{"newLabels": [label]}`` moves it there atomically (it lea
 every other version in the same transaction), so a move is idempotent and safe to
 retry after a timeout whose outcome is unknown. A move is read back before it counts.
 
-Errors say what to do next: ``TemporaryError`` (429, 5xx, timeouts, connection
-failures, a garbled answer, the request budget spent, a read-back that disagrees):
-try again later; ``PermanentError`` (401, 403, 404 of the prompt or version, 400):
-retrying the same call will not help.
+Errors say what to do next (``controller.errors``): ``LabelTemporaryError`` (429, 5xx,
+timeouts, connection failures, a garbled answer, the request budget spent, a read-back
+that disagrees): try again later; ``LabelPermanentError`` (401, 403, 404 of the prompt or
+version, 400): retrying the same call will not help.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Protocol
@@ -22,53 +21,26 @@ from urllib.parse import quote
 
 import httpx
 
-from controller.source.budget import RequestBudget, retry_after_seconds, status_class
+from coalmine.shared.retry import status_class
+from controller.errors import (
+    LabelError,
+    LabelMoveError,
+    LabelPermanentError,
+    LabelTemporaryError,
+)
+from controller.source.budget import RequestBudget
 from controller.source.langfuse import error_detail
 
 __all__ = [
-    "LabelError",
-    "LabelMoveError",
     "LangfusePromptLabels",
-    "PermanentError",
     "PromptLabels",
     "StaticPromptLabels",
-    "TemporaryError",
     "prompt_path",
 ]
 
 PROMPTS_PATH: Final = "/api/public/v2/prompts"
 LATEST: Final = "latest"
 """Langfuse keeps this label on the newest version itself; it cannot be moved."""
-
-
-class LabelError(Exception):
-    """Reading or moving a prompt label failed."""
-
-
-class TemporaryError(LabelError):
-    """The call may succeed later: rate limited, Langfuse unavailable or slow, the
-    request budget spent, or an answer that could not be read."""
-
-
-class PermanentError(LabelError):
-    """The call will fail again as made: bad keys, no such prompt or version, a
-    label Langfuse refuses."""
-
-
-class LabelMoveError(TemporaryError):
-    """Langfuse accepted a move, but reading the label back found it elsewhere (another
-    writer moved it in between). Temporary: reconciling moves it again."""
-
-    def __init__(self, prompt: str, label: str, expected: int, found: int | None) -> None:
-        where = "on no version" if found is None else f"on version {found}"
-        super().__init__(
-            f"moved label '{label}' of prompt '{prompt}' to version {expected}, "
-            f"but it reads back {where}"
-        )
-        self.prompt = prompt
-        self.label = label
-        self.expected = expected
-        self.found = found
 
 
 class PromptLabels(Protocol):
@@ -147,21 +119,21 @@ class LangfusePromptLabels:
         self._raise_for_status(response, f"reading label '{label}' of prompt '{prompt}'")
         version = _json(response).get("version")
         if isinstance(version, bool) or not isinstance(version, int):
-            raise TemporaryError(f"prompt '{prompt}': the answer has no version number")
+            raise LabelTemporaryError(f"prompt '{prompt}': the answer has no version number")
         return version
 
     def move(self, prompt: str, label: str, version: int) -> None:
         """``PATCH …/versions/{version}`` with ``{"newLabels": [label]}``, then read the
         label back; ``LabelMoveError`` when it is not on ``version``."""
         if label == LATEST:
-            raise PermanentError("the label 'latest' is kept by Langfuse and cannot be moved")
+            raise LabelPermanentError("the label 'latest' is kept by Langfuse and cannot be moved")
         if not self.budget.try_acquire():
-            raise TemporaryError("request budget spent")
+            raise LabelTemporaryError("request budget spent")
         url = f"{self.base_url}{PROMPTS_PATH}/{prompt_path(prompt)}/versions/{version}"
         response = self._send("prompt_label_move", "PATCH", url, json={"newLabels": [label]})
         what = f"moving label '{label}' of prompt '{prompt}' to version {version}"
         if response.status_code == 404:
-            raise PermanentError(f"{what}: prompt '{prompt}' has no version {version}")
+            raise LabelPermanentError(f"{what}: prompt '{prompt}' has no version {version}")
         self._raise_for_status(response, what)
         found = self.version_of(prompt, label)
         if found != version:
@@ -172,20 +144,23 @@ class LangfusePromptLabels:
             response = self._http.request(method, url, **kwargs)
         except httpx.TimeoutException:
             self._count(endpoint, "timeout")
-            raise TemporaryError(f"{endpoint}: no answer within {self.timeout:g}s") from None
+            raise LabelTemporaryError(f"{endpoint}: no answer within {self.timeout:g}s") from None
         except httpx.TransportError as error:
             self._count(endpoint, "connection")
-            raise TemporaryError(
+            raise LabelTemporaryError(
                 f"{endpoint}: connection failed ({type(error).__name__})"
             ) from None
         except httpx.HTTPError as error:
             self._count(endpoint, "error")
-            raise TemporaryError(f"{endpoint}: request failed ({type(error).__name__})") from None
+            raise LabelTemporaryError(
+                f"{endpoint}: request failed ({type(error).__name__})"
+            ) from None
         self._count(endpoint, status_class(response.status_code))
         if response.status_code == 429:
-            wait = retry_after_seconds(response.headers.get("retry-after"), time.time())
-            self.budget.blocked_until(self.budget.now() + wait)
-            raise TemporaryError(f"{endpoint}: rate limited (429), retry after {wait:g}s")
+            wait = self.budget.hold_off(response.headers.get("retry-after"))
+            raise LabelTemporaryError(
+                f"{endpoint}: rate limited (429), retry after {wait:g}s", delay=wait
+            )
         return response
 
     def _count(self, endpoint: str, status: str) -> None:
@@ -199,17 +174,17 @@ class LangfusePromptLabels:
             return
         detail = f"{what}: HTTP {status}{error_detail(response)}"
         if status >= 500:
-            raise TemporaryError(detail)
-        raise PermanentError(detail)
+            raise LabelTemporaryError(detail)
+        raise LabelPermanentError(detail)
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
-        raise TemporaryError("Langfuse answered something that is not JSON") from None
+        raise LabelTemporaryError("Langfuse answered something that is not JSON") from None
     if not isinstance(body, dict):
-        raise TemporaryError("Langfuse answered JSON that is not an object")
+        raise LabelTemporaryError("Langfuse answered JSON that is not an object")
     return body
 
 
@@ -256,9 +231,9 @@ class StaticPromptLabels:
     def move(self, prompt: str, label: str, version: int) -> None:
         self._maybe_fail()
         if label == LATEST:
-            raise PermanentError("the label 'latest' is kept by Langfuse and cannot be moved")
+            raise LabelPermanentError("the label 'latest' is kept by Langfuse and cannot be moved")
         if version not in self.versions.get(prompt, set()):
-            raise PermanentError(f"prompt '{prompt}' has no version {version}")
+            raise LabelPermanentError(f"prompt '{prompt}' has no version {version}")
         self.labels[prompt][label] = version
         self.moves.append((prompt, label, version))
 

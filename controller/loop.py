@@ -21,11 +21,18 @@ from typing import Any
 from coalmine.shared.routing_tables.store import RoutingTableStore, VersionConflictError
 from coalmine.shared.routing_tables.table import initial_table
 from controller.cluster.events import EventRecorder, NoopEventRecorder
-from controller.cluster.lease import NotLeaderError
-from controller.cluster.release_configmaps import StaleStateError
+from controller.errors import (
+    LabelPermanentError,
+    LabelTemporaryError,
+    ManualActionError,
+    ManualActionIncompleteError,
+    NotLeaderError,
+    RoutingConflictError,
+    StaleStateError,
+)
 from controller.evidence_log import judgement_summary
 from controller.judge import Decision, Evidence, Judgement, StepStatus, Trace, judge
-from controller.labels import PermanentError, PromptLabels, TemporaryError
+from controller.labels import PromptLabels
 from controller.release_store import (
     Action,
     ActionKind,
@@ -67,17 +74,23 @@ Notify = Callable[[str, ReleaseState, str], None]
 """Called with (event, release, reason) on promote, rollback and pause."""
 
 
-class ManualActionError(Exception):
-    """A manual action that does not apply to the release as it stands."""
-
-
-class ManualActionIncompleteError(ManualActionError):
-    """A manual action was decided and logged, but one of its actions failed or waits
-    for a retry (the release's state did change)."""
+RETRIED = (LabelTemporaryError, RoutingConflictError)
+"""Errors of a journalled action that leave it pending, to be carried out next tick."""
+REFUSED = (LabelPermanentError, ValueError)
+"""Errors of a journalled action that mark it failed."""
 
 
 def policy_digest(policy: Policy) -> str:
     return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class _Grounds:
+    """Who takes a decision, why, and the evidence it rests on, as the journal logs them."""
+
+    actor: str
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -297,7 +310,7 @@ class Controller:
             try:
                 stable = self.labels.version_of(prompt.name, prompt.stable_label)
                 candidate = self.labels.version_of(prompt.name, prompt.canary_label)
-            except (TemporaryError, PermanentError) as error:
+            except (LabelTemporaryError, LabelPermanentError) as error:
                 report.action_errors.append(f"{release.name}: {error}")
                 return
             if candidate is None or candidate == stable:
@@ -324,12 +337,10 @@ class Controller:
         self._decide(
             started,
             policy,
-            now=now,
-            decision="start",
-            reason=reason,
-            actor="controller",
-            evidence={},
+            "start",
+            _Grounds("controller", reason),
             actions=[(ActionKind.SET_WEIGHT, {"weight": weight})],
+            now=now,
             report=report,
         )
 
@@ -362,7 +373,7 @@ class Controller:
         report: TickReport,
     ) -> None:
         decision = judgement.decision
-        evidence = judgement_summary(judgement)
+        grounds = _Grounds("controller", judgement.reason, judgement_summary(judgement))
         if decision is Decision.ADVANCE:
             step = release.step + 1
             weight = policy.steps[step].weight
@@ -376,42 +387,22 @@ class Controller:
             )
             self.live[release.name].evidence.open_step(step, now)
             actions = [(ActionKind.SET_WEIGHT, {"weight": weight})]
-            self._decide(
-                advanced,
-                policy,
-                now=now,
-                decision="advance",
-                reason=judgement.reason,
-                actor="controller",
-                evidence=evidence,
-                actions=actions,
-                report=report,
-            )
+            self._decide(advanced, policy, "advance", grounds, actions, now=now, report=report)
         else:
             act = {
                 Decision.PROMOTE: self._promote,
                 Decision.ROLLBACK: self._rollback,
                 Decision.PAUSE: self._pause,
             }[decision]
-            act(
-                release,
-                policy,
-                now=now,
-                reason=judgement.reason,
-                actor="controller",
-                evidence=evidence,
-                report=report,
-            )
+            act(release, policy, grounds, now=now, report=report)
 
     def _promote(
         self,
         release: ReleaseState,
         policy: Policy,
+        grounds: _Grounds,
         *,
         now: float,
-        reason: str,
-        actor: str,
-        evidence: dict[str, Any],
         report: TickReport,
     ) -> None:
         actions: list[tuple[ActionKind, dict[str, Any]]] = []
@@ -423,29 +414,21 @@ class Controller:
         weight = 100.0 if upstreams is not None and upstreams.canary is not None else 0.0
         actions.append((ActionKind.SET_WEIGHT, {"weight": weight}))
         promoted = replace(
-            release, phase=Phase.PROMOTED, canary_weight=weight, updated_at=now, reason=reason
+            release,
+            phase=Phase.PROMOTED,
+            canary_weight=weight,
+            updated_at=now,
+            reason=grounds.reason,
         )
-        self._decide(
-            promoted,
-            policy,
-            now=now,
-            decision="promote",
-            reason=reason,
-            actor=actor,
-            evidence=evidence,
-            actions=actions,
-            report=report,
-        )
+        self._decide(promoted, policy, "promote", grounds, actions, now=now, report=report)
 
     def _rollback(
         self,
         release: ReleaseState,
         policy: Policy,
+        grounds: _Grounds,
         *,
         now: float,
-        reason: str,
-        actor: str,
-        evidence: dict[str, Any],
         report: TickReport,
     ) -> None:
         # the weight first: it is local and takes effect within a second
@@ -464,19 +447,13 @@ class Controller:
                 )
             actions.append(_move_label(prompt.name, prompt.canary_label, release.stable_version))
         rolled = replace(
-            release, phase=Phase.ROLLED_BACK, canary_weight=0.0, updated_at=now, reason=reason
+            release,
+            phase=Phase.ROLLED_BACK,
+            canary_weight=0.0,
+            updated_at=now,
+            reason=grounds.reason,
         )
-        self._decide(
-            rolled,
-            policy,
-            now=now,
-            decision="rollback",
-            reason=reason,
-            actor=actor,
-            evidence=evidence,
-            actions=actions,
-            report=report,
-        )
+        self._decide(rolled, policy, "rollback", grounds, actions, now=now, report=report)
 
     def _version_before_promotion(self, release: ReleaseState, prompt: str) -> int:
         """Where the stable label was before this release moved it (label history)."""
@@ -495,11 +472,9 @@ class Controller:
         self,
         release: ReleaseState,
         policy: Policy,
+        grounds: _Grounds,
         *,
         now: float,
-        reason: str,
-        actor: str,
-        evidence: dict[str, Any],
         report: TickReport,
     ) -> None:
         paused = replace(
@@ -507,40 +482,31 @@ class Controller:
             phase=Phase.PAUSED,
             resume_phase=release.phase,
             updated_at=now,
-            reason=reason,
+            reason=grounds.reason,
         )
-        self._decide(
-            paused,
-            policy,
-            now=now,
-            decision="pause",
-            reason=reason,
-            actor=actor,
-            evidence=evidence,
-            actions=[],
-            report=report,
-        )
+        self._decide(paused, policy, "pause", grounds, [], now=now, report=report)
 
     def _decide(
         self,
         release: ReleaseState,
         policy: Policy,
+        decision: str,
+        grounds: _Grounds,
+        actions: list[tuple[ActionKind, dict[str, Any]]],
         *,
         now: float,
-        decision: str,
-        reason: str,
-        actor: str,
-        evidence: dict[str, Any],
-        actions: list[tuple[ActionKind, dict[str, Any]]],
         report: TickReport,
     ) -> None:
+        """Log ``decision`` with the release's new state and journal its actions (one
+        transaction), then carry the actions out and tell whoever listens."""
+        actor, reason = grounds.actor, grounds.reason
         self.state.decide(
             release,
             at=now,
             decision=decision,
             actor=actor,
             reason=reason,
-            evidence=evidence,
+            evidence=grounds.evidence,
             actions=actions,
         )
         report.decisions.append((release.name, decision))
@@ -561,14 +527,14 @@ class Controller:
         for action in self.state.pending_actions(name):
             try:
                 done = self._execute(action, policy, now)
-            except TemporaryError as error:
+            except RETRIED as error:
                 report.action_errors.append(f"{name}: {error} (will retry)")
                 log.warning("release %s: action %s will be retried: %s", name, action.id, error)
                 self.events.record(
                     name, "ActionRetrying", f"{_describe(action)}: {error}", warning=True
                 )
                 return  # keep the order: later actions wait for this one
-            except (PermanentError, ValueError) as error:
+            except REFUSED as error:
                 self.state.finish_action(
                     action, at=now, status=ActionStatus.FAILED, error=str(error)
                 )
@@ -641,7 +607,9 @@ class Controller:
                 return
             except VersionConflictError:
                 continue
-        raise TemporaryError(f"routing table of '{policy.name}' keeps changing under the writer")
+        raise RoutingConflictError(
+            f"routing table of '{policy.name}' keeps changing under the writer"
+        )
 
     def _reconcile_weight(
         self, release: ReleaseState, policy: Policy, now: float, report: TickReport
@@ -660,7 +628,7 @@ class Controller:
         )
         try:
             self._write_weight(policy, release.canary_weight, now)
-        except TemporaryError as error:
+        except RETRIED as error:
             report.action_errors.append(f"{release.name}: {error}")
 
     def _abort_orphan(self, release: ReleaseState, now: float, report: TickReport) -> None:
@@ -717,20 +685,15 @@ class Controller:
             if policy is None or release is None:
                 raise ManualActionError(f"no release named {name!r}")
             why = reason or f"{action} by {actor}"
+            grounds = _Grounds(actor, why)
             report = TickReport()
             running = release.phase in (Phase.CANARY, Phase.PAUSED)
             if action == "promote" and running:
-                self._promote(
-                    release, policy, now=now, reason=why, actor=actor, evidence={}, report=report
-                )
+                self._promote(release, policy, grounds, now=now, report=report)
             elif action == "rollback" and (running or release.phase is Phase.PROMOTED):
-                self._rollback(
-                    release, policy, now=now, reason=why, actor=actor, evidence={}, report=report
-                )
+                self._rollback(release, policy, grounds, now=now, report=report)
             elif action == "pause" and release.phase is Phase.CANARY:
-                self._pause(
-                    release, policy, now=now, reason=why, actor=actor, evidence={}, report=report
-                )
+                self._pause(release, policy, grounds, now=now, report=report)
             elif action == "resume" and release.phase is Phase.PAUSED:
                 resumed = replace(
                     release,
@@ -739,17 +702,7 @@ class Controller:
                     updated_at=now,
                     reason=why,
                 )
-                self._decide(
-                    resumed,
-                    policy,
-                    now=now,
-                    decision="resume",
-                    reason=why,
-                    actor=actor,
-                    evidence={},
-                    actions=[],
-                    report=report,
-                )
+                self._decide(resumed, policy, "resume", grounds, [], now=now, report=report)
                 live = self.live.get(name)
                 if live is not None:
                     live.next_look = now
@@ -758,17 +711,7 @@ class Controller:
                     release, phase=Phase.ABORTED, canary_weight=0.0, updated_at=now, reason=why
                 )
                 actions = [(ActionKind.SET_WEIGHT, {"weight": 0.0})]
-                self._decide(
-                    aborted,
-                    policy,
-                    now=now,
-                    decision="abort",
-                    reason=why,
-                    actor=actor,
-                    evidence={},
-                    actions=actions,
-                    report=report,
-                )
+                self._decide(aborted, policy, "abort", grounds, actions, now=now, report=report)
             else:
                 raise ManualActionError(
                     f"cannot {action} release {name!r}: it is {release.phase.value}"

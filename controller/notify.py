@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from coalmine.shared.retry import Backoff, parse_retry_after
 from controller.release_store import ReleaseState
 from controller.stream import format_ts
 
@@ -78,11 +79,14 @@ class WebhookNotifier:
     webhook's (``slack=True``).
 
     Delivery is retried ``retries`` times after the first attempt on connection errors,
-    timeouts, 429 and 5xx, waiting ``backoff`` seconds and doubling (or what
-    Retry-After says, up to a minute); other answers are final. ``counts()`` tells how
-    many were sent, dropped after the retries (``failed``), refused by the receiver
-    (``rejected``) and dropped because the queue was full or the notifier closed
-    (``dropped``).
+    timeouts, 429 and 5xx, waiting ``backoff`` seconds and doubling up to
+    ``MAX_BACKOFF`` (or what Retry-After says, up to ``MAX_BACKOFF``); other answers are
+    final. ``counts()`` tells how many were sent, dropped after the retries (``failed``),
+    refused by the receiver (``rejected``) and dropped because the queue was full or the
+    notifier closed (``dropped``).
+
+    ``pause(seconds)`` is how the delivery thread waits between attempts; it returns
+    True when ``close`` cut the wait short.
     """
 
     def __init__(
@@ -106,6 +110,17 @@ class WebhookNotifier:
         self.slack = slack
         self.retries = retries
         self.backoff = backoff
+        # no jitter: only the acting controller notifies, so no replicas retry in step
+        self._retry = Backoff(
+            attempts=retries + 1,
+            first=backoff,
+            factor=2.0,
+            cap=MAX_BACKOFF,
+            jitter=0.0,
+            retry_after_cap=MAX_BACKOFF,
+        )
+        self._abandon = threading.Event()
+        self.pause: Callable[[float], bool] = self._abandon.wait
         self.max_queue = max_queue
         self._client = httpx.Client(
             transport=transport, timeout=timeout, headers=headers, follow_redirects=False
@@ -113,7 +128,6 @@ class WebhookNotifier:
         self._queue: deque[_Message] = deque()
         self._wakeup = threading.Condition()
         self._closing = False
-        self._abandon = threading.Event()
         self._counts = {"sent": 0, "failed": 0, "rejected": 0, "dropped": 0}
         self._thread = threading.Thread(target=self._run, name="coalmine-webhook", daemon=True)
         self._thread.start()
@@ -173,57 +187,62 @@ class WebhookNotifier:
             self._counts[outcome] += 1
 
     def _deliver(self, message: _Message) -> str:
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
-            wait = delay
-            try:
-                response = self._client.post(self._url, json=message.payload)
-            except httpx.HTTPError as error:
-                problem = f"{type(error).__name__}: {error}"
-            else:
-                if response.is_success:
-                    return "sent"
-                if response.status_code != 429 and response.status_code < 500:
-                    log.error(
-                        "notification %s of %s refused by %s: HTTP %d",
-                        message.event,
-                        message.release,
-                        self._where,
-                        response.status_code,
-                    )
-                    return "rejected"
-                problem = f"HTTP {response.status_code}"
-                after = _retry_after(response)
-                wait = delay if after is None else after
-            if attempt == self.retries:
-                break
+        attempt = 1
+        while True:
+            answer = self._post(message)
+            if isinstance(answer, str):
+                return answer
+            if not self._retry.more_after(attempt):
+                log.error(
+                    "notification %s of %s dropped after %d attempts: %s",
+                    message.event,
+                    message.release,
+                    attempt,
+                    answer.problem,
+                )
+                return "failed"
+            wait = self._retry.delay(attempt, retry_after=answer.retry_after)
             log.warning(
                 "notification %s of %s: %s; retrying in %.1fs",
                 message.event,
                 message.release,
-                problem,
+                answer.problem,
                 wait,
             )
-            if self._abandon.wait(min(wait, MAX_BACKOFF)):
+            if self.pause(wait):
                 return "dropped"
-            delay *= 2
-        log.error(
-            "notification %s of %s dropped after %d attempts: %s",
-            message.event,
-            message.release,
-            self.retries + 1,
-            problem,
+            attempt += 1
+
+    def _post(self, message: _Message) -> str | _Failure:
+        """One attempt: ``sent``, ``rejected`` (final), or a failure worth retrying."""
+        try:
+            response = self._client.post(self._url, json=message.payload)
+        except httpx.HTTPError as error:
+            return _Failure(f"{type(error).__name__}: {error}")
+        if response.is_success:
+            return "sent"
+        if response.status_code != 429 and response.status_code < 500:
+            log.error(
+                "notification %s of %s refused by %s: HTTP %d",
+                message.event,
+                message.release,
+                self._where,
+                response.status_code,
+            )
+            return "rejected"
+        retry_after = parse_retry_after(
+            response.headers.get("retry-after"), now=time.time(), cap=MAX_BACKOFF
         )
-        return "failed"
+        return _Failure(f"HTTP {response.status_code}", retry_after)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None  # an HTTP date: rare from webhooks, the doubling backoff does
-    return seconds if seconds >= 0 else None
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """An attempt that may succeed if made again."""
+
+    problem: str
+    retry_after: float | None = None
+    """Seconds the receiver's Retry-After asked to wait (None: it did not say)."""
 
 
 # -- payloads ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from controller.errors import StateLockedError
 from controller.judge import ScoreValue
 from controller.samples import Cursors, ScoreSample, TraceSample
 from policies.domain import Arm, Phase
@@ -100,10 +101,6 @@ CREATE TABLE IF NOT EXISTS cursors (
     scores_from REAL NOT NULL
 );
 """
-
-
-class StateLockedError(Exception):
-    """Another controller process holds the state file (permanent for this process)."""
 
 
 class ActionKind(StrEnum):

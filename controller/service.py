@@ -18,8 +18,9 @@ from coalmine.shared.kube.client import KubeError, api_client
 from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
 from coalmine.shared.routing_tables.store import RoutingTableStore, SqliteRoutingStore
 from controller.cluster.events import KubeEventRecorder, ObjectRef
-from controller.cluster.lease import LeaseElector
+from controller.cluster.lease import LeaseElector, LeaseTiming
 from controller.cluster.release_configmaps import ClusterState
+from controller.errors import SetupError
 from controller.labels import LangfusePromptLabels, PromptLabels
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
@@ -29,16 +30,12 @@ from controller.release_store import ControllerState
 from controller.settings import ControllerSettings
 from controller.source import SampleSource
 from controller.source.budget import BudgetSettings, RequestBudget
-from controller.source.langfuse import LangfuseSource
+from controller.source.langfuse import LangfuseSource, SourceSettings
 from policies.model import Policy
 
 log = logging.getLogger("coalmine.controller")
 
 MIN_TICK_SECONDS = 1.0
-
-
-class SetupError(Exception):
-    """The controller cannot start as configured (permanent)."""
 
 
 @dataclass
@@ -195,7 +192,7 @@ def build_service(
                 *keys,
                 budget=budget,
                 clock=clock,
-                settle=settings.trace_settle_seconds,
+                settings=SourceSettings(settle=settings.trace_settle_seconds),
             )
         if labels is None:
             labels = LangfusePromptLabels(settings.langfuse_base_url, *keys, budget=budget)
@@ -278,9 +275,11 @@ def _cluster(
         namespace,
         settings.lease_name,
         identity,
-        lease_duration=settings.lease_duration_seconds,
-        renew_deadline=settings.renew_deadline_seconds,
-        retry_period=settings.retry_period_seconds,
+        timing=LeaseTiming(
+            lease_duration=settings.lease_duration_seconds,
+            renew_deadline=settings.renew_deadline_seconds,
+            retry_period=settings.retry_period_seconds,
+        ),
     )
     state = ClusterState(
         settings.state, client, namespace, settings.configmap_prefix, fence=elector.fence

@@ -12,19 +12,11 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from controller.errors import StreamError
 from controller.judge.model import ScoreValue, Trace
 from policies.domain import Arm
 
 ARMS = {arm.value: arm for arm in Arm}
-
-
-class StreamError(ValueError):
-    """A line of a sample stream that cannot be read."""
-
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(f"line {line}: {message}")
-        self.line = line
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

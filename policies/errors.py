@@ -1,4 +1,16 @@
-"""Errors of policy files: each issue names file, line, column and field path."""
+"""Errors of policy files: each issue names file, line, column and field path.
+
+The policy model depends on no other coalmine package, so its errors are ``ValueError``
+(what pydantic validators raise and what readers of a policy catch), not
+``coalmine.shared.errors``' classes. Both are permanent: the same file fails again. ::
+
+    ValueError
+    ├── PolicyError       a policy file that cannot be used; ``issues``, one per problem
+    └── RuleError         a rule across several fields, raised inside model validators;
+                          the loader turns its ``violations`` into ``PolicyIssue`` entries
+
+``policies.durations`` raises plain ``ValueError`` for a duration it cannot read.
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Final, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -315,54 +315,67 @@ def _alias(name: str, info: FieldInfo) -> str:
 _QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'")
 
 
+_FIXED_MESSAGES: Final = {
+    **dict.fromkeys(("float_type", "float_parsing"), "must be a number"),
+    **dict.fromkeys(("int_type", "int_parsing", "int_from_float"), "must be an integer"),
+    **dict.fromkeys(("bool_type", "bool_parsing"), "must be true or false"),
+    "string_type": "must be a string",
+    "finite_number": "must be a finite number",
+    **dict.fromkeys(("model_type", "model_attributes_type", "dict_type"), "must be a mapping"),
+    **dict.fromkeys(("tuple_type", "list_type", "iterable_type"), "must be a list"),
+}
+"""pydantic's error types whose message says the same whatever the value."""
+
+_BOUNDS: Final = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
+"""pydantic's error types of a bound: the symbol and the context key of the bound."""
+
+
 def _message(details: ErrorDetails, loc: FieldPath) -> str:
+    """pydantic's error, said the way policy authors write the file."""
     kind = details["type"]
     context: dict[str, Any] = dict(details.get("ctx", {}))
-    show = format_duration if _is_duration(loc) else _number
-
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        symbol, key = {
-            "greater_than": (">", "gt"),
-            "greater_than_equal": (">=", "ge"),
-            "less_than": ("<", "lt"),
-            "less_than_equal": ("<=", "le"),
-        }[kind]
+    fixed = _FIXED_MESSAGES.get(kind)
+    if fixed is not None:
+        return fixed
+    if kind in _BOUNDS:
+        symbol, key = _BOUNDS[kind]
+        show = format_duration if _is_duration(loc) else _number
         return f"must be {symbol} {show(context[key])}"
-    if kind in ("float_type", "float_parsing"):
-        return "must be a number"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return "must be an integer"
-    if kind in ("bool_type", "bool_parsing"):
-        return "must be true or false"
-    if kind == "string_type":
-        return "must be a string"
-    if kind == "finite_number":
-        return "must be a finite number"
-    if kind in ("string_too_short", "too_short"):
-        least = context.get("min_length", 1)
-        if least == 1:
-            return "must not be empty"
-        unit = "characters" if kind == "string_too_short" else "items"
-        return f"must have at least {least} {unit}"
-    if kind in ("string_too_long", "too_long"):
-        unit = "characters" if kind == "string_too_long" else "items"
-        return f"must have at most {context.get('max_length')} {unit}"
+    if kind in ("string_too_short", "too_short", "string_too_long", "too_long"):
+        return _length_message(kind, context)
     if kind == "string_pattern_mismatch":
         pattern = str(context.get("pattern", ""))
         return PATTERN_MESSAGES.get(pattern, f"must match {pattern}")
     if kind in ("literal_error", "enum"):
-        choices = _QUOTED.findall(str(context.get("expected", "")))
-        if len(choices) == 1:
-            return f"must be {choices[0]}"
-        return f"must be one of: {', '.join(choices)}"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return "must be a mapping"
-    if kind in ("tuple_type", "list_type", "iterable_type"):
-        return "must be a list"
+        return _choice_message(context)
     message = details["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
     return message
+
+
+def _length_message(kind: str, context: dict[str, Any]) -> str:
+    """Too short or too long, in characters (strings) or items (lists)."""
+    unit = "characters" if kind.startswith("string_") else "items"
+    if kind.endswith("too_long"):
+        return f"must have at most {context.get('max_length')} {unit}"
+    least = context.get("min_length", 1)
+    if least == 1:
+        return "must not be empty"
+    return f"must have at least {least} {unit}"
+
+
+def _choice_message(context: dict[str, Any]) -> str:
+    """One of a fixed set of values (a literal or an enum)."""
+    choices = _QUOTED.findall(str(context.get("expected", "")))
+    if len(choices) == 1:
+        return f"must be {choices[0]}"
+    return f"must be one of: {', '.join(choices)}"
 
 
 def _number(value: Any) -> str:

@@ -10,6 +10,8 @@ point at it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
@@ -435,94 +437,173 @@ class Metric(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> Metric:
-        violations: list[tuple[FieldPath, str]] = []
-        source = self.source
-        is_score = source is MetricSource.SCORE
-        numeric = is_score and self.score_type is ScoreType.NUMERIC
-        categorical = is_score and self.score_type is ScoreType.CATEGORICAL
-        rate = source is MetricSource.ERROR_RATE or (
-            is_score and self.score_type is not ScoreType.NUMERIC
-        )
-        kind = f"{self.score_type} score" if is_score else source.value
-
-        if is_score and self.score is None:
-            violations.append(
-                (("score",), "required when source is score (the Langfuse score name)")
-            )
-        if not is_score and self.score is not None:
-            violations.append((("score",), f"only for source score, not {source}"))
-        if not is_score and self.score_type is not ScoreType.NUMERIC:
-            violations.append((("scoreType",), f"only for source score, not {source}"))
-        if self.range is not None and not numeric:
-            violations.append((("range",), f"only for numeric scores, not {kind} metrics"))
-        if categorical and self.bad_values is None:
-            violations.append(
-                (("badValues",), "required for categorical scores: the values that count as bad")
-            )
-        if not categorical and self.bad_values is not None:
-            violations.append((("badValues",), f"only for categorical scores, not {kind}"))
-        lower_only = not is_score or categorical
-        if lower_only and self.direction is Direction.HIGHER:
-            violations.append((("direction",), f"must be lower for {kind} metrics"))
-        if self.quantile is not None and source is not MetricSource.LATENCY:
-            violations.append((("quantile",), f"only for latency metrics, not {kind}"))
-
-        if self.tolerance is not None and self.tolerance_percent is not None:
-            violations.append(((), "set tolerance or tolerancePercent, not both"))
-        elif self.tolerance is None and self.tolerance_percent is None:
-            violations.append(((), "needs tolerance or tolerancePercent"))
-        elif self.tolerance_percent is not None and source in (
-            MetricSource.SCORE,
-            MetricSource.ERROR_RATE,
-        ):
-            violations.append(
-                (("tolerancePercent",), f"{source} metrics take tolerance, not tolerancePercent")
-            )
-        elif self.tolerance is not None and source is MetricSource.COST:
-            violations.append((("tolerance",), "cost metrics take tolerancePercent, not tolerance"))
-        elif self.tolerance is not None and rate and self.tolerance >= 1:
-            violations.append((("tolerance",), f"must be < 1: {kind} metrics are rates"))
-        elif self.tolerance is not None and numeric:
-            score_range = self.range or ScoreRange(min=0, max=1)
-            width = score_range.max - score_range.min
-            if self.tolerance >= width:
-                violations.append(
-                    (
-                        ("tolerance",),
-                        f"must be less than the width of the score range ({_number(width)})",
-                    )
-                )
-
-        if self.promote_tolerance is not None and self.tolerance is None:
-            violations.append(
-                (("promoteTolerance",), "goes with tolerance; use promoteTolerancePercent")
-            )
-        if self.promote_tolerance_percent is not None and self.tolerance_percent is None:
-            violations.append(
-                (("promoteTolerancePercent",), "goes with tolerancePercent; use promoteTolerance")
-            )
-        if self.promote_tolerance is not None and rate and self.promote_tolerance >= 1:
-            violations.append((("promoteTolerance",), f"must be < 1: {kind} metrics are rates"))
-        if self.effect_size is not None and source is MetricSource.LATENCY:
-            violations.append(
-                (
-                    ("effectSize",),
-                    "not for latency metrics: their test is tuned to the quantile itself",
-                )
-            )
-
+        kind = _MetricKind.of(self)
+        violations = [violation for rule in _METRIC_RULES for violation in rule(self, kind)]
         if violations:
             raise RuleError(violations)
-
-        # Fill in the defaults that depend on other fields.
-        if self.direction is None:
-            default = Direction.HIGHER if is_score and not categorical else Direction.LOWER
-            object.__setattr__(self, "direction", default)
-        if numeric and self.range is None:
-            object.__setattr__(self, "range", ScoreRange(min=0, max=1))
-        if source is MetricSource.LATENCY and self.quantile is None:
-            object.__setattr__(self, "quantile", LATENCY_DEFAULT_QUANTILE)
+        _fill_metric_defaults(self, kind)
         return self
+
+
+# -- the rules of a metric, each across several of its fields ---------------------------
+
+_Violations = list[tuple[FieldPath, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class _MetricKind:
+    """What a metric measures, as its rules need to know it."""
+
+    is_score: bool
+    numeric: bool
+    """A numeric score."""
+    categorical: bool
+    """A categorical score."""
+    rate: bool
+    """Observations are 0/1: error rates, boolean and categorical scores."""
+    name: str
+    """For messages: ``numeric score``, ``latency``..."""
+
+    @classmethod
+    def of(cls, metric: Metric) -> _MetricKind:
+        is_score = metric.source is MetricSource.SCORE
+        return cls(
+            is_score=is_score,
+            numeric=is_score and metric.score_type is ScoreType.NUMERIC,
+            categorical=is_score and metric.score_type is ScoreType.CATEGORICAL,
+            rate=metric.source is MetricSource.ERROR_RATE
+            or (is_score and metric.score_type is not ScoreType.NUMERIC),
+            name=f"{metric.score_type} score" if is_score else metric.source.value,
+        )
+
+
+def _score_names_the_langfuse_score(metric: Metric, kind: _MetricKind) -> _Violations:
+    if kind.is_score and metric.score is None:
+        return [(("score",), "required when source is score (the Langfuse score name)")]
+    if not kind.is_score and metric.score is not None:
+        return [(("score",), f"only for source score, not {metric.source}")]
+    return []
+
+
+def _score_type_only_for_scores(metric: Metric, kind: _MetricKind) -> _Violations:
+    if not kind.is_score and metric.score_type is not ScoreType.NUMERIC:
+        return [(("scoreType",), f"only for source score, not {metric.source}")]
+    return []
+
+
+def _range_only_for_numeric_scores(metric: Metric, kind: _MetricKind) -> _Violations:
+    if metric.range is not None and not kind.numeric:
+        return [(("range",), f"only for numeric scores, not {kind.name} metrics")]
+    return []
+
+
+def _bad_values_for_categorical_scores(metric: Metric, kind: _MetricKind) -> _Violations:
+    if kind.categorical and metric.bad_values is None:
+        return [(("badValues",), "required for categorical scores: the values that count as bad")]
+    if not kind.categorical and metric.bad_values is not None:
+        return [(("badValues",), f"only for categorical scores, not {kind.name}")]
+    return []
+
+
+def _higher_is_better_only_for_numeric_and_boolean_scores(
+    metric: Metric, kind: _MetricKind
+) -> _Violations:
+    lower_only = not kind.is_score or kind.categorical
+    if lower_only and metric.direction is Direction.HIGHER:
+        return [(("direction",), f"must be lower for {kind.name} metrics")]
+    return []
+
+
+def _quantile_only_for_latency(metric: Metric, kind: _MetricKind) -> _Violations:
+    if metric.quantile is not None and metric.source is not MetricSource.LATENCY:
+        return [(("quantile",), f"only for latency metrics, not {kind.name}")]
+    return []
+
+
+def _one_tolerance(metric: Metric, kind: _MetricKind) -> _Violations:
+    if metric.tolerance is not None and metric.tolerance_percent is not None:
+        return [((), "set tolerance or tolerancePercent, not both")]
+    if metric.tolerance is None and metric.tolerance_percent is None:
+        return [((), "needs tolerance or tolerancePercent")]
+    return []
+
+
+def _tolerance_in_the_metric_units(metric: Metric, kind: _MetricKind) -> _Violations:
+    """Scores and error rates take an absolute tolerance, costs a percentage; a rate's
+    tolerance is below 1, a numeric score's below the width of its range."""
+    tolerance, source = metric.tolerance, metric.source
+    if (tolerance is None) == (metric.tolerance_percent is None):
+        return []  # _one_tolerance tells
+    if tolerance is None:
+        if source in (MetricSource.SCORE, MetricSource.ERROR_RATE):
+            return [
+                (("tolerancePercent",), f"{source} metrics take tolerance, not tolerancePercent")
+            ]
+        return []
+    if source is MetricSource.COST:
+        return [(("tolerance",), "cost metrics take tolerancePercent, not tolerance")]
+    if kind.rate and tolerance >= 1:
+        return [(("tolerance",), f"must be < 1: {kind.name} metrics are rates")]
+    if kind.numeric:
+        score_range = metric.range or ScoreRange(min=0, max=1)
+        width = score_range.max - score_range.min
+        if tolerance >= width:
+            message = f"must be less than the width of the score range ({_number(width)})"
+            return [(("tolerance",), message)]
+    return []
+
+
+def _promote_tolerance_goes_with_its_tolerance(metric: Metric, kind: _MetricKind) -> _Violations:
+    violations: _Violations = []
+    if metric.promote_tolerance is not None and metric.tolerance is None:
+        violations.append(
+            (("promoteTolerance",), "goes with tolerance; use promoteTolerancePercent")
+        )
+    if metric.promote_tolerance_percent is not None and metric.tolerance_percent is None:
+        violations.append(
+            (("promoteTolerancePercent",), "goes with tolerancePercent; use promoteTolerance")
+        )
+    return violations
+
+
+def _promote_tolerance_of_a_rate_below_one(metric: Metric, kind: _MetricKind) -> _Violations:
+    if metric.promote_tolerance is not None and kind.rate and metric.promote_tolerance >= 1:
+        return [(("promoteTolerance",), f"must be < 1: {kind.name} metrics are rates")]
+    return []
+
+
+def _effect_size_not_for_latency(metric: Metric, kind: _MetricKind) -> _Violations:
+    if metric.effect_size is not None and metric.source is MetricSource.LATENCY:
+        message = "not for latency metrics: their test is tuned to the quantile itself"
+        return [(("effectSize",), message)]
+    return []
+
+
+_METRIC_RULES: Final[tuple[Callable[[Metric, _MetricKind], _Violations], ...]] = (
+    _score_names_the_langfuse_score,
+    _score_type_only_for_scores,
+    _range_only_for_numeric_scores,
+    _bad_values_for_categorical_scores,
+    _higher_is_better_only_for_numeric_and_boolean_scores,
+    _quantile_only_for_latency,
+    _one_tolerance,
+    _tolerance_in_the_metric_units,
+    _promote_tolerance_goes_with_its_tolerance,
+    _promote_tolerance_of_a_rate_below_one,
+    _effect_size_not_for_latency,
+)
+"""Every rule a metric must keep, in the order their violations are reported."""
+
+
+def _fill_metric_defaults(metric: Metric, kind: _MetricKind) -> None:
+    """The defaults that depend on other fields."""
+    if metric.direction is None:
+        default = Direction.HIGHER if kind.is_score and not kind.categorical else Direction.LOWER
+        object.__setattr__(metric, "direction", default)
+    if kind.numeric and metric.range is None:
+        object.__setattr__(metric, "range", ScoreRange(min=0, max=1))
+    if metric.source is MetricSource.LATENCY and metric.quantile is None:
+        object.__setattr__(metric, "quantile", LATENCY_DEFAULT_QUANTILE)
 
 
 class Analysis(_Model):

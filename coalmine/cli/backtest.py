@@ -17,9 +17,11 @@ from coalmine.cli.errors import InputError
 # The same output as `coalmine replay`, line for line.
 from coalmine.cli.replay import _event_json, _print_table, _summary
 from coalmine.shared.settings import LangfuseConnection
-from controller.backtest import BacktestError, History, LangfuseHistorySource
+from controller.backtest import History, LangfuseHistorySource
+from controller.errors import BacktestError
 from controller.replay import Event, Replay
 from controller.source.budget import DEFAULT_PER_MINUTE, BudgetSettings, RequestBudget
+from controller.source.langfuse import SourceSettings
 from controller.stream import format_ts
 from policies.durations import parse_duration
 from policies.errors import PolicyError
@@ -96,7 +98,11 @@ def run_backtest(
     base_url, public_key, secret_key = _connection()
     budget = RequestBudget(BudgetSettings(per_minute=requests_per_minute))
     with LangfuseHistorySource(
-        base_url, public_key, secret_key, budget=budget, max_window=window
+        base_url,
+        public_key,
+        secret_key,
+        budget=budget,
+        settings=SourceSettings(max_window=window),
     ) as source:
         history = History(source, policy, start, end, clock=budget.now, on_wait=_waiting)
         engine, events, records = _judge(policy, history)

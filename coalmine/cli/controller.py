@@ -194,8 +194,8 @@ def _load_at_start(paths: list[Path]) -> list[Any]:
 
 
 def _service(settings: Any, policy_paths: list[Path]) -> Any:
-    from controller.release_store import StateLockedError  # noqa: PLC0415
-    from controller.service import SetupError, build_service  # noqa: PLC0415
+    from controller.errors import SetupError, StateLockedError  # noqa: PLC0415
+    from controller.service import build_service  # noqa: PLC0415
 
     try:
         return build_service(settings, policy_paths)

@@ -64,4 +64,3 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BAD_INPUT if code == 2 else code
         raise
     return code if isinstance(code, int) else 0
-

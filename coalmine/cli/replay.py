@@ -14,12 +14,14 @@ from typing import IO, Annotated, Any
 import typer
 
 from coalmine.cli.errors import InputError
+from controller.errors import StreamError
 from controller.judge import Judgement, MetricResult
 from controller.replay import Event, Replay
-from controller.stream import StreamError, format_ts, parse_line
+from controller.stream import format_ts, parse_line
 from policies.durations import parse_duration
 from policies.errors import PolicyError
 from policies.loader import load_policy
+from policies.model import Policy
 
 
 def register(app: typer.Typer) -> None:
@@ -49,32 +51,45 @@ def register(app: typer.Typer) -> None:
 
 
 def run_replay(policy_path: Path, samples: Path, interval: str | None, as_json: bool) -> None:
+    engine = Replay(_policy(policy_path), _interval(interval))
+    events, lines = _feed(engine, samples)
+    events.extend(engine.finish())
+    if engine.evidence is None:
+        raise InputError(f"{samples}: no samples")
+    summary = _summary(engine, lines)
+    if as_json:
+        for event in events:
+            print(json.dumps(_event_json(event), allow_nan=False))
+        print(json.dumps(summary, allow_nan=False))
+    else:
+        _print_table(engine, events, summary)
+
+
+def _policy(path: Path) -> Policy:
     try:
-        policy = load_policy(policy_path)
+        return load_policy(path)
     except PolicyError as error:
         raise InputError(str(error)) from None
-    step_interval = None
-    if interval is not None:
-        try:
-            step_interval = parse_duration(interval)
-        except ValueError as error:
-            raise InputError(f"--interval: {error}") from None
-        if step_interval <= 0:
-            raise InputError("--interval: must be longer than zero")
-    engine = Replay(policy, step_interval)
+
+
+def _interval(text: str | None) -> float | None:
+    """``--interval`` in seconds; None: the policy's ``analysis.interval``."""
+    if text is None:
+        return None
+    try:
+        seconds = parse_duration(text)
+    except ValueError as error:
+        raise InputError(f"--interval: {error}") from None
+    if seconds <= 0:
+        raise InputError("--interval: must be longer than zero")
+    return seconds
+
+
+def _feed(engine: Replay, samples: Path) -> tuple[list[Event], int]:
+    """Every line of the stream through the engine: the events, and the lines read."""
     events: list[Event] = []
     lines = 0
-    # Bytes, decoded line by line: a text file decodes whole chunks ahead of the line
-    # being read, so a bad byte would be reported on the wrong line.
-    handle: IO[bytes] | IO[str]
-    try:
-        if str(samples) == "-":
-            handle = getattr(sys.stdin, "buffer", sys.stdin)
-            opened: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-        else:
-            handle = opened = samples.open("rb")
-    except OSError as error:
-        raise InputError(f"{samples}: cannot read ({error.strerror})") from None
+    handle, opened = _open(samples)
     # The evidence keeps every trace, none of them in reference cycles: the cyclic
     # collector would only rescan them, more and more often as the stream grows.
     gc.disable()
@@ -90,16 +105,23 @@ def run_replay(policy_path: Path, samples: Path, interval: str | None, as_json: 
             raise InputError(f"{samples}:{lines + 1}: not UTF-8 text") from None
         finally:
             gc.enable()
-    events.extend(engine.finish())
-    if engine.evidence is None:
-        raise InputError(f"{samples}: no samples")
-    summary = _summary(engine, lines)
-    if as_json:
-        for event in events:
-            print(json.dumps(_event_json(event), allow_nan=False))
-        print(json.dumps(summary, allow_nan=False))
-    else:
-        _print_table(engine, events, summary)
+    return events, lines
+
+
+def _open(
+    samples: Path,
+) -> tuple[IO[bytes] | IO[str], contextlib.AbstractContextManager[object]]:
+    """The stream to read, and what closes it ('-': standard input, left open).
+
+    Bytes, decoded line by line: a text file decodes whole chunks ahead of the line
+    being read, so a bad byte would be reported on the wrong line."""
+    if str(samples) == "-":
+        return getattr(sys.stdin, "buffer", sys.stdin), contextlib.nullcontext()
+    try:
+        handle = samples.open("rb")
+    except OSError as error:
+        raise InputError(f"{samples}: cannot read ({error.strerror})") from None
+    return handle, handle
 
 
 def _decoded(handle: IO[bytes] | IO[str]) -> Iterator[str]:

@@ -127,6 +127,8 @@ class Backoff:
         if retry_after is not None and math.isfinite(retry_after):
             return min(max(retry_after, 0.0), self.retry_after_cap)
         grown = min(self.first * self.factor ** min(attempt - 1, 64), self.cap)
+        if self.jitter == 0:
+            return grown  # no draw: a caller without jitter leaves the random stream alone
         return grown * rng.uniform(1.0 - self.jitter, 1.0 + self.jitter)
 
     def more_after(self, attempt: int) -> bool:

@@ -16,6 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,16 +26,23 @@ from coalmine.shared.kube.client import (
     KubeNotFoundError,
     kube_call,
 )
+from controller.errors import NotLeaderError
 
 log = logging.getLogger("coalmine.controller")
 
 
-class NotLeaderError(Exception):
-    """This replica does not hold the Lease: it serves, but may not act."""
+@dataclass(frozen=True, slots=True)
+class LeaseTiming:
+    """The election's clock, in seconds (client-go's defaults)."""
 
-    def __init__(self, message: str, leader: str | None) -> None:
-        super().__init__(message)
-        self.leader = leader
+    lease_duration: float = 15.0
+    """How long a Lease nobody renews stays held."""
+
+    renew_deadline: float = 10.0
+    """A leader that could not renew for this long stops acting."""
+
+    retry_period: float = 2.0
+    """Time between two attempts to take or renew the Lease."""
 
 
 class LeaseElector:
@@ -47,9 +55,7 @@ class LeaseElector:
         name: str,
         identity: str,
         *,
-        lease_duration: float = 15.0,
-        renew_deadline: float = 10.0,
-        retry_period: float = 2.0,
+        timing: LeaseTiming | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -59,9 +65,10 @@ class LeaseElector:
         self.namespace = namespace
         self.name = name
         self.identity = identity
-        self.lease_duration = lease_duration
-        self.renew_deadline = renew_deadline
-        self.retry_period = retry_period
+        timing = timing or LeaseTiming()
+        self.lease_duration = timing.lease_duration
+        self.renew_deadline = timing.renew_deadline
+        self.retry_period = timing.retry_period
         self._clock = clock
         self._wall = wall
         self._lock = threading.Lock()

@@ -36,6 +36,7 @@ from coalmine.shared.kube.client import (
     kube_call,
 )
 from coalmine.shared.kube.objects import configmap_body, index_name, state_name
+from controller.errors import StaleStateError
 from controller.release_store import (
     Action,
     ActionKind,
@@ -63,10 +64,6 @@ SIZE_BUDGET = 768 * 1024
 WRITE_ATTEMPTS = 8
 CACHE_SECONDS = 1.0
 """Reads younger than this are served from memory."""
-
-
-class StaleStateError(KubeTemporaryError):
-    """A decision was taken on a release that another writer has changed since."""
 
 
 @dataclass

@@ -61,6 +61,18 @@ def metric_value(metric: Metric, raw: object) -> float | None:
     return float(raw)
 
 
+def _trace_value(trace: Trace, source: MetricSource) -> object:
+    """What a trace itself says about a metric of ``source``; None when it says nothing
+    (score metrics: scores arrive on their own)."""
+    if source is MetricSource.ERROR_RATE:
+        return trace.error
+    if source is MetricSource.COST:
+        return trace.cost_usd
+    if source is MetricSource.LATENCY:
+        return trace.latency_ms
+    return None
+
+
 def _boolean(raw: object) -> float | None:
     if isinstance(raw, bool):
         return 1.0 if raw else 0.0
@@ -360,9 +372,19 @@ class Evidence:
         info = _TraceInfo(arm=trace.arm, ts=trace.ts, cell=cell, error=error)
         self._traces[trace.trace_id] = info
         self._arrivals.append((trace.ts, trace.trace_id))
+        self._count_traffic(cell, trace.arm, error)
+        self._observe_trace_metrics(trace)
+        if not error:
+            self._expect_scores(trace)
+        if trace.scores:
+            self.add_scores(trace.trace_id, trace.scores, trace.ts)
+        return True
+
+    def _count_traffic(self, cell: Cell, arm: Arm, error: bool) -> None:
+        """One more trace of ``arm`` in its step and block, and its error."""
         step_traffic = self.step_traffic.setdefault(cell[0], [0, 0])
         block = self.block_errors.setdefault(cell[1], [0, 0, 0, 0])
-        if trace.arm is Arm.CANARY:
+        if arm is Arm.CANARY:
             step_traffic[1] += 1
             block[0] += 1
             block[1] += error
@@ -370,28 +392,20 @@ class Evidence:
             step_traffic[0] += 1
             block[2] += 1
             block[3] += error
+
+    def _observe_trace_metrics(self, trace: Trace) -> None:
+        """The values of the metrics a trace carries itself: errors, cost, latency."""
         for series in self.series.values():
-            source = series.metric.source
-            if source is MetricSource.ERROR_RATE:
-                raw: object = trace.error
-            elif source is MetricSource.COST:
-                raw = trace.cost_usd
-            elif source is MetricSource.LATENCY:
-                raw = trace.latency_ms
-            else:
-                continue
-            if raw is None:
-                continue
-            self._push(series, trace.trace_id, trace.ts, metric_value(series.metric, raw))
-        if not error:
-            timeout = self.policy.analysis.score_timeout
-            for name, group in self._by_score.items():
-                del name
-                for series in group:
-                    self._schedule(trace.ts + timeout, series.metric.name, trace.trace_id, None)
-        if trace.scores:
-            self.add_scores(trace.trace_id, trace.scores, trace.ts)
-        return True
+            raw = _trace_value(trace, series.metric.source)
+            if raw is not None:
+                self._push(series, trace.trace_id, trace.ts, metric_value(series.metric, raw))
+
+    def _expect_scores(self, trace: Trace) -> None:
+        """Check every score metric's coverage of this trace once its scores are due."""
+        due = trace.ts + self.policy.analysis.score_timeout
+        for group in self._by_score.values():
+            for series in group:
+                self._schedule(due, series.metric.name, trace.trace_id, None)
 
     def add_scores(self, trace_id: str, scores: Mapping[str, ScoreValue], at: float) -> None:
         """Record scores that arrived at ``at`` for a trace added earlier."""

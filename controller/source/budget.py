@@ -18,15 +18,28 @@ refused, and ``available_at`` says when one would.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from typing import Final
+
+from coalmine.shared.retry import Backoff, parse_retry_after
+
+__all__ = [
+    "DAY",
+    "DEFAULT_PER_MINUTE",
+    "DEFAULT_RETRY_AFTER",
+    "HOBBY_PUBLIC_API_LIMIT",
+    "HOUR",
+    "MAX_RETRY_AFTER",
+    "MINUTE",
+    "RATE_LIMITED",
+    "BudgetSettings",
+    "Clock",
+    "RequestBudget",
+]
 
 Clock = Callable[[], float]
 """Seconds, on any fixed origin; ``time.time`` unless a test moves time itself."""
@@ -38,6 +51,17 @@ DAY: Final = 86400.0
 DEFAULT_RETRY_AFTER: Final = 60.0
 """Seconds to hold off after a 429 that names no wait (Langfuse's windows are a minute)."""
 MAX_RETRY_AFTER: Final = DAY
+
+RATE_LIMITED: Final = Backoff(
+    attempts=1,
+    first=DEFAULT_RETRY_AFTER,
+    factor=1.0,
+    cap=DEFAULT_RETRY_AFTER,
+    jitter=0.0,
+    retry_after_cap=MAX_RETRY_AFTER,
+)
+"""How long a 429 holds the budget: what its ``Retry-After`` asks, up to a day, else a
+minute. No jitter: every client of the bucket waits for the same window to pass."""
 
 HOBBY_PUBLIC_API_LIMIT: Final = 30
 """Langfuse Cloud Hobby plan, General API bucket (observations v2, scores v3, score
@@ -120,6 +144,21 @@ class RequestBudget:
         with self._lock:
             self._blocked_until = max(self._blocked_until, until)
 
+    def hold_off(
+        self, retry_after: str | None, *, now: float | None = None, wall_now: float | None = None
+    ) -> float:
+        """Refuse every request for as long as a 429's ``Retry-After`` header asks, from
+        ``now`` (default: the clock); the wait, in seconds (see ``RATE_LIMITED``).
+
+        The header holds seconds or an HTTP date, read against ``wall_now`` (seconds since
+        the epoch; default: ``time.time()``)."""
+        at = self._clock() if now is None else now
+        wall = time.time() if wall_now is None else wall_now
+        asked = parse_retry_after(retry_after, now=wall, cap=MAX_RETRY_AFTER)
+        wait = RATE_LIMITED.delay(1, retry_after=asked)
+        self.blocked_until(at + wait)
+        return wait
+
     @property
     def blocked(self) -> float | None:
         """Until when requests are refused because of a 429, or None when they are not."""
@@ -155,29 +194,3 @@ def _forget(spent: deque[float], before: float) -> None:
     """Drop the requests made at or before ``before``: they left the window."""
     while spent and spent[0] <= before:
         spent.popleft()
-
-
-def status_class(status: int) -> str:
-    """``2xx`` … ``5xx``, with ``429`` on its own."""
-    return "429" if status == 429 else f"{status // 100}xx"
-
-
-def retry_after_seconds(value: str | None, wall_now: float) -> float:
-    """The wait a ``Retry-After`` header asks for: seconds or an HTTP date (read
-    against ``wall_now``, seconds since the epoch); a missing or unreadable header
-    waits ``DEFAULT_RETRY_AFTER``. Between 0 and a day."""
-    if value is None:
-        return DEFAULT_RETRY_AFTER
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            moment = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return DEFAULT_RETRY_AFTER
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        seconds = moment.timestamp() - wall_now
-    if not math.isfinite(seconds):
-        return DEFAULT_RETRY_AFTER
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)

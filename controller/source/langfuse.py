@@ -62,7 +62,6 @@ import logging
 import math
 import random
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -72,9 +71,10 @@ from typing import Any, Final
 import httpx
 
 from coalmine.shared.conventions import TAG_PREFIX, release_tag
+from coalmine.shared.retry import Backoff, status_class
 from controller.judge import ScoreValue
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
-from controller.source.budget import Clock, RequestBudget, retry_after_seconds, status_class
+from controller.source.budget import Clock, RequestBudget
 from policies.domain import Arm
 from policies.model import MetricSource, Policy
 
@@ -85,7 +85,9 @@ __all__ = [
     "DEFAULT_SCORE_LOOKBACK",
     "DEFAULT_SETTLE",
     "INGESTION_MARGIN",
+    "POLL_BACKOFF",
     "LangfuseSource",
+    "SourceSettings",
     "error_detail",
 ]
 
@@ -117,8 +119,9 @@ CLOCK_SKEW: Final = 1.0
 """Seconds by which an app span may start before the proxy's root span (the clocks of
 two hosts), for deciding which traces a partial read holds completely."""
 
-BACKOFF_BASE: Final = 5.0
-BACKOFF_CAP: Final = 600.0
+POLL_BACKOFF: Final = Backoff(first=3.75, factor=2.0, cap=450.0, jitter=1 / 3)
+"""The wait after consecutive failed polls: 2.5 to 5 s after the first, doubling up to
+300 to 600 s (a ceiling of 5 s doubling up to 600 s, times a random 0.5 to 1)."""
 
 _ARM_PREFIX: Final = f"{TAG_PREFIX}arm:"
 _ARMS: Final = {arm.value: arm for arm in Arm}
@@ -126,13 +129,52 @@ _NO_TIME: Final = float("-inf")
 
 
 class _PollError(Exception):
-    """The poll cannot go on; ``message`` is its one-line error."""
+    """The poll cannot go on; ``message`` is its one-line error. Never leaves this module:
+    ``poll`` turns it into a failed ``Poll`` (see ``controller.errors``)."""
 
     def __init__(self, message: str, *, budget: bool = False, retry_at: float | None = None):
         super().__init__(message)
         self.message = message
         self.budget = budget
         self.retry_at = retry_at
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSettings:
+    """How a ``LangfuseSource`` reads (see the module's docstring)."""
+
+    timeout: float = 10.0
+    """Seconds to wait for one answer."""
+
+    page_limit: int = MAX_OBSERVATIONS_PAGE
+    """Observations per page, 1 to ``MAX_OBSERVATIONS_PAGE``."""
+
+    lookback: float = DEFAULT_LOOKBACK
+    """Seconds each poll of observations reads again before its cursor, at least."""
+
+    score_lookback: float = DEFAULT_SCORE_LOOKBACK
+    """Seconds each poll of scores reads again before its cursor."""
+
+    settle: float = DEFAULT_SETTLE
+    """Seconds a root must have ended before ``now`` for its trace to be reported."""
+
+    max_window: float = DEFAULT_MAX_WINDOW
+    """Seconds a poll may move a cursor forward at most."""
+
+    backoff: Backoff = POLL_BACKOFF
+    """How long to wait after consecutive failed polls."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.page_limit <= MAX_OBSERVATIONS_PAGE:
+            raise ValueError(
+                f"page_limit must be 1 to {MAX_OBSERVATIONS_PAGE}, not {self.page_limit}"
+            )
+        for name in ("lookback", "score_lookback", "settle"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"{name} must be at least 0, not {value}")
+        if not self.max_window > 0:
+            raise ValueError(f"max_window must be positive, not {self.max_window}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +231,10 @@ class LangfuseSource:
     """Reads traces and scores of every running release from Langfuse.
 
     ``budget`` is the request budget of Langfuse's General API bucket, shared with the
-    other clients of that bucket in this process. ``clock`` (default: the budget's)
-    drives the budget, the backoff and ``retry_at``; ``now``, given to each poll,
-    places the read windows among the rows' timestamps.
+    other clients of that bucket in this process. ``settings`` say how to read (page
+    size, lookbacks, windows, backoff). ``clock`` (default: the budget's) drives the
+    budget, the backoff and ``retry_at``; ``now``, given to each poll, places the read
+    windows among the rows' timestamps. ``rng`` draws the backoff's jitter.
 
     Counters for metrics: ``request_counts[(endpoint, status_class)]`` (endpoint
     ``observations`` or ``scores``; status class ``2xx``, ``3xx``, ``4xx``, ``429``,
@@ -213,44 +256,19 @@ class LangfuseSource:
         secret_key: str,
         *,
         budget: RequestBudget,
+        settings: SourceSettings | None = None,
         transport: httpx.BaseTransport | None = None,
-        timeout: float = 10.0,
         clock: Clock | None = None,
-        page_limit: int = MAX_OBSERVATIONS_PAGE,
-        lookback: float = DEFAULT_LOOKBACK,
-        score_lookback: float = DEFAULT_SCORE_LOOKBACK,
-        settle: float = DEFAULT_SETTLE,
-        max_window: float = DEFAULT_MAX_WINDOW,
-        backoff: float = BACKOFF_BASE,
-        max_backoff: float = BACKOFF_CAP,
         rng: random.Random | None = None,
     ) -> None:
-        if not 1 <= page_limit <= MAX_OBSERVATIONS_PAGE:
-            raise ValueError(f"page_limit must be 1 to {MAX_OBSERVATIONS_PAGE}, not {page_limit}")
-        for name, value in (
-            ("lookback", lookback),
-            ("score_lookback", score_lookback),
-            ("settle", settle),
-        ):
-            if not value >= 0:
-                raise ValueError(f"{name} must be at least 0, not {value}")
-        if not max_window > 0 or not backoff > 0 or not max_backoff >= backoff:
-            raise ValueError("max_window and backoff must be positive, max_backoff >= backoff")
         self.base_url = base_url.rstrip("/")
         self.budget = budget
-        self.timeout = timeout
-        self.page_limit = page_limit
-        self.lookback = lookback
-        self.score_lookback = score_lookback
-        self.settle = settle
-        self.max_window = max_window
+        self.settings = settings or SourceSettings()
         self._clock = clock or budget.now
-        self._backoff = backoff
-        self._max_backoff = max_backoff
         self._rng = rng or random.Random()
         self._http = httpx.Client(
             auth=httpx.BasicAuth(public_key, secret_key),
-            timeout=timeout,
+            timeout=self.settings.timeout,
             transport=transport,
             headers={"Accept": "application/json", "User-Agent": "coalmine-controller"},
         )
@@ -277,7 +295,7 @@ class LangfuseSource:
     def lookback_for(self, releases: Mapping[str, Policy]) -> float:
         """Seconds a poll of these releases reads again before the observations cursor."""
         longest = max((policy.routing.read_timeout for policy in releases.values()), default=0.0)
-        return max(self.lookback, longest + INGESTION_MARGIN + self.settle)
+        return max(self.settings.lookback, longest + INGESTION_MARGIN + self.settings.settle)
 
     # ------------------------------------------------------------------------- polling
 
@@ -300,7 +318,7 @@ class LangfuseSource:
                     f"for another {wait:.0f}s",
                 )
         observed = self._window(start.observations_from, self.lookback_for(releases), now)
-        scored = self._window(start.scores_from, self.score_lookback, now)
+        scored = self._window(start.scores_from, self.settings.score_lookback, now)
         reading = _Reading()
         self._poll_requests.clear()
         stop: _PollError | None = None
@@ -310,7 +328,7 @@ class LangfuseSource:
         except _PollError as stopped:
             stop = stopped
         requests = dict(self._poll_requests)
-        settled_before = min(now, observed.end) - self.settle
+        settled_before = min(now, observed.end) - self.settings.settle
         traces = self._traces(
             reading.rows.values(), releases, settled_before, reading.complete_from
         )
@@ -362,7 +380,7 @@ class LangfuseSource:
                         reading.scores[score.score_id] = score
 
     def _window(self, cursor: float, lookback: float, now: float) -> _Window:
-        end = max(cursor, min(now, cursor + self.max_window))
+        end = max(cursor, min(now, cursor + self.settings.max_window))
         return _Window(start=cursor - lookback, end=end)
 
     def _observation_query(self, tags: list[str], window: _Window) -> dict[str, str]:
@@ -375,7 +393,7 @@ class LangfuseSource:
         ]
         return {
             "fields": OBSERVATION_FIELDS,
-            "limit": str(self.page_limit),
+            "limit": str(self.settings.page_limit),
             "fromStartTime": since,
             "toStartTime": until,
             "filter": json.dumps(conditions, separators=(",", ":")),
@@ -387,9 +405,9 @@ class LangfuseSource:
             self.retry_at = self.budget.available_at(clock)
             return
         self.consecutive_failures += 1
-        ceiling = min(self._max_backoff, self._backoff * 2.0 ** (self.consecutive_failures - 1))
-        retry_at = clock + ceiling * self._rng.uniform(0.5, 1.0)
-        if stop.retry_at is not None:
+        wait = self.settings.backoff.delay(self.consecutive_failures, rng=self._rng)
+        retry_at = clock + wait
+        if stop.retry_at is not None:  # a 429's Retry-After holds it at least that long
             retry_at = max(retry_at, stop.retry_at)
         self.retry_at = retry_at
 
@@ -422,7 +440,7 @@ class LangfuseSource:
             response = self._http.get(self.base_url + path, params=params)
         except httpx.TimeoutException:
             self.request_counts[(endpoint, "timeout")] += 1
-            raise _PollError(f"{endpoint}: no answer within {self.timeout:g}s") from None
+            raise _PollError(f"{endpoint}: no answer within {self.settings.timeout:g}s") from None
         except httpx.TransportError as error:
             self.request_counts[(endpoint, "connection")] += 1
             raise _PollError(f"{endpoint}: connection failed ({type(error).__name__})") from None
@@ -432,11 +450,10 @@ class LangfuseSource:
         status = response.status_code
         self.request_counts[(endpoint, status_class(status))] += 1
         if status == 429:
-            wait = retry_after_seconds(response.headers.get("retry-after"), time.time())
-            until = self._clock() + wait
-            self.budget.blocked_until(until)
+            now = self._clock()
+            wait = self.budget.hold_off(response.headers.get("retry-after"), now=now)
             message = f"{endpoint}: rate limited (429), retry after {wait:g}s"
-            raise _PollError(message, retry_at=until)
+            raise _PollError(message, retry_at=now + wait)
         if not 200 <= status < 300:
             raise _PollError(f"{endpoint}: HTTP {status}{error_detail(response)}")
         try:
@@ -586,7 +603,8 @@ def _prompt_version(observations: list[_Observation], policy: Policy) -> int | N
 
 
 class _MalformedError(ValueError):
-    """A field this source uses is missing or of the wrong type."""
+    """A field this source uses is missing or of the wrong type. Never leaves this
+    module: the row is skipped and counted."""
 
 
 def _parse_observation(raw: object) -> _Observation | None:

@@ -5,7 +5,8 @@ the default kubeconfig (``KUBECONFIG``, ``~/.kube/config``). Every call goes thr
 ``kube_call``, which gives each request a timeout and turns the client's exceptions into
 four kinds: not found, conflict (a stale ``resourceVersion``, or a name already taken),
 temporary (retry with backoff: 429, 5xx, the network) and permanent (the rest: 401, 403,
-422...).
+422...). The temporary and permanent kinds are also ``TemporaryError`` and
+``PermanentError`` of ``coalmine.shared.errors``, whose docstring draws the tree.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any, TypeVar
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings
+
+from coalmine.shared.errors import CoalmineError, PermanentError, TemporaryError
 
 T = TypeVar("T")
 
@@ -103,7 +106,7 @@ class ClusterSettings(BaseSettings):
         return self.pod_name or os.environ.get("HOSTNAME") or os.uname().nodename
 
 
-class KubeError(Exception):
+class KubeError(CoalmineError):
     """A Kubernetes API call failed."""
 
     def __init__(self, message: str, status: int = 0) -> None:
@@ -119,11 +122,11 @@ class KubeConflictError(KubeError):
     """409: the object changed since it was read, or its name is taken."""
 
 
-class KubeTemporaryError(KubeError):
+class KubeTemporaryError(KubeError, TemporaryError):
     """429, 5xx, a timeout or the network: retry with backoff."""
 
 
-class KubePermanentError(KubeError):
+class KubePermanentError(KubeError, PermanentError):
     """Anything else (401, 403, 422...): retrying the same request cannot help."""
 
 
