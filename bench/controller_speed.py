@@ -51,12 +51,12 @@ rollback; memory flat over 24 hours.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import platform
 import random
-import resource
 import shlex
 import socket
 import statistics
@@ -79,6 +79,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from bench.controller_world import World
+from bench.machine import machine_busy, own_cpu
 from coalmine.shared.conventions import trace_tags
 from coalmine.shared.routing_tables.store import SqliteRoutingStore
 from controller.labels import LangfusePromptLabels, StaticPromptLabels
@@ -250,19 +251,6 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return math.nan
-
-
-def machine_busy() -> float:
-    """CPU seconds the machine has been busy, all CPUs (user, nice, system, irq, softirq)."""
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu() -> float:
-    """CPU seconds of this process and of its children that have ended."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 @dataclass
@@ -608,27 +596,105 @@ def reference_read(urls: Sequence[str]) -> tuple[float, float, dict[str, int]]:
     return cpu, wall, dict(rows)
 
 
-def poll_run(
-    base_url: str,
-    tmp: Path,
-    emulator_pid: int,
-    *,
-    name: str,
-    prefix: str,
-    releases: int,
-    rate: int,
-    minutes: int,
-    budget_per_minute: int,
-    start: float,
-    scenario: int,
-    write: bool,
-    reference: bool,
-) -> PollRun:
+@dataclass(frozen=True)
+class PollPlan:
+    """What one poll run reads: ``releases`` releases named ``<prefix>-NN`` at ``rate``
+    traces a minute each, ``minutes`` measured ticks under a budget; ``write`` makes the
+    traffic first (else it reads what an earlier run wrote), ``reference`` reads each
+    tick's pages again with a bare client."""
+
+    name: str
+    prefix: str
+    releases: int
+    rate: int
+    minutes: int
+    budget_per_minute: int
+    start: float
+    scenario: int
+    write: bool
+    reference: bool
+
+    @property
+    def release_names(self) -> list[str]:
+        return [f"{self.prefix}-{index:02d}" for index in range(self.releases)]
+
+
+@dataclass
+class _PollRig:
+    """A controller reading the emulator through a timed source and a recording transport."""
+
+    controller: Controller
+    state: ControllerState
+    source: TimedSource
+    transport: RecordingTransport
+    clock: SimClock
+    emulator_pid: int
+
+
+def _measured_tick(rig: _PollRig, minute: int, reference: bool) -> tuple[Tick, str | None]:
+    """One tick at the rig's clock, with its CPU, wall time and requests; its poll error."""
+    rig.transport.exchanges.clear()
+    rig.source.cpu = 0.0
+    emulator_cpu = cpu_seconds(rig.emulator_pid)
+    wall = time.perf_counter()
+    cpu = time.process_time()
+    report = rig.controller.tick(rig.clock.now)
+    cpu = time.process_time() - cpu
+    wall = time.perf_counter() - wall
+    emulator_cpu = cpu_seconds(rig.emulator_pid) - emulator_cpu
+    poll = rig.source.last
+    walls: dict[str, list[float]] = {}
+    for url, seconds in rig.transport.exchanges:
+        walls.setdefault(endpoint_of(url), []).append(seconds)
+    tick = Tick(
+        minute=minute,
+        ok=bool(poll is not None and poll.ok and not report.poll_error),
+        requests=dict(poll.requests) if poll is not None else {},
+        cpu_s=cpu,
+        poll_cpu_s=rig.source.cpu,
+        wall_s=wall,
+        emulator_cpu_s=emulator_cpu,
+        request_wall_s=walls,
+        new_traces=report.new_traces,
+        new_scores=report.new_scores,
+    )
+    if reference and rig.transport.exchanges:
+        urls = [url for url, _ in rig.transport.exchanges]
+        tick.reference_cpu_s, tick.reference_wall_s, tick.rows = reference_read(urls)
+    return tick, report.poll_error
+
+
+def _ticks(rig: _PollRig, writer: Writer, plan: PollPlan) -> tuple[list[Tick], list[str]]:
+    """Start the releases, then a minute of traffic and a tick, minute after minute."""
+    names = plan.release_names
+    if plan.write:
+        writer.prompts(names)
+    rig.controller.tick(plan.start)
+    phases = {each: rig.state.release(each) for each in names}
+    if any(r is None or r.phase is not Phase.CANARY for r in phases.values()):
+        raise RuntimeError(f"releases did not start: {phases}")
+    ticks: list[Tick] = []
+    poll_errors: list[str] = []
+    for minute in range(WARMUP_MINUTES + plan.minutes):
+        minute_start = plan.start + minute * MINUTE
+        if plan.write:
+            writer.minute(names, plan.rate, minute_start)
+        rig.clock.now = minute_start + MINUTE + DEFAULT_SETTLE
+        measured = minute >= WARMUP_MINUTES
+        tick, poll_error = _measured_tick(rig, minute, plan.reference and measured)
+        if poll_error:
+            poll_errors.append(poll_error)
+        if measured:
+            ticks.append(tick)
+    return ticks, poll_errors
+
+
+def poll_run(base_url: str, tmp: Path, emulator_pid: int, plan: PollPlan) -> PollRun:
     """Simulated minutes of traffic, each followed by one tick of a controller."""
-    names = [f"{prefix}-{index:02d}" for index in range(releases)]
+    names = plan.release_names
     policies = {each: poll_policy(each) for each in names}
-    clock = SimClock(start)
-    budget = RequestBudget(BudgetSettings(per_minute=budget_per_minute), clock=clock)
+    clock = SimClock(plan.start)
+    budget = RequestBudget(BudgetSettings(per_minute=plan.budget_per_minute), clock=clock)
     transport = RecordingTransport()
     source = TimedSource(
         LangfuseSource(
@@ -636,7 +702,7 @@ def poll_run(
         )
     )
     labels = LangfusePromptLabels(base_url, PUBLIC_KEY, SECRET_KEY, budget=budget)
-    path = tmp / f"{prefix}-{scenario}.db"
+    path = tmp / f"{plan.prefix}-{plan.scenario}.db"
     state = ControllerState(path)
     routing = SqliteRoutingStore(path)
     controller = Controller(
@@ -646,55 +712,11 @@ def poll_run(
         labels=labels,
         policies=lambda: policies,
     )
-    ticks: list[Tick] = []
-    poll_errors: list[str] = []
+    rig = _PollRig(controller, state, source, transport, clock, emulator_pid)
     with httpx.Client(base_url=base_url, auth=(PUBLIC_KEY, SECRET_KEY), timeout=60) as http:
-        writer = Writer(http, scenario, random.Random(scenario))
+        writer = Writer(http, plan.scenario, random.Random(plan.scenario))
         try:
-            if write:
-                writer.prompts(names)
-            controller.tick(start)
-            phases = {each: state.release(each) for each in names}
-            if any(r is None or r.phase is not Phase.CANARY for r in phases.values()):
-                raise RuntimeError(f"releases did not start: {phases}")
-            for minute in range(WARMUP_MINUTES + minutes):
-                minute_start = start + minute * MINUTE
-                if write:
-                    writer.minute(names, rate, minute_start)
-                clock.now = minute_start + MINUTE + DEFAULT_SETTLE
-                transport.exchanges.clear()
-                source.cpu = 0.0
-                emulator_cpu = cpu_seconds(emulator_pid)
-                wall = time.perf_counter()
-                cpu = time.process_time()
-                report = controller.tick(clock.now)
-                cpu = time.process_time() - cpu
-                wall = time.perf_counter() - wall
-                emulator_cpu = cpu_seconds(emulator_pid) - emulator_cpu
-                if report.poll_error:
-                    poll_errors.append(report.poll_error)
-                if minute < WARMUP_MINUTES:
-                    continue
-                poll = source.last
-                walls: dict[str, list[float]] = {}
-                for url, seconds in transport.exchanges:
-                    walls.setdefault(endpoint_of(url), []).append(seconds)
-                tick = Tick(
-                    minute=minute,
-                    ok=bool(poll is not None and poll.ok and not report.poll_error),
-                    requests=dict(poll.requests) if poll is not None else {},
-                    cpu_s=cpu,
-                    poll_cpu_s=source.cpu,
-                    wall_s=wall,
-                    emulator_cpu_s=emulator_cpu,
-                    request_wall_s=walls,
-                    new_traces=report.new_traces,
-                    new_scores=report.new_scores,
-                )
-                if reference and transport.exchanges:
-                    urls = [url for url, _ in transport.exchanges]
-                    tick.reference_cpu_s, tick.reference_wall_s, tick.rows = reference_read(urls)
-                ticks.append(tick)
+            ticks, poll_errors = _ticks(rig, writer, plan)
             decisions = [
                 f"{each}: {record.decision}"
                 for each in names
@@ -708,10 +730,10 @@ def poll_run(
             routing.close()
             state.close()
     return PollRun(
-        name=name,
-        releases=releases,
-        rate=rate,
-        budget_per_minute=budget_per_minute,
+        name=plan.name,
+        releases=plan.releases,
+        rate=plan.rate,
+        budget_per_minute=plan.budget_per_minute,
         ticks=ticks,
         written_traces=writer.traces,
         write_seconds=writer.seconds,
@@ -754,35 +776,28 @@ def poll_benchmark(tmp: Path, releases: int, rate: int, minutes: int, start: flo
     base_url = f"http://{HOST}:{port}"
     args = [sys.executable, "-c", EMULATOR_SERVER, str(port)]
     with launched(args, f"{base_url}/api/public/health", log) as emulator:
-        common: dict[str, Any] = {"minutes": minutes, "start": start}
-        main = poll_run(
-            base_url,
-            tmp,
-            emulator.pid,
+        main_plan = PollPlan(
             name=f"{releases} releases x {rate:,} traces/min, unbounded budget",
             prefix="rel",
             releases=releases,
             rate=rate,
+            minutes=minutes,
             budget_per_minute=1_000_000,
+            start=start,
             scenario=1,
             write=True,
             reference=True,
-            **common,
         )
-        default_budget = poll_run(
-            base_url,
-            tmp,
-            emulator.pid,
+        main = poll_run(base_url, tmp, emulator.pid, main_plan)
+        default_plan = dataclasses.replace(
+            main_plan,
             name=f"the same data, default budget ({DEFAULT_PER_MINUTE}/min)",
-            prefix="rel",
-            releases=releases,
-            rate=rate,
             budget_per_minute=DEFAULT_PER_MINUTE,
             scenario=2,
             write=False,
             reference=False,
-            **common,
         )
+        default_budget = poll_run(base_url, tmp, emulator.pid, default_plan)
         traffic = main.traffic
         rows_per_trace = {
             endpoint: main.rows(endpoint) / traffic for endpoint in ("observations", "scores")
@@ -792,10 +807,7 @@ def poll_benchmark(tmp: Path, releases: int, rate: int, minutes: int, start: flo
         check_rate = max(1, math.floor(CHECK_SHARE * sustained_default / releases))
         # later in simulated time: the scores query reads every score of its name
         check_start = start + (WARMUP_MINUTES + minutes + 5) * MINUTE
-        check = poll_run(
-            base_url,
-            tmp,
-            emulator.pid,
+        check_plan = PollPlan(
             name=(
                 f"{releases} releases x {check_rate:,} traces/min "
                 f"({100 * CHECK_SHARE:.0f}% of the ceiling), default budget "
@@ -811,6 +823,7 @@ def poll_benchmark(tmp: Path, releases: int, rate: int, minutes: int, start: flo
             write=True,
             reference=True,
         )
+        check = poll_run(base_url, tmp, emulator.pid, check_plan)
     return PollResults(
         main=main,
         default_budget=default_budget,
@@ -1131,6 +1144,25 @@ def memory_process(tmp: Path, hours: int) -> MemoryResults:
     return MemoryResults.from_json(json.loads(out.read_text()))
 
 
+def _growth(
+    final: tracemalloc.Snapshot, baseline: tracemalloc.Snapshot | None
+) -> tuple[list[Growth], list[Growth]]:
+    """The largest growths from the baseline to the final snapshot: by line, by file."""
+    top: list[Growth] = []
+    files: list[Growth] = []
+    if baseline is None:
+        return top, files
+    for stat in final.compare_to(baseline, "lineno")[:MEMORY_TOP]:
+        frame = stat.traceback[0]
+        top.append(
+            Growth(_where(frame.filename, frame.lineno), stat.size_diff / 1e3, stat.count_diff)
+        )
+    for stat in final.compare_to(baseline, "filename")[:MEMORY_TOP]:
+        name = _where(stat.traceback[0].filename, 0).rsplit(":", 1)[0]
+        files.append(Growth(name, stat.size_diff / 1e3, stat.count_diff))
+    return top, files
+
+
 def memory_benchmark(tmp: Path, hours: int, rate: int, start: float) -> MemoryResults:
     began = time.perf_counter()
     tracemalloc.start()
@@ -1204,17 +1236,7 @@ def memory_benchmark(tmp: Path, hours: int, rate: int, start: float) -> MemoryRe
         tracemalloc.stop()
         state.close()
         routing.close()
-    top: list[Growth] = []
-    files: list[Growth] = []
-    if baseline is not None:
-        for stat in final.compare_to(baseline, "lineno")[:MEMORY_TOP]:
-            frame = stat.traceback[0]
-            top.append(
-                Growth(_where(frame.filename, frame.lineno), stat.size_diff / 1e3, stat.count_diff)
-            )
-        for stat in final.compare_to(baseline, "filename")[:MEMORY_TOP]:
-            name = _where(stat.traceback[0].filename, 0).rsplit(":", 1)[0]
-            files.append(Growth(name, stat.size_diff / 1e3, stat.count_diff))
+    top, files = _growth(final, baseline)
     return MemoryResults(
         hours=samples,
         top=top,

@@ -119,12 +119,8 @@ def run_benchmark(
     """Apply every method to the same ``runs`` seeded runs of each scenario."""
     traffic = traffic or TRAFFIC["10/90"]
     names = [m.name for m in methods]
-    if len(set(names)) != len(names):
-        raise ValueError(f"method names must be unique: {names}")
     scenario_names = list(scenarios)
-    for s in scenario_names:
-        if s not in SCENARIOS:
-            raise ValueError(f"unknown scenario {s!r}; known: {', '.join(SCENARIOS)}")
+    _check_names(names, scenario_names)
     seeds = [seed * SEED_STRIDE + i for i in range(runs)]
     chunk = max(1, min(100, math.ceil(runs / (4 * max(workers, 1)))))
     tasks = [
@@ -133,34 +129,48 @@ def run_benchmark(
         for i in range(0, runs, chunk)
     ]
     t0 = time.perf_counter()
-    if workers <= 1:
-        results = [_run_task(t) for t in tasks]
-    else:
-        with multiprocessing.get_context().Pool(workers) as pool:
-            results = pool.map(_run_task, tasks, chunksize=1)
+    results = _run_tasks(tasks, workers)
     if timing is not None:
         timing.wall_seconds = time.perf_counter() - t0
         total_runs = max(1, runs * len(scenario_names))
         timing.generate_ms_per_run = 1e3 * sum(r.generate_seconds for r in results) / total_runs
-
     rows: list[Row] = []
     for s in scenario_names:
-        parts = [r for r in results if r.scenario == s]
-        per_method = {}
-        for name in names:
-            dec = np.array([d for r in parts for d in r.decisions[name]])
-            mins = np.array([m for r in parts for m in r.minutes[name]])
-            secs = sum(r.seconds[name] for r in parts)
-            per_method[name] = (dec, mins, secs)
-        oracle_mean = None
-        if ORACLE_NAME in per_method:
-            dec, mins, _ = per_method[ORACLE_NAME]
-            if np.mean(dec == "rollback") >= EFFICIENCY_MIN_DETECTION:
-                oracle_mean = float(mins[dec == "rollback"].mean())
-        for name in names:
-            dec, mins, secs = per_method[name]
-            rows.append(_row(s, name, dec, mins, secs=secs, oracle_mean=oracle_mean))
+        rows += _scenario_rows(s, names, [r for r in results if r.scenario == s])
     return rows
+
+
+def _check_names(methods: Sequence[str], scenarios: Sequence[str]) -> None:
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"method names must be unique: {list(methods)}")
+    for s in scenarios:
+        if s not in SCENARIOS:
+            raise ValueError(f"unknown scenario {s!r}; known: {', '.join(SCENARIOS)}")
+
+
+def _run_tasks(tasks: Sequence[_Task], workers: int) -> list[_Result]:
+    if workers <= 1:
+        return [_run_task(t) for t in tasks]
+    with multiprocessing.get_context().Pool(workers) as pool:
+        return pool.map(_run_task, tasks, chunksize=1)
+
+
+def _scenario_rows(scenario: str, names: Sequence[str], parts: Sequence[_Result]) -> list[Row]:
+    """One row per method, from the results of one scenario's tasks."""
+    per_method = {}
+    for name in names:
+        dec = np.array([d for r in parts for d in r.decisions[name]])
+        mins = np.array([m for r in parts for m in r.minutes[name]])
+        per_method[name] = (dec, mins, sum(r.seconds[name] for r in parts))
+    oracle_mean = None
+    if ORACLE_NAME in per_method:
+        dec, mins, _ = per_method[ORACLE_NAME]
+        if np.mean(dec == "rollback") >= EFFICIENCY_MIN_DETECTION:
+            oracle_mean = float(mins[dec == "rollback"].mean())
+    return [
+        _row(scenario, name, dec, mins, secs=secs, oracle_mean=oracle_mean)
+        for name, (dec, mins, secs) in per_method.items()
+    ]
 
 
 def _quantile(x: np.ndarray, q: float) -> float | None:

@@ -199,6 +199,8 @@ def render(out: Path) -> str:
         "proxy_speed.md",
         "controller_speed.md",
         "cluster_speed.md",
+        "span_export.md",
+        "notify_queue.md",
     ):
         parts += _own_report(out / report)
     return "\n".join(parts)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks: decision quality against the incumbents' rules (both traffic splits),
 # replay throughput, emulator speed and proxy speed (next to nginx; scripts/bench-deps.sh
-# installs nginx and wrk with apt-get when they are missing). Raw results go to
-# bench/out/, the tables to docs/benchmarks.md.
+# installs nginx and wrk with apt-get when they are missing), controller and cluster
+# speed, and the span exporter and the notification queue against the libraries that
+# could replace them (about 7 minutes of the total). Raw results go to bench/out/, the
+# tables to docs/benchmarks.md.
 # Takes about 25 minutes on 2 cores; RUNS=300 scripts/bench.sh for a quicker look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +19,6 @@ scripts/bench-deps.sh
 python -m bench.proxy_speed --out bench/out
 python -m bench.controller_speed --out bench/out
 python -m bench.cluster_speed --out bench/out
+python -m bench.span_export --out bench/out
+python -m bench.notify_queue --out bench/out
 python -m bench.summary --out bench/out --doc docs/benchmarks.md
