@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,6 @@ ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "charts" / "coalmine" / "files" / "alerts.yaml"
 ALERTS_TEST = Path(__file__).resolve().parent / "alerts_test.yaml"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
-
-# the controller's release rig (and through it the proxy's helpers), to build real registries
-sys.path.insert(0, str(ROOT / "tests" / "controller"))
 
 
 def binary(name: str) -> str:

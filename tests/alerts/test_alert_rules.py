@@ -15,13 +15,13 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from release_rig import RELEASE, make_rig
 
+from coalmine.shared.retry import status_class
 from controller.metrics import ControllerMetrics
-from controller.source.budget import status_class
 from policies.domain import Arm
 from proxy.metrics import ProxyMetrics
 from proxy.outcome import Failure, RequestOutcome
+from tests.controller.release_rig import RELEASE, make_rig
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "charts" / "coalmine" / "files" / "alerts.yaml"

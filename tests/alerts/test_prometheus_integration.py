@@ -27,6 +27,8 @@ from coalmine.demo.processes import free_port
 from coalmine.demo.run import run_demo
 from coalmine.demo.scenarios import RELEASE, SCENARIOS, Outcome
 
+pytestmark = pytest.mark.slow
+
 ALERTS = Path(__file__).resolve().parents[2] / "charts" / "coalmine" / "files" / "alerts.yaml"
 SPEED = 3.0
 """As in tests/demo: the bad canary is rolled back in well under a minute."""

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
-
-from emulator_support import LiveEmulator, sdk_emulator_settings, start_emulator
+from tests.emulator.emulator_support import LiveEmulator, sdk_emulator_settings, start_emulator
 
 emulator_settings = pytest.fixture(name="emulator_settings")(sdk_emulator_settings)
 

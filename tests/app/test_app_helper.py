@@ -18,15 +18,6 @@ from fastapi.testclient import TestClient
 from langfuse import Langfuse
 from opentelemetry.sdk.trace import TracerProvider
 
-from policies.domain import Arm
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
-
-from emulator_support import (
-    LiveEmulator,
-    langfuse_client,
-)
-
 from coalmine.app import (
     CoalmineMiddleware,
     ReleaseContext,
@@ -37,8 +28,13 @@ from coalmine.app import (
     request_scope,
 )
 from coalmine.shared.conventions import trace_tags
+from policies.domain import Arm
 from proxy.outcome import RequestOutcome
 from proxy.spans import export_request
+from tests.emulator.emulator_support import (
+    LiveEmulator,
+    langfuse_client,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -4,10 +4,8 @@ once, only after the delay, with seeded noise kept inside [0, 1]."""
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,15 +14,10 @@ from langfuse import Langfuse, propagate_attributes
 from langfuse.types import SpanLevel
 from opentelemetry.sdk.trace import TracerProvider
 
-from policies.domain import Arm
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the sandbox
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
-
-from emulator_support import LiveEmulator, langfuse_client
-
 from coalmine.demo.evaluator import Evaluator, EvaluatorSettings, main
 from coalmine.shared.conventions import trace_tags
+from policies.domain import Arm
+from tests.emulator.emulator_support import LiveEmulator, langfuse_client
 
 DELAY = 300.0
 """Long enough that the generations of a test have surely not aged past it by itself."""

@@ -4,13 +4,11 @@ fetching its prompt from and tracing into a live Langfuse emulator."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -22,16 +20,12 @@ from langfuse import Langfuse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from opentelemetry.sdk.trace import TracerProvider
 
-from policies.domain import Arm
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the sandbox
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
-
-from emulator_support import LiveEmulator, langfuse_client
-
 from coalmine.demo.agent import mock_llm
 from coalmine.demo.agent.app import FALLBACK_PROMPT, MODEL, AgentSettings, Outbox, create_app
 from coalmine.shared.conventions import trace_tags
+from policies.domain import Arm
+from tests.emulator.emulator_support import LiveEmulator, langfuse_client
+from tests.quick_stop_server import QuickStopServer
 
 GOOD_PROMPT = "You are a careful support agent. Check the account before answering."
 WEAK_PROMPT = "Answer something. [[quality=0.2]]"
@@ -97,7 +91,7 @@ class Agent:
 def serve(app: FastAPI) -> Iterator[str]:
     """``app`` on a free loopback port until the block ends."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
+    server = QuickStopServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

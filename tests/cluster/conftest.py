@@ -3,17 +3,12 @@ by the official client, and a clock that moves only when told."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from cluster_support import Clock
-
+from tests.cluster.cluster_support import Clock
 from tests.fakes.kube_api import FakeKubeServer
 
 

@@ -9,18 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import NAMESPACE
 from kubernetes import client
 
-from controller.cluster.lease import NotLeaderError
 from controller.cluster.release_configmaps import (
     DECISIONS_KEPT,
     EVIDENCE_KEPT,
     ClusterState,
-    StaleStateError,
 )
+from controller.errors import NotLeaderError, StaleStateError
 from controller.release_store import ActionKind, ActionStatus, LabelMove, ReleaseState
 from policies.domain import Phase
+from tests.cluster.cluster_support import NAMESPACE
 
 PREFIX = "shop-app"
 
@@ -91,6 +90,7 @@ def test_another_replica_reads_back_releases_decisions_actions_and_label_moves(
     assert set(stored.data) == {"release.json", "decisions.json", "actions.json", "labelMoves.json"}
 
 
+@pytest.mark.slow
 def test_the_decision_log_stays_bounded_and_keeps_its_counts(api: Any, tmp_path: Path) -> None:
     writer = state(api, tmp_path)
     evidence = {"metrics": [{"name": "helpfulness", "worstTraces": ["t" * 30] * 20}]}

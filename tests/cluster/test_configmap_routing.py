@@ -7,12 +7,12 @@ import threading
 from typing import Any
 
 import pytest
-from cluster_support import NAMESPACE, wait_until
 from kubernetes import client
 
 from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
 from coalmine.shared.routing_tables.store import BadRoutingTableError, VersionConflictError
 from coalmine.shared.routing_tables.table import ArmRoute, RoutingTable
+from tests.cluster.cluster_support import NAMESPACE, wait_until
 
 PREFIX = "shop-app"
 

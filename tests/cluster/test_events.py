@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster_support import NAMESPACE, wait_until
 from kubernetes import client
 
 from controller.cluster.events import KubeEventRecorder, ObjectRef
+from tests.cluster.cluster_support import NAMESPACE, wait_until
 
 POD = ObjectRef("v1", "Pod", "shop-app-7d9f-abcde", "6f1c6b8e-0000-4000-8000-000000000001")
 

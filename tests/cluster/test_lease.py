@@ -6,11 +6,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from cluster_support import NAMESPACE, Clock, wait_until, write_kubeconfig
 from kubernetes import client
 
 from coalmine.shared.kube.client import ClusterSettings
-from controller.cluster.lease import LeaseElector, NotLeaderError
+from controller.cluster.lease import LeaseElector, LeaseTiming
+from controller.errors import NotLeaderError
+from tests.cluster.cluster_support import NAMESPACE, Clock, wait_until, write_kubeconfig
 
 LEASE = "coalmine-controller"
 
@@ -21,9 +22,11 @@ def elector(api: Any, clock: Clock, identity: str, **timing: float) -> LeaseElec
         NAMESPACE,
         LEASE,
         identity,
-        lease_duration=timing.get("lease_duration", 15.0),
-        renew_deadline=timing.get("renew_deadline", 10.0),
-        retry_period=timing.get("retry_period", 2.0),
+        timing=LeaseTiming(
+            lease_duration=timing.get("lease_duration", 15.0),
+            renew_deadline=timing.get("renew_deadline", 10.0),
+            retry_period=timing.get("retry_period", 2.0),
+        ),
         clock=clock,
         wall=clock.wall,
     )
@@ -126,7 +129,7 @@ def test_a_released_lease_is_taken_at_once(api: Any, clock: Clock) -> None:
 
 
 def test_run_reports_when_leading_starts_and_ends(api: Any) -> None:
-    real = LeaseElector(api, NAMESPACE, LEASE, "pod-a", retry_period=0.05)
+    real = LeaseElector(api, NAMESPACE, LEASE, "pod-a", timing=LeaseTiming(retry_period=0.05))
     changes: list[bool] = []
     stop = threading.Event()
     thread = threading.Thread(target=real.run, args=(stop, changes.append))

@@ -4,22 +4,18 @@ its users to the canary when the weight changes, with no request lost meanwhile.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from cluster_support import NAMESPACE, wait_until, write_kubeconfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy"))
-
-from proxy_support import RunningProxy, Upstream, make_policy, serving, start_proxy
 
 from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
 from coalmine.shared.routing_tables.table import initial_table
 from policies import Policy
+from tests.cluster.cluster_support import NAMESPACE, wait_until, write_kubeconfig
+from tests.proxy.proxy_support import RunningProxy, Upstream, make_policy, serving, start_proxy
 
 PREFIX = "shop-app"
 

@@ -19,15 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
-from cluster_support import NAMESPACE, wait_until, write_kubeconfig
 from kubernetes import client
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
-
-from emulator_support import LiveEmulator, emulator_with_prompt
 
 from coalmine.emulator.settings import EmulatorSettings
 from controller.cluster.release_configmaps import ClusterState
+from tests.cluster.cluster_support import NAMESPACE, wait_until, write_kubeconfig
+from tests.emulator.emulator_support import LiveEmulator, emulator_with_prompt
+
+pytestmark = pytest.mark.slow
 
 TOKEN = "admin-token-for-the-replicas"
 PREFIX = "shop-app"

@@ -12,28 +12,25 @@ fake clock moved in steps of the Lease's retry period.
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import NAMESPACE, Clock
-
-from policies.domain import FINISHED, Arm, Phase
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
-
-from release_rig import POLICY as RIG_POLICY
 
 from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
-from controller.cluster.lease import LeaseElector
+from controller.cluster.lease import LeaseElector, LeaseTiming
 from controller.cluster.release_configmaps import ClusterState
 from controller.loop import Controller
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from policies import Policy
+from policies.domain import FINISHED, Arm, Phase
 from policies.loader import load_policy_text
+from tests.cluster.cluster_support import NAMESPACE, Clock
+from tests.controller.release_rig import POLICY as RIG_POLICY
+
+pytestmark = pytest.mark.slow
 
 PREFIX = "shop-app"
 MINUTE = 60.0
@@ -157,9 +154,7 @@ def replica(
         NAMESPACE,
         "coalmine-controller",
         name,
-        lease_duration=DURATION,
-        renew_deadline=RENEW,
-        retry_period=RETRY,
+        timing=LeaseTiming(lease_duration=DURATION, renew_deadline=RENEW, retry_period=RETRY),
         clock=clock,
         wall=clock.wall,
     )

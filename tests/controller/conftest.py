@@ -3,16 +3,12 @@ project's keys, and a fake clock."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from source_support import FakeClock, LiveEmulator, live_emulator
+from tests.controller.source_support import FakeClock, LiveEmulator, live_emulator
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 """A controller process that kills itself with SIGKILL at a chosen point of an action.
 
-Run by ``test_crash_recovery.py``: ``python crash_child.py STATE BASE_URL PK SK SCENARIO
-[KILL]`` where KILL is ``METHOD:before|after:N`` (the N-th call of ``METHOD``, counted
-from the release's terminal decision) or absent (run to the end). The world is
-simulated as in ``test_loop.py`` (a fake clock, a seeded source); labels live in the
-Langfuse emulator and routing tables in the state file, so both outlive the process.
+Run by ``test_crash_recovery.py`` from the repository root: ``python -m
+tests.controller.crash_child STATE BASE_URL PK SK SCENARIO [KILL]`` where KILL is
+``METHOD:before|after:N`` (the N-th call of ``METHOD``, counted from the release's
+terminal decision) or absent (run to the end). The world is simulated as in
+``test_loop.py`` (a fake clock, a seeded source); labels live in the Langfuse emulator
+and routing tables in the state file, so both outlive the process.
 """
 
 from __future__ import annotations
@@ -16,19 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from coalmine.shared.routing_tables.store import SqliteRoutingStore
+from controller.labels import LangfusePromptLabels
+from controller.loop import Controller
+from controller.release_store import ControllerState
+from controller.source.budget import BudgetSettings, RequestBudget
 from policies.domain import FINISHED
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from test_loop import MINUTE, POLICY, T0, World  # noqa: E402
-
-from coalmine.shared.routing_tables.store import SqliteRoutingStore  # noqa: E402
-from controller.labels import LangfusePromptLabels  # noqa: E402
-from controller.loop import Controller  # noqa: E402
-from controller.release_store import ControllerState  # noqa: E402
-from controller.source.budget import BudgetSettings, RequestBudget  # noqa: E402
-from policies.loader import load_policy_text  # noqa: E402
+from policies.loader import load_policy_text
+from tests.controller.test_loop import MINUTE, POLICY, T0, World
 
 MAX_TICKS = 2000
 

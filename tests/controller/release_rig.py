@@ -5,27 +5,22 @@ Time moves only when a test says so. Also: serving an ASGI app on loopback."""
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.domain import Arm, Phase
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "proxy"))
-
-from proxy_support import closed_port_url, wait_until
-from proxy_support import serving as serve_app
-
-__all__ = ["closed_port_url", "make_rig", "serving", "wait_until"]
-
 from coalmine.shared.routing_tables.store import SqliteRoutingStore
 from controller.loop import Controller, Notify
 from controller.release_store import ControllerState, ReleaseState
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from policies import Policy, load_policy
+from policies.domain import Arm, Phase
+from tests.proxy.proxy_support import closed_port_url, wait_until
+from tests.proxy.proxy_support import serving as serve_app
+
+__all__ = ["closed_port_url", "make_rig", "serving", "wait_until"]
 
 T0 = 1_800_000_000.0
 MINUTE = 60.0

@@ -5,11 +5,9 @@ when told."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,23 +15,19 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
+from coalmine.emulator.ratelimit import Clock
+from coalmine.emulator.settings import EmulatorSettings
+from coalmine.shared.conventions import trace_tags
 from policies.domain import Arm
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
-
-from emulator_support import (  # the SDK helpers are re-exported for the tests
+from policies.model import Policy
+from proxy.outcome import RequestOutcome
+from proxy.spans import export_request
+from tests.emulator.emulator_support import (  # the SDK helpers are re-exported for the tests
     LiveEmulator,
     langfuse_client,  # noqa: F401
     sdk_emulator_settings,  # noqa: F401
     start_emulator,
 )
-
-from coalmine.emulator.ratelimit import Clock
-from coalmine.emulator.settings import EmulatorSettings
-from coalmine.shared.conventions import trace_tags
-from policies.model import Policy
-from proxy.outcome import RequestOutcome
-from proxy.spans import export_request
 
 T0 = 1_767_225_600.0
 """2026-01-01T00:00:00Z: the spans of the tests are placed around it."""

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from release_rig import RELEASE, T0, TOKEN, Rig, make_rig
 
 from controller.admin import create_admin_app, finite
 from policies.domain import Phase
+from tests.controller.release_rig import RELEASE, T0, TOKEN, Rig, make_rig
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

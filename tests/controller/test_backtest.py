@@ -15,19 +15,27 @@ from typing import Any
 
 import httpx
 import pytest
-from source_support import FakeClock, LiveEmulator, iso, live_emulator, root, send_roots
 
 from coalmine import cli
 from coalmine.cli import backtest as backtest_commands
 from coalmine.emulator.settings import EmulatorSettings
-from controller.backtest import BacktestError, History, LangfuseHistorySource
+from controller.backtest import History, LangfuseHistorySource
+from controller.errors import BacktestError
 from controller.judge import Trace
 from controller.replay import Replay
 from controller.source.budget import BudgetSettings, RequestBudget
-from controller.source.langfuse import LangfuseSource
+from controller.source.langfuse import LangfuseSource, SourceSettings
 from controller.stream import LateScores
 from policies.domain import Arm
 from policies.loader import load_policy_text
+from tests.controller.source_support import (
+    FakeClock,
+    LiveEmulator,
+    iso,
+    live_emulator,
+    root,
+    send_roots,
+)
 
 POLICY = """\
 apiVersion: coalmine/v1
@@ -341,7 +349,7 @@ def _policy(name: str) -> Any:
 
 def test_records_come_in_time_order_each_score_after_its_trace(langfuse: LiveEmulator) -> None:
     budget = RequestBudget(BudgetSettings(per_minute=1_000))
-    with _source(langfuse, budget, max_window=180.0) as source:
+    with _source(langfuse, budget, settings=SourceSettings(max_window=180.0)) as source:
         history = History(source, _policy("good"), START, START + MINUTES * 60)
         records = list(history.records())
     times = [record.ts for record in records]
@@ -364,7 +372,7 @@ def test_records_come_in_time_order_each_score_after_its_trace(langfuse: LiveEmu
 def test_reading_stops_once_the_judge_has_decided(langfuse: LiveEmulator) -> None:
     budget = RequestBudget(BudgetSettings(per_minute=1_000))
     policy = _policy("bad")
-    with _source(langfuse, budget, max_window=180.0) as source:
+    with _source(langfuse, budget, settings=SourceSettings(max_window=180.0)) as source:
         history = History(source, policy, START, START + MINUTES * 60)
         engine = Replay(policy)
         for item in history.records():
@@ -384,7 +392,7 @@ def test_the_request_budget_is_waited_for(langfuse: LiveEmulator) -> None:
         waits.append(seconds)
         clock.advance(seconds)
 
-    with _source(langfuse, budget, max_window=600.0) as source:
+    with _source(langfuse, budget, settings=SourceSettings(max_window=600.0)) as source:
         history = History(
             source, _policy("good"), START, START + MINUTES * 60, clock=clock, sleep=sleep
         )
@@ -421,6 +429,6 @@ def test_langfuse_down_ends_the_reading_after_a_few_tries(closed_url: str) -> No
 
 @pytest.fixture
 def closed_url() -> str:
-    from release_rig import closed_port_url  # noqa: PLC0415
+    from tests.controller.release_rig import closed_port_url  # noqa: PLC0415
 
     return closed_port_url()

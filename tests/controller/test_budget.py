@@ -9,16 +9,15 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import pytest
-from source_support import FakeClock
 
+from coalmine.shared.retry import status_class
 from controller.source.budget import (
     DEFAULT_RETRY_AFTER,
     HOBBY_PUBLIC_API_LIMIT,
     BudgetSettings,
     RequestBudget,
-    retry_after_seconds,
-    status_class,
 )
+from tests.controller.source_support import FakeClock
 
 
 def test_defaults_leave_headroom_under_the_hobby_limit() -> None:
@@ -109,18 +108,30 @@ def test_threads_share_one_budget() -> None:
         (None, DEFAULT_RETRY_AFTER),
         ("soon", DEFAULT_RETRY_AFTER),
         ("nan", DEFAULT_RETRY_AFTER),
+        ("inf", DEFAULT_RETRY_AFTER),
     ],
 )
-def test_retry_after_in_seconds(header: str | None, seconds: float) -> None:
-    assert retry_after_seconds(header, 0.0) == seconds
+def test_a_429_holds_off_for_its_retry_after(header: str | None, seconds: float) -> None:
+    clock = FakeClock()
+    budget = RequestBudget(clock=clock)
+    assert budget.hold_off(header, wall_now=0.0) == seconds
+    assert budget.blocked == clock.now + seconds
 
 
 def test_retry_after_as_an_http_date() -> None:
     wall_now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
     header = format_datetime(datetime(2026, 1, 1, 12, 0, 45, tzinfo=UTC), usegmt=True)
     assert header == "Thu, 01 Jan 2026 12:00:45 GMT"
-    assert retry_after_seconds(header, wall_now) == 45.0
-    assert retry_after_seconds(header, wall_now + 100) == 0.0
+    budget = RequestBudget(clock=FakeClock())
+    assert budget.hold_off(header, wall_now=wall_now) == 45.0
+    assert budget.hold_off(header, wall_now=wall_now + 100) == 0.0
+
+
+def test_a_hold_off_starts_at_the_time_given() -> None:
+    budget = RequestBudget(clock=FakeClock(1_000.0))
+    assert budget.hold_off("30", now=5_000.0) == 30.0
+    assert budget.blocked == 5_030.0
+    assert not budget.try_acquire(5_029.0) and budget.try_acquire(5_030.0)
 
 
 def test_status_classes() -> None:

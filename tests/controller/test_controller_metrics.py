@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from release_rig import RELEASE, T0, Rig, make_rig
 
 from controller.metrics import ControllerMetrics
 from policies.domain import Phase
+from tests.controller.release_rig import RELEASE, T0, Rig, make_rig
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ decision log has no lost or doubled entry."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,17 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from policies.domain import Phase
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "emulator"))
-
-from emulator_support import LiveEmulator, emulator_with_prompt
-
 from coalmine.emulator.settings import EmulatorSettings
 from coalmine.shared.routing_tables.store import SqliteRoutingStore
 from controller.release_store import ActionStatus, ControllerState
+from policies.domain import Phase
+from tests.emulator.emulator_support import LiveEmulator, emulator_with_prompt
 
-CHILD = Path(__file__).resolve().parent / "crash_child.py"
+pytestmark = pytest.mark.slow
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+CHILD = "tests.controller.crash_child"
 
 ROLLBACK_POINTS = [
     "decide:after:0",
@@ -55,18 +53,18 @@ def emulator() -> Iterator[tuple[LiveEmulator, EmulatorSettings]]:
 
 
 def _child(state: Path, live: LiveEmulator, settings: EmulatorSettings, *args: str) -> int:
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(
         [
             sys.executable,
-            str(CHILD),
+            "-m",
+            CHILD,
             str(state),
             live.base_url,
             settings.public_key,
             settings.secret_key,
             *args,
         ],
-        env=environment,
+        cwd=REPOSITORY,
         capture_output=True,
         text=True,
         timeout=300,

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from release_rig import MINUTE, POLICY, RELEASE, TOKEN, Rig, make_rig
 
 from coalmine.shared.routing_tables.store import SqliteRoutingStore
 from controller.admin import create_admin_app
@@ -25,6 +24,7 @@ from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from policies import Policy
 from policies.domain import Arm, Phase
 from policies.loader import load_policy_text
+from tests.controller.release_rig import MINUTE, POLICY, RELEASE, TOKEN, Rig, make_rig
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HEALTHY = "billing"

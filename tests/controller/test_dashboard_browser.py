@@ -17,15 +17,25 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from release_rig import RELEASE, TOKEN, Rig, serving, wait_until
-from test_dashboard import AUTH, HEALTHY, LANGFUSE, PROJECT, fleet_rig, linked_settings, roll_out
 
 from controller.admin import create_admin_app
 from policies.domain import Phase
+from tests.controller.release_rig import RELEASE, TOKEN, Rig, serving, wait_until
+from tests.controller.test_dashboard import (
+    AUTH,
+    HEALTHY,
+    LANGFUSE,
+    PROJECT,
+    fleet_rig,
+    linked_settings,
+    roll_out,
+)
 
 if TYPE_CHECKING:
     from selenium.webdriver.chrome.webdriver import WebDriver
     from selenium.webdriver.remote.webelement import WebElement
+
+pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -5,7 +5,6 @@ prompt labels and the proxy's weights."""
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
 import uuid
@@ -16,22 +15,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from policies.domain import Phase
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "proxy"))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "emulator"))
-
-from emulator_support import LiveEmulator, start_emulator
-from proxy_support import RunningProxy, Upstream, serving, start_proxy
-
 from coalmine.emulator.settings import EmulatorSettings
 from controller.labels import LangfusePromptLabels
 from controller.service import ControllerService, build_service
 from controller.settings import ControllerSettings
 from controller.source.budget import BudgetSettings, RequestBudget
-from controller.source.langfuse import LangfuseSource
+from controller.source.langfuse import LangfuseSource, SourceSettings
 from policies import load_policy
-from proxy.spans import OtlpSpanReporter
+from policies.domain import Phase
+from proxy.spans import OtlpSpanReporter, SpanExportSettings
+from tests.emulator.emulator_support import LiveEmulator, start_emulator
+from tests.proxy.proxy_support import RunningProxy, Upstream, serving, start_proxy
+
+pytestmark = pytest.mark.slow
 
 POLICY = """\
 apiVersion: coalmine/v1
@@ -136,7 +132,10 @@ def loop(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Loop]:
         )
         state = tmp_path / "state.db"
         spans = OtlpSpanReporter(
-            emulator.base_url, settings.public_key, settings.secret_key, flush_interval=0.2
+            emulator.base_url,
+            settings.public_key,
+            settings.secret_key,
+            SpanExportSettings(flush_interval=0.2),
         )
         proxy = start_proxy([load_policy(policy_file)], running, spans=spans, state=state)
         budget = RequestBudget(BudgetSettings(per_minute=100_000))
@@ -145,8 +144,7 @@ def loop(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Loop]:
             settings.public_key,
             settings.secret_key,
             budget=budget,
-            settle=1.0,
-            lookback=20.0,
+            settings=SourceSettings(settle=1.0, lookback=20.0),
         )
         labels = LangfusePromptLabels(
             emulator.base_url, settings.public_key, settings.secret_key, budget=budget

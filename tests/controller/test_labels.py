@@ -7,7 +7,17 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from source_support import (
+
+from coalmine.emulator.settings import EmulatorSettings, Plan
+from controller.errors import LabelMoveError, LabelPermanentError, LabelTemporaryError
+from controller.labels import (
+    LangfusePromptLabels,
+    PromptLabels,
+    StaticPromptLabels,
+    prompt_path,
+)
+from controller.source.budget import BudgetSettings, RequestBudget
+from tests.controller.source_support import (
     PROMPTS,
     FakeClock,
     LiveEmulator,
@@ -15,18 +25,6 @@ from source_support import (
     live_emulator,
     refuse_requests,
 )
-
-from coalmine.emulator.settings import EmulatorSettings, Plan
-from controller.labels import (
-    LabelMoveError,
-    LangfusePromptLabels,
-    PermanentError,
-    PromptLabels,
-    StaticPromptLabels,
-    TemporaryError,
-    prompt_path,
-)
-from controller.source.budget import BudgetSettings, RequestBudget
 
 NAME = "team/greeting"
 
@@ -93,11 +91,11 @@ def test_a_move_is_read_back(labels: LangfusePromptLabels, budget: RequestBudget
 
 @pytest.mark.usefixtures("versions")
 def test_moving_to_a_missing_version_is_permanent(labels: LangfusePromptLabels) -> None:
-    with pytest.raises(PermanentError, match="has no version 9"):
+    with pytest.raises(LabelPermanentError, match="has no version 9"):
         labels.move(NAME, "production", 9)
-    with pytest.raises(PermanentError, match="has no version 1"):
+    with pytest.raises(LabelPermanentError, match="has no version 1"):
         labels.move("no-such-prompt", "production", 1)
-    with pytest.raises(PermanentError, match="latest"):
+    with pytest.raises(LabelPermanentError, match="latest"):
         labels.move(NAME, "latest", 1)
     assert labels.version_of(NAME, "production") == 1
 
@@ -107,10 +105,10 @@ def test_an_unavailable_langfuse_is_temporary(
     labels: LangfusePromptLabels, http: httpx.Client
 ) -> None:
     add_fault(http, "PATCH:/api/public/v2/prompts=status:503,times:1")
-    with pytest.raises(TemporaryError, match="HTTP 503"):
+    with pytest.raises(LabelTemporaryError, match="HTTP 503"):
         labels.move(NAME, "production", 2)
     add_fault(http, "GET:/api/public/v2/prompts=malformed,times:1")
-    with pytest.raises(TemporaryError, match="not JSON"):
+    with pytest.raises(LabelTemporaryError, match="not JSON"):
         labels.version_of(NAME, "production")
     labels.move(NAME, "production", 2)  # the faults are spent
     assert labels.version_of(NAME, "production") == 2
@@ -120,9 +118,9 @@ def test_wrong_keys_are_permanent(emulator: LiveEmulator, budget: RequestBudget)
     with LangfusePromptLabels(
         emulator.base_url, emulator.settings.public_key, "sk-lf-wrong", budget=budget
     ) as labels:
-        with pytest.raises(PermanentError, match="HTTP 401"):
+        with pytest.raises(LabelPermanentError, match="HTTP 401"):
             labels.version_of(NAME, "production")
-        with pytest.raises(PermanentError, match="HTTP 401"):
+        with pytest.raises(LabelPermanentError, match="HTTP 401"):
             labels.move(NAME, "production", 1)
     assert "sk-lf-wrong" not in repr(labels)
 
@@ -141,10 +139,11 @@ def test_a_429_blocks_the_budget() -> None:
             emulator.settings.secret_key,
             budget=budget,
         ) as labels:
-            with pytest.raises(TemporaryError, match=r"rate limited \(429\)"):
+            with pytest.raises(LabelTemporaryError, match=r"rate limited \(429\)") as limited:
                 labels.move(NAME, "canary", 1)
+            assert limited.value.delay == 60
             assert budget.blocked == clock.now + 60
-            with pytest.raises(TemporaryError, match="budget spent"):
+            with pytest.raises(LabelTemporaryError, match="budget spent"):
                 labels.move(NAME, "canary", 1)
             assert labels.version_of(NAME, "production") == 1  # prompts: no limit
             clock.advance(60)
@@ -156,7 +155,7 @@ def test_a_429_blocks_the_budget() -> None:
 def test_a_spent_budget_makes_no_request(clock: FakeClock) -> None:
     budget = RequestBudget(BudgetSettings(per_minute=1), clock=clock)
     assert budget.try_acquire()
-    with mock_labels(refuse_requests, budget) as labels, pytest.raises(TemporaryError):
+    with mock_labels(refuse_requests, budget) as labels, pytest.raises(LabelTemporaryError):
         labels.move(NAME, "production", 2)
 
 
@@ -172,7 +171,7 @@ def test_a_read_back_that_disagrees_raises(budget: RequestBudget) -> None:
     with mock_labels(handler, budget) as labels, pytest.raises(LabelMoveError) as raised:
         labels.move(NAME, "production", 2)
     assert (raised.value.expected, raised.value.found) == (2, 5)
-    assert isinstance(raised.value, TemporaryError)  # reconciling will move it again
+    assert isinstance(raised.value, LabelTemporaryError)  # reconciling will move it again
     patch, get = seen
     assert patch.url.raw_path == b"/api/public/v2/prompts/team%2Fgreeting/versions/2"
     assert patch.read() == b'{"newLabels":["production"]}'
@@ -195,9 +194,9 @@ def test_timeouts_and_connection_errors_are_temporary(
         raise error
 
     with mock_labels(handler, budget) as labels:
-        with pytest.raises(TemporaryError, match=message):
+        with pytest.raises(LabelTemporaryError, match=message):
             labels.version_of(NAME, "production")
-        with pytest.raises(TemporaryError, match=message):
+        with pytest.raises(LabelTemporaryError, match=message):
             labels.move(NAME, "production", 1)
 
 
@@ -205,7 +204,10 @@ def test_an_answer_without_a_version_is_temporary(budget: RequestBudget) -> None
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"name": NAME, "version": "2"})
 
-    with mock_labels(handler, budget) as labels, pytest.raises(TemporaryError, match="version"):
+    with (
+        mock_labels(handler, budget) as labels,
+        pytest.raises(LabelTemporaryError, match="version"),
+    ):
         labels.version_of(NAME, "production")
 
 
@@ -227,11 +229,11 @@ def test_static_labels_follow_langfuse_rules() -> None:
     labels.move("greeting", "production", 2)
     assert labels.version_of("greeting", "production") == 2
     assert labels.moves == [("greeting", "production", 2)]
-    with pytest.raises(PermanentError):
+    with pytest.raises(LabelPermanentError):
         labels.move("greeting", "production", 7)
-    with pytest.raises(PermanentError):
+    with pytest.raises(LabelPermanentError):
         labels.move("other", "production", 1)
-    with pytest.raises(PermanentError):
+    with pytest.raises(LabelPermanentError):
         labels.move("greeting", "latest", 1)
     labels.add_version("greeting", 4, ["canary"])
     assert labels.version_of("greeting", "canary") == 4
@@ -239,10 +241,10 @@ def test_static_labels_follow_langfuse_rules() -> None:
 
 def test_static_labels_fail_on_request() -> None:
     labels = StaticPromptLabels({"greeting": {"production": 1}})
-    labels.fail_next(TemporaryError("down"), PermanentError("gone"))
-    with pytest.raises(TemporaryError, match="down"):
+    labels.fail_next(LabelTemporaryError("down"), LabelPermanentError("gone"))
+    with pytest.raises(LabelTemporaryError, match="down"):
         labels.version_of("greeting", "production")
-    with pytest.raises(PermanentError, match="gone"):
+    with pytest.raises(LabelPermanentError, match="gone"):
         labels.move("greeting", "production", 1)
     assert labels.version_of("greeting", "production") == 1
     assert labels.moves == []

@@ -12,7 +12,6 @@ writes, and their scores), then calls ``Controller.tick(now)``.
 from __future__ import annotations
 
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,14 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-
-from policies.domain import Arm, Phase
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "proxy"))
-
-from proxy_support import Served, start_server
-from source_support import SCORES, FakeClock, add_fault, clear_faults, iso, root, send_roots
-from spec_check import Checked, SpecCheckingApp
 
 from coalmine.emulator.app import create_app
 from coalmine.emulator.ratelimit import PUBLIC_API, bucket_of
@@ -39,9 +30,23 @@ from controller.labels import LangfusePromptLabels
 from controller.loop import Controller, TickReport
 from controller.release_store import ControllerState
 from controller.source.budget import BudgetSettings, RequestBudget
-from controller.source.langfuse import LangfuseSource
+from controller.source.langfuse import LangfuseSource, SourceSettings
 from policies import Policy
+from policies.domain import Arm, Phase
 from policies.loader import load_policy_text
+from tests.controller.source_support import (
+    SCORES,
+    FakeClock,
+    add_fault,
+    clear_faults,
+    iso,
+    root,
+    send_roots,
+)
+from tests.emulator.spec_check import Checked, SpecCheckingApp
+from tests.proxy.proxy_support import Served, start_server
+
+pytestmark = pytest.mark.slow
 
 RELEASE = "support"
 PROMPT = "support-agent"
@@ -325,7 +330,12 @@ def make_rig(tmp_path: Path) -> Iterator[RigFactory]:
         routing = SqliteRoutingStore(state_path)
         budget = RequestBudget(BudgetSettings(per_minute=per_minute), clock=clock)
         keys = (langfuse.base_url, settings.public_key, settings.secret_key)
-        source = LangfuseSource(*keys, budget=budget, timeout=timeout, rng=random.Random(3))
+        source = LangfuseSource(
+            *keys,
+            budget=budget,
+            settings=SourceSettings(timeout=timeout),
+            rng=random.Random(3),
+        )
         labels = LangfusePromptLabels(*keys, budget=budget, timeout=timeout)
         policies: dict[str, Policy] = {RELEASE: load_policy_text(POLICY, "support.yaml")}
         controller = Controller(

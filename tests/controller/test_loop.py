@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from coalmine.shared.routing_tables.store import SqliteRoutingStore
-from controller.labels import TemporaryError
-from controller.loop import Controller, ManualActionError
+from controller.errors import LabelTemporaryError, ManualActionError
+from controller.loop import Controller
 from controller.release_store import ActionStatus, ControllerState
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from policies import Policy
@@ -75,7 +75,7 @@ class Labels:
             raise Crash
         if self.fail_next_moves:
             self.fail_next_moves -= 1
-            raise TemporaryError("Langfuse answered 503")
+            raise LabelTemporaryError("Langfuse answered 503")
         self.positions[label] = version
         self.moves.append((label, version))
         if self.crash_after_move == len(self.moves):

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-from release_rig import RELEASE, T0, make_rig, wait_until
 
 from controller.notify import (
+    MAX_BACKOFF,
     MultiNotifier,
     NoopNotifier,
     Notifier,
@@ -25,6 +25,7 @@ from controller.notify import (
 )
 from controller.release_store import ReleaseState
 from policies.domain import Phase
+from tests.controller.release_rig import RELEASE, T0, make_rig, wait_until
 
 ROLLED_BACK = ReleaseState(
     name="support",
@@ -180,14 +181,51 @@ def test_close_gives_up_on_an_event_still_being_retried() -> None:
 
 
 def test_retry_after_is_honoured_up_to_a_limit() -> None:
-    answers = [httpx.Response(429, headers={"Retry-After": "0"}), httpx.Response(200)]
+    answers = [
+        httpx.Response(429, headers={"Retry-After": "0"}),
+        httpx.Response(503, headers={"Retry-After": "5"}),
+        httpx.Response(429, headers={"Retry-After": "3600"}),
+        httpx.Response(200),
+    ]
     notifier = WebhookNotifier(
-        "http://hooks.test/x", transport=mock(lambda request: answers.pop(0)), backoff=3600.0
+        "http://hooks.test/x", transport=mock(lambda request: answers.pop(0)), backoff=0.5
     )
+    waits: list[float] = []
+
+    def pause(seconds: float) -> bool:
+        waits.append(seconds)
+        return False
+
+    notifier.pause = pause
     notifier.send("pause", ROLLED_BACK, "why")
-    # Retry-After 0 replaces the hour of backoff, so the event goes at once
-    wait_until(lambda: notifier.counts()["sent"] == 1, what="the retried event")
     notifier.close(timeout=10)
+    assert notifier.counts()["sent"] == 1
+    # the doubling alone would wait 0.5, 1 and 2 s; Retry-After replaces it, within the limit
+    assert waits == [0.0, 5.0, MAX_BACKOFF]
+
+
+@pytest.mark.parametrize("retry_after", [None, "soon", "nan", "inf"])
+def test_without_a_usable_retry_after_the_wait_doubles_up_to_the_limit(
+    retry_after: str | None,
+) -> None:
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    notifier = WebhookNotifier(
+        "http://hooks.test/x",
+        transport=mock(lambda request: httpx.Response(503, headers=headers)),
+        retries=4,
+        backoff=20.0,
+    )
+    waits: list[float] = []
+
+    def pause(seconds: float) -> bool:
+        waits.append(seconds)
+        return False
+
+    notifier.pause = pause
+    notifier.send("pause", ROLLED_BACK, "why")
+    notifier.close(timeout=10)
+    assert notifier.counts()["failed"] == 1
+    assert waits == [20.0, 40.0, MAX_BACKOFF, MAX_BACKOFF]
 
 
 def test_slack_payload_has_text_and_blocks_with_escaped_text() -> None:

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from release_rig import Labels, Traffic
 
 from coalmine.shared.routing_tables.store import SqliteRoutingStore
 from controller.policy_files import PolicyFiles
 from controller.service import ControllerService, build_service
 from controller.settings import ControllerSettings
 from policies.domain import Phase
+from tests.controller.release_rig import Labels, Traffic
 
 POLICY = """\
 apiVersion: coalmine/v1

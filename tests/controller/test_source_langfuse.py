@@ -15,7 +15,16 @@ from langfuse import propagate_attributes
 from langfuse.api import Prompt_Text
 from langfuse.model import TextPromptClient
 from opentelemetry.sdk.trace import TracerProvider
-from source_support import (
+
+from coalmine.emulator.settings import EmulatorSettings, Plan
+from controller.samples import Cursors, Poll, ScoreSample, TraceSample
+from controller.source import SampleSource
+from controller.source.budget import BudgetSettings, RequestBudget
+from controller.source.langfuse import DEFAULT_MAX_WINDOW, LangfuseSource, SourceSettings
+from controller.source.static import StaticSource
+from policies.domain import Arm
+from policies.model import Policy
+from tests.controller.source_support import (
     T0,
     FakeClock,
     LiveEmulator,
@@ -34,15 +43,6 @@ from source_support import (
     tags_of,
     trace_id,
 )
-
-from coalmine.emulator.settings import EmulatorSettings, Plan
-from controller.samples import Cursors, Poll, ScoreSample, TraceSample
-from controller.source import SampleSource
-from controller.source.budget import BudgetSettings, RequestBudget
-from controller.source.langfuse import DEFAULT_MAX_WINDOW, LangfuseSource
-from controller.source.static import StaticSource
-from policies.domain import Arm
-from policies.model import Policy
 
 ALPHA = policy("alpha", prompt="support/answer", scores=["helpfulness"])
 BETA = policy("beta", scores=["resolved"])
@@ -303,7 +303,7 @@ def test_paging_walks_every_page(http: httpx.Client, make_source: SourceFactory)
         for n in range(150)
     ]
     assert http.post("/api/public/scores", json=scores).status_code == 202
-    source = make_source(page_limit=3)
+    source = make_source(settings=SourceSettings(page_limit=3))
 
     poll = source.poll(RELEASES, None, T0 + 100)
 
@@ -394,7 +394,7 @@ def test_a_budget_spent_while_paging_returns_the_complete_traces_read(
         emulator.settings.public_key,
         emulator.settings.secret_key,
         budget=budget,
-        page_limit=4,
+        settings=SourceSettings(page_limit=4),
     ) as source:
         poll = source.poll(RELEASES, Cursors(T0 + 60, T0 + 60), T0 + 100)
     assert not poll.ok and poll.error == "request budget spent"

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from release_rig import RELEASE, TOKEN, Rig, closed_port_url, make_rig, serving
 
 from coalmine.cli import main
 from controller.admin import create_admin_app
 from policies.domain import Phase
+from tests.controller.release_rig import RELEASE, TOKEN, Rig, closed_port_url, make_rig, serving
 
 
 @pytest.fixture(autouse=True)

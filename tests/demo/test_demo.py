@@ -13,6 +13,8 @@ from coalmine.cli import main
 from coalmine.demo.run import DemoResult, run_demo
 from coalmine.demo.scenarios import SCENARIOS, Outcome
 
+pytestmark = pytest.mark.slow
+
 SPEED = 3.0
 
 

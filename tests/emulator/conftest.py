@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from emulator_support import LiveEmulator, start_emulator
-
 from coalmine.emulator.settings import EmulatorSettings
+from tests.emulator.emulator_support import LiveEmulator, start_emulator
 
 
 @pytest.fixture

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 from langfuse import Langfuse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from spec_check import Checked, SpecCheckingApp
-
 from coalmine.emulator.app import create_app
 from coalmine.emulator.ratelimit import Clock
 from coalmine.emulator.settings import EmulatorSettings
+from tests.emulator.spec_check import Checked, SpecCheckingApp
+from tests.quick_stop_server import QuickStopServer
 
 
 @dataclass
@@ -59,7 +55,7 @@ def start_emulator(settings: EmulatorSettings, *, clock: Clock | None = None) ->
     emulator_app = create_app(settings, clock=clock)
     app = SpecCheckingApp(emulator_app, checked)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
+    server = QuickStopServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

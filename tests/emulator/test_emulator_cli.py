@@ -99,6 +99,7 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
         process.communicate(timeout=10)
 
 
+@pytest.mark.slow
 def test_the_server_runs_as_a_process(server: tuple[subprocess.Popen[str], list[str]]) -> None:
     process, banner = server
     assert banner[0].startswith("Langfuse emulator on http://127.0.0.1:")

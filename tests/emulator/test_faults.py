@@ -8,10 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
-from emulator_support import LiveEmulator, start_emulator
 
 from coalmine.emulator.faults import Fault, parse_fault
 from coalmine.emulator.settings import EmulatorSettings
+from tests.emulator.emulator_support import LiveEmulator, start_emulator
 
 PROMPTS = "/api/public/v2/prompts"
 FAULTS = "/emulator/faults"

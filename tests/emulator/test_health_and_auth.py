@@ -6,8 +6,9 @@ import base64
 import hashlib
 
 import httpx
-from emulator_support import LiveEmulator
-from spec_check import SPEC_PATH
+
+from tests.emulator.emulator_support import LiveEmulator
+from tests.emulator.spec_check import SPEC_PATH
 
 PROMPTS = "/api/public/v2/prompts"
 HINT = ". Confirm that you've configured the correct host."

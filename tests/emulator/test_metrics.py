@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from emulator_support import LiveEmulator
 
 from coalmine.emulator.store import Store
+from tests.emulator.emulator_support import LiveEmulator
 
 METRICS = "/api/public/v2/metrics"
 T0 = datetime(2026, 10, 1, 10, 0, tzinfo=UTC)

@@ -724,6 +724,7 @@ def generated_query(draw: st.DrawFn) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(generated_query())
 def test_generated_queries_agree(body: dict[str, Any]) -> None:
@@ -779,6 +780,7 @@ def generated_score_query(draw: st.DrawFn) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(generated_score_query())
 def test_generated_score_queries_agree(body: dict[str, Any]) -> None:

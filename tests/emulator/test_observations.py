@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from emulator_support import LiveEmulator, start_emulator
 
 from coalmine.emulator.settings import EmulatorSettings
+from tests.emulator.emulator_support import LiveEmulator, start_emulator
 
 OTEL = "/api/public/otel/v1/traces"
 OBSERVATIONS = "/api/public/v2/observations"

@@ -10,10 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from emulator_support import LiveEmulator
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
+
+from tests.emulator.emulator_support import LiveEmulator
 
 OTEL = "/api/public/otel/v1/traces"
 OBSERVATIONS = "/api/public/v2/observations"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emulator_support import LiveEmulator, start_emulator
-
 from coalmine.emulator.settings import EmulatorSettings
+from tests.emulator.emulator_support import LiveEmulator, start_emulator
 
 PROMPTS = "/api/public/v2/prompts"
 

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from emulator_support import LiveEmulator, start_emulator
 
 from coalmine.emulator.ratelimit import (
     INGESTION,
@@ -20,6 +19,7 @@ from coalmine.emulator.ratelimit import (
     bucket_of,
 )
 from coalmine.emulator.settings import EmulatorSettings, Plan
+from tests.emulator.emulator_support import LiveEmulator, start_emulator
 
 VERSION_1 = "/api/public/v2/prompts/p/versions/1"
 JS_DATE = re.compile(

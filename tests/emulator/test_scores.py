@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from emulator_support import LiveEmulator
 
 from coalmine.emulator.compat import difference
+from tests.emulator.emulator_support import LiveEmulator
 
 SCORES = "/api/public/scores"
 V3 = "/api/public/v3/scores"

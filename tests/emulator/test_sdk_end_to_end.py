@@ -15,10 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from emulator_support import LiveEmulator, langfuse_client, sdk_emulator_settings
 from langfuse import Langfuse, observe, propagate_attributes
 from langfuse.model import TextPromptClient
 from opentelemetry.sdk.trace import TracerProvider
+
+from tests.emulator.emulator_support import LiveEmulator, langfuse_client, sdk_emulator_settings
 
 CANARY = "coalmine:arm:canary"
 BASELINE = "coalmine:arm:baseline"

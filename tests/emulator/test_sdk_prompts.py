@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from emulator_support import LiveEmulator, langfuse_client, sdk_emulator_settings
 from langfuse import Langfuse
 from langfuse.api import NotFoundError
+
+from tests.emulator.emulator_support import LiveEmulator, langfuse_client, sdk_emulator_settings
 
 emulator_settings = pytest.fixture(name="emulator_settings")(sdk_emulator_settings)
 

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from emulator_support import LiveEmulator, langfuse_client, sdk_emulator_settings
 from langfuse import Langfuse
 
 from coalmine.emulator.store import Store
+from tests.emulator.emulator_support import LiveEmulator, langfuse_client, sdk_emulator_settings
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 OBSERVATION = "00f067aa0ba902b7"

@@ -11,18 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from judge_support import (
-    BAD_SCORES,
-    COST,
-    ERRORS,
-    GOOD_SCORES,
-    HELPFULNESS,
-    ArmScript,
-    judge_release,
-    make_policy,
-    metric,
-    scripted_traces,
-)
 
 from controller.judge import (
     CheckState,
@@ -38,6 +26,18 @@ from controller.judge import (
 )
 from policies import Policy
 from policies.domain import Arm
+from tests.judge.judge_support import (
+    BAD_SCORES,
+    COST,
+    ERRORS,
+    GOOD_SCORES,
+    HELPFULNESS,
+    ArmScript,
+    judge_release,
+    make_policy,
+    metric,
+    scripted_traces,
+)
 
 HELPFULNESS_SOFT = "{name: helpfulness, source: score, score: helpfulness, tolerance: 0.05}"
 LATENCY_CRITICAL = (

@@ -12,7 +12,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import pytest
-from judge_support import ERRORS, HELPFULNESS, make_policy
 
 from controller.judge import (
     Decision,
@@ -28,6 +27,7 @@ from controller.judge import (
 from controller.judge.evidence import COST_FLOOR_USD, metric_value, sketch_bin
 from policies import Policy
 from policies.domain import Arm
+from tests.judge.judge_support import ERRORS, HELPFULNESS, make_policy
 
 RESOLVED = (
     "{name: resolved, source: score, score: resolved, scoreType: boolean, tolerance: 0.05, "

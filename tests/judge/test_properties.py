@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from judge_support import make_policy, metric
 
 from controller.judge import (
     Decision,
@@ -26,6 +25,7 @@ from controller.judge import (
 )
 from policies import Policy
 from policies.domain import Arm
+from tests.judge.judge_support import make_policy, metric
 
 HELPFULNESS_CRITICAL = (
     "{name: helpfulness, source: score, score: helpfulness, tolerance: 0.05, critical: true}"

@@ -793,6 +793,7 @@ def test_the_store_counts_requests_and_shows_its_objects(
     assert kube.store.objects("configmaps", "elsewhere") == []
 
 
+@pytest.mark.slow
 def test_the_module_serves_until_sigterm(tmp_path: Any) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.kube_api", "--port", "0", "--token", "cli"],

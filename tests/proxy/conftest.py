@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from proxy_support import RunningProxy, Upstream, UpstreamServed, serving
+from tests.proxy.proxy_support import RunningProxy, Upstream, UpstreamServed, serving
 
 
 def _upstream(name: str) -> Iterator[UpstreamServed]:

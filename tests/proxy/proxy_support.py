@@ -16,6 +16,7 @@ import uvicorn
 
 from policies import Policy
 from policies.loader import load_policy_text
+from tests.quick_stop_server import QuickStopServer
 
 BASE_POLICY = """\
 apiVersion: coalmine/v1
@@ -192,7 +193,7 @@ def start_server(app: Any, *, lifespan: str = "off", port: int = 0) -> Served:
         timeout_graceful_shutdown=2,
         proxy_headers=False,
     )
-    server = uvicorn.Server(config)
+    server = QuickStopServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -3,8 +3,13 @@ never sends a canary user back."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,9 +32,64 @@ def test_share_of_keys_in_canary_is_within_binomial_bounds(weight: float) -> Non
     assert low <= canary <= high, (weight, canary)
 
 
-def test_a_key_keeps_its_arm() -> None:
-    arms = {arm_for_key("support", "user-42", 25.0) for _ in range(1000)}
-    assert len(arms) == 1
+# a key's point is part of what users are promised: it must not change between processes,
+# machines or versions, or users would change arms on a restart or an upgrade
+@pytest.mark.parametrize(
+    ("release", "key", "weight", "arm"),
+    [
+        ("support", "user-42", 56.6, Arm.CANARY),
+        ("support", "user-42", 56.5, Arm.BASELINE),
+        ("support", "alice", 1.0, Arm.CANARY),
+        ("support", "alice", 0.9, Arm.BASELINE),
+        ("billing", "alice", 44.4, Arm.CANARY),
+        ("billing", "alice", 44.3, Arm.BASELINE),
+        ("summarizer-v2", "user-7", 86.1, Arm.CANARY),
+        ("summarizer-v2", "user-7", 25.0, Arm.BASELINE),
+        ("support", "8f14e45fceea167a5a36dedd4bea2543", 34.0, Arm.CANARY),
+        ("support", "8f14e45fceea167a5a36dedd4bea2543", 33.9, Arm.BASELINE),
+    ],
+)
+def test_a_key_keeps_its_arm(release: str, key: str, weight: float, arm: Arm) -> None:
+    assert arm_for_key(release, key, weight) is arm
+
+
+@pytest.mark.parametrize(
+    ("release", "key", "point"),
+    [
+        ("support", "user-42", 56.51607504098482),
+        ("support", "alice", 0.9436420518877507),
+        ("billing", "alice", 44.31590604644537),
+        ("support", "", 50.421876095465734),
+    ],
+)
+def test_a_key_has_a_fixed_point(release: str, key: str, point: float) -> None:
+    assert key_point(release, key) == pytest.approx(point, abs=1e-12)
+
+
+_ARMS_OF_KEYS = """
+import json, sys
+from proxy.assign import arm_for_key
+keys = json.loads(sys.stdin.read())
+print(json.dumps([arm_for_key("support", key, 50.0).value for key in keys]))
+"""
+
+
+def test_a_key_keeps_its_arm_in_another_process() -> None:
+    keys = [f"user-{index}" for index in range(2000)]
+    here = [arm_for_key("support", key, 50.0).value for key in keys]
+    root = Path(__file__).resolve().parents[2]
+    for seed in ("1", "2"):  # two string-hash seeds: at least one differs from this process's
+        child = subprocess.run(
+            [sys.executable, "-c", _ARMS_OF_KEYS],
+            input=json.dumps(keys),
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
+            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)},
+            timeout=60,
+        )
+        assert json.loads(child.stdout) == here, f"PYTHONHASHSEED={seed}"
 
 
 def test_raising_the_weight_never_moves_a_canary_user_back() -> None:

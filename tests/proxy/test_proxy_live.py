@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from pathlib import Path
 
@@ -11,9 +10,10 @@ import httpx
 import pytest
 from openai import OpenAI
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from proxy_support import (
+from coalmine.shared.routing_tables.store import SqliteRoutingStore
+from coalmine.shared.routing_tables.table import initial_table
+from policies import Policy
+from tests.proxy.proxy_support import (
     RunningProxy,
     Served,
     UpstreamServed,
@@ -22,10 +22,6 @@ from proxy_support import (
     start_proxy,
     wait_until,
 )
-
-from coalmine.shared.routing_tables.store import SqliteRoutingStore
-from coalmine.shared.routing_tables.table import initial_table
-from policies import Policy
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 SPAN = "b7ad6b7169203331"
@@ -76,6 +72,7 @@ def test_upstream_sees_coalmine_headers_and_never_the_clients_forgeries(
     assert stable[0].seen == []
 
 
+@pytest.mark.slow
 def test_split_and_stickiness_over_live_requests(
     stable: UpstreamServed, canary: UpstreamServed, running: list[RunningProxy]
 ) -> None:
@@ -312,6 +309,7 @@ def test_no_release_for_the_path_is_a_404(
     assert response.json()["error"]["code"] == "no_release"
 
 
+@pytest.mark.slow
 def test_a_routing_table_change_is_applied_live_and_keeps_canary_users(
     tmp_path: Path,
     stable: UpstreamServed,

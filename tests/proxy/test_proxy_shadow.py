@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "emulator"))
-
-from emulator_support import start_emulator
-from proxy_support import (
+from coalmine.emulator.settings import EmulatorSettings
+from policies import Policy
+from proxy.spans import OtlpSpanReporter, SpanExportSettings
+from tests.emulator.emulator_support import start_emulator
+from tests.proxy.proxy_support import (
     RunningProxy,
     Served,
     UpstreamServed,
@@ -22,10 +20,6 @@ from proxy_support import (
     start_proxy,
     wait_until,
 )
-
-from coalmine.emulator.settings import EmulatorSettings
-from policies import Policy
-from proxy.spans import OtlpSpanReporter
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -135,7 +129,10 @@ def test_request_spans_reach_langfuse_with_arm_tags_and_error_levels(
     emulator = start_emulator(settings)
     try:
         reporter = OtlpSpanReporter(
-            emulator.base_url, settings.public_key, settings.secret_key, flush_interval=0.05
+            emulator.base_url,
+            settings.public_key,
+            settings.secret_key,
+            SpanExportSettings(flush_interval=0.05),
         )
         policy = make_policy(
             stable=stable[1].base_url,

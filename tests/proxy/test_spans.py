@@ -11,11 +11,11 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+import uvloop
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -23,11 +23,16 @@ from coalmine.emulator.settings import EmulatorSettings
 from coalmine.shared.conventions import trace_tags
 from policies.domain import Arm
 from proxy.outcome import Failure, RequestOutcome
-from proxy.spans import NoopSpanReporter, OtlpSpanReporter, SpanReporter, export_request
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulator"))
-
-from emulator_support import LiveEmulator, start_emulator
+from proxy.spans import (
+    EXPORT_BACKOFF,
+    NoopSpanReporter,
+    OtlpSpanReporter,
+    SpanExportSettings,
+    SpanReporter,
+    export_request,
+    retry_delay,
+)
+from tests.emulator.emulator_support import LiveEmulator, start_emulator
 
 OBSERVATIONS = "/api/public/v2/observations"
 PUBLIC_KEY = "pk-lf-spans"
@@ -109,10 +114,18 @@ class Server:
         return [span_count(request.content) for request in self.requests]
 
 
+FAST_RETRY = replace(EXPORT_BACKOFF, first=0.001)
+
+
 def reporter(server: Server, **options: Any) -> OtlpSpanReporter:
-    options.setdefault("backoff", 0.001)
+    """A reporter to ``server``; ``options`` are its ``SpanExportSettings``."""
+    options.setdefault("retry", FAST_RETRY)
     return OtlpSpanReporter(
-        "https://langfuse.test/", PUBLIC_KEY, SECRET_KEY, transport=server.transport, **options
+        "https://langfuse.test/",
+        PUBLIC_KEY,
+        SECRET_KEY,
+        SpanExportSettings(**options),
+        transport=server.transport,
     )
 
 
@@ -221,16 +234,31 @@ def test_malformed_ids_are_refused_and_a_malformed_parent_is_dropped() -> None:
 
 
 def test_reporters_satisfy_the_protocol() -> None:
-    noop: SpanReporter = NoopSpanReporter()
-    otlp: SpanReporter = reporter(Server())
+    server = Server()
+    otlp = reporter(server)
+    noop = NoopSpanReporter()
+    assert isinstance(otlp, SpanReporter)
+    assert isinstance(noop, SpanReporter)
+    assert not isinstance(object(), SpanReporter)
+    recorded = outcome()
 
     async def use(reporter_: SpanReporter) -> None:
         await reporter_.start()
-        reporter_.record(outcome())
+        reporter_.record(recorded)
         await reporter_.aclose()
 
+    references = sys.getrefcount(recorded)
     run(use(noop))
+    assert vars(noop) == {}
+    assert sys.getrefcount(recorded) == references  # the no-op kept nothing of it
+
     run(use(otlp))
+    (request,) = server.requests
+    export = ExportTraceServiceRequest()
+    export.ParseFromString(request.content)
+    span = only_span(export)
+    assert (span.trace_id.hex(), span.span_id.hex()) == (recorded.trace_id, recorded.span_id)
+    assert (otlp.spans_sent, otlp.spans_failed, otlp.queue_size) == (1, 0, 0)
 
 
 # --------------------------------------------------------------------------- live emulator
@@ -263,7 +291,9 @@ def test_spans_land_in_the_emulator_as_tagged_root_observations(
     ok = outcome(parent_span_id=parent)
     unavailable = outcome(arm=Arm.BASELINE, status=503)
     timed_out = outcome(status=504, failure=Failure.TIMEOUT)
-    spans = OtlpSpanReporter(emulator.base_url, PUBLIC_KEY, SECRET_KEY, flush_interval=0.05)
+    spans = OtlpSpanReporter(
+        emulator.base_url, PUBLIC_KEY, SECRET_KEY, SpanExportSettings(flush_interval=0.05)
+    )
 
     async def report() -> None:
         await spans.start()
@@ -391,7 +421,8 @@ def test_aclose_flushes_pending_spans_in_batches() -> None:
 
 def test_rate_limited_batch_is_retried_and_sent_once() -> None:
     server = Server(httpx.Response(429, headers={"Retry-After": "0"}))
-    spans = reporter(server, backoff=3600)  # only Retry-After can make the retry prompt
+    # only Retry-After can make the retry prompt
+    spans = reporter(server, retry=replace(EXPORT_BACKOFF, first=3600))
 
     async def report() -> None:
         for _ in range(3):
@@ -405,11 +436,59 @@ def test_rate_limited_batch_is_retried_and_sent_once() -> None:
     assert (spans.spans_sent, spans.spans_failed) == (3, 0)
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "attempt", "wait"),
+    [
+        (None, 1, 0.5),  # no header: the doubling from 0.5 s
+        (None, 2, 1.0),
+        ("0", 2, 0.0),
+        ("7", 1, 7.0),
+        ("-3", 1, 0.0),
+        ("3600", 1, 30.0),  # capped at RETRY_AFTER_CAP
+        ("Thu, 01 Jan 2026 00:00:10 GMT", 1, 10.0),
+        ("Wed, 31 Dec 2025 23:00:00 GMT", 1, 0.0),  # a date in the past
+        ("nan", 1, 0.5),  # not a wait: the doubling instead
+        ("inf", 2, 1.0),
+        ("soon", 1, 0.5),
+    ],
+)
+def test_the_wait_before_a_retry(retry_after: str | None, attempt: int, wait: float) -> None:
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    no_jitter = Midpoint()
+    now = T0 / 1e9  # 2026-01-01T00:00:00Z
+    answer = httpx.Response(429, headers=headers)
+    delay = retry_delay(EXPORT_BACKOFF, attempt, answer, now=now, rng=no_jitter)
+    assert delay == pytest.approx(wait)
+    if retry_after is None:
+        assert retry_delay(EXPORT_BACKOFF, attempt, None, now=now, rng=no_jitter) == delay
+
+
+class Midpoint:
+    """Jitter that always draws the middle of its range."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return (a + b) / 2
+
+
+def test_a_retry_after_of_nan_is_not_waited_on() -> None:
+    # on uvloop, the proxy's loop, a wait of nan seconds raises instead of sleeping
+    server = Server(httpx.Response(429, headers={"Retry-After": "nan"}))
+    spans = reporter(server)
+
+    async def report() -> None:
+        spans.record(outcome())
+        await spans.aclose()
+
+    uvloop.run(report())
+    assert len(server.requests) == 2
+    assert (spans.spans_sent, spans.spans_failed) == (1, 0)
+
+
 def test_server_errors_are_retried_then_the_batch_is_dropped(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = Server(*(httpx.Response(503) for _ in range(3)))
-    spans = reporter(server, max_attempts=3)
+    spans = reporter(server, retry=replace(FAST_RETRY, attempts=3))
 
     async def report() -> None:
         spans.record(outcome())
@@ -483,9 +562,7 @@ def test_unreachable_endpoint_counts_failures_and_warns_once(
         f"http://127.0.0.1:{closed_port()}",
         PUBLIC_KEY,
         SECRET_KEY,
-        batch_size=1,
-        flush_interval=0.01,
-        backoff=0.001,
+        SpanExportSettings(batch_size=1, flush_interval=0.01, retry=FAST_RETRY),
     )
 
     async def report() -> None:
@@ -515,7 +592,7 @@ def test_aclose_gives_up_on_a_hanging_endpoint() -> None:
         "https://langfuse.test",
         PUBLIC_KEY,
         SECRET_KEY,
-        timeout=0.05,
+        SpanExportSettings(timeout=0.05),
         transport=httpx.MockTransport(hang),
     )
 

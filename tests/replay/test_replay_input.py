@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
-from conftest import ONE_STEP, Run
 
 from bench.streams import SCENARIOS, generate
+from tests.replay.replay_support import ONE_STEP, Run
 
 Coalmine = Callable[..., Run]
 Write = Callable[[str, str | Iterable[str]], Path]

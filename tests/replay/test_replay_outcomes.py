@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import METRICS, Run
 
 from bench.streams import SCENARIOS, generate
 from controller.judge import Trace
@@ -18,6 +17,7 @@ from controller.replay import Replay
 from controller.stream import format_ts, parse_line, parse_ts
 from policies.domain import Arm
 from policies.loader import load_policy
+from tests.replay.replay_support import METRICS, Run
 
 Coalmine = Callable[..., Run]
 Write = Callable[[str, str | Iterable[str]], Path]

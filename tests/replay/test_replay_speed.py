@@ -9,6 +9,8 @@ import pytest
 
 from bench import replay_speed
 
+pytestmark = pytest.mark.slow
+
 
 def test_small_run_writes_its_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert replay_speed.main(["--lines", "4000", "--out", str(tmp_path)]) == 0

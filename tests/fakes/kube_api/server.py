@@ -19,6 +19,7 @@ from kubernetes import client
 from tests.fakes.kube_api.app import ServerState, create_app
 from tests.fakes.kube_api.faults import Faults
 from tests.fakes.kube_api.store import ObjectStore
+from tests.quick_stop_server import QuickStopServer
 
 START_TIMEOUT = 10.0
 
@@ -63,7 +64,7 @@ class FakeKubeServer:
             loop="asyncio",
             timeout_graceful_shutdown=2,
         )
-        server = uvicorn.Server(config)
+        server = QuickStopServer(config)
         thread = threading.Thread(target=server.run, name="fake-kube-api", daemon=True)
         thread.start()
         deadline = time.monotonic() + START_TIMEOUT
