@@ -5,8 +5,9 @@ versions/{v}`` with ``{"newLabels": [label]}`` moves it there atomically (it lea
 every other version in the same transaction), so a move is idempotent and safe to
 retry after a timeout whose outcome is unknown. A move is read back before it counts.
 
-Errors say what to do next (``controller.errors``): ``LabelTemporaryError`` (429, 5xx,
-timeouts, connection failures, a garbled answer, the request budget spent, a read-back
+Errors say what to do next (``controller.errors``): ``LabelTemporaryError`` (the answers
+``coalmine.shared.retry`` calls temporary: 408, 425, 429, 5xx but 501 and 505; timeouts,
+connection failures, a garbled answer, the request budget spent, a read-back
 that disagrees): try again later; ``LabelPermanentError`` (401, 403, 404 of the prompt or
 version, 400): retrying the same call will not help.
 """
@@ -21,7 +22,7 @@ from urllib.parse import quote
 
 import httpx
 
-from coalmine.shared.retry import status_class
+from coalmine.shared.retry import Outcome, outcome_of, status_class
 from controller.errors import (
     LabelError,
     LabelMoveError,
@@ -173,7 +174,7 @@ class LangfusePromptLabels:
         if 200 <= status < 300:
             return
         detail = f"{what}: HTTP {status}{error_detail(response)}"
-        if status >= 500:
+        if outcome_of(status) is Outcome.TEMPORARY:
             raise LabelTemporaryError(detail)
         raise LabelPermanentError(detail)
 

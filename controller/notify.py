@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from coalmine.shared.retry import Backoff, parse_retry_after
+from coalmine.shared.retry import Backoff, Outcome, outcome_of, parse_retry_after
 from controller.release_store import ReleaseState
 from controller.stream import format_ts
 
@@ -79,7 +79,8 @@ class WebhookNotifier:
     webhook's (``slack=True``).
 
     Delivery is retried ``retries`` times after the first attempt on connection errors,
-    timeouts, 429 and 5xx, waiting ``backoff`` seconds and doubling up to
+    timeouts and the answers ``coalmine.shared.retry`` calls temporary (408, 425, 429, 5xx
+    but 501 and 505), waiting ``backoff`` seconds and doubling up to
     ``MAX_BACKOFF`` (or what Retry-After says, up to ``MAX_BACKOFF``); other answers are
     final. ``counts()`` tells how many were sent, dropped after the retries (``failed``),
     refused by the receiver (``rejected``) and dropped because the queue was full or the
@@ -221,7 +222,7 @@ class WebhookNotifier:
             return _Failure(f"{type(error).__name__}: {error}")
         if response.is_success:
             return "sent"
-        if response.status_code != 429 and response.status_code < 500:
+        if outcome_of(response.status_code) is Outcome.PERMANENT:
             log.error(
                 "notification %s of %s refused by %s: HTTP %d",
                 message.event,

@@ -101,6 +101,24 @@ def test_moving_to_a_missing_version_is_permanent(labels: LangfusePromptLabels) 
 
 
 @pytest.mark.usefixtures("versions")
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        pytest.param(408, LabelTemporaryError, id="408"),
+        pytest.param(502, LabelTemporaryError, id="502"),
+        pytest.param(501, LabelPermanentError, id="501"),
+        pytest.param(400, LabelPermanentError, id="400"),
+    ],
+)
+def test_a_failed_move_is_temporary_or_permanent_as_its_status_says(
+    labels: LangfusePromptLabels, http: httpx.Client, status: int, error: type[Exception]
+) -> None:
+    add_fault(http, f"PATCH:/api/public/v2/prompts=status:{status},times:1")
+    with pytest.raises(error, match=f"HTTP {status}"):
+        labels.move(NAME, "production", 2)
+
+
+@pytest.mark.usefixtures("versions")
 def test_an_unavailable_langfuse_is_temporary(
     labels: LangfusePromptLabels, http: httpx.Client
 ) -> None:

@@ -131,18 +131,34 @@ def test_connection_errors_and_429_are_retried() -> None:
     assert notifier.counts()["sent"] == 1
 
 
-def test_a_refusal_is_final() -> None:
+@pytest.mark.parametrize(
+    ("status", "attempts_made", "outcome"),
+    [
+        pytest.param(400, 1, "rejected", id="400-final"),
+        pytest.param(404, 1, "rejected", id="404-final"),
+        pytest.param(501, 1, "rejected", id="501-never-implemented"),
+        pytest.param(505, 1, "rejected", id="505-never-supported"),
+        pytest.param(408, 3, "failed", id="408-retried"),
+        pytest.param(425, 3, "failed", id="425-retried"),
+        pytest.param(502, 3, "failed", id="502-retried"),
+    ],
+)
+def test_a_refusal_is_final_and_a_temporary_answer_is_retried(
+    status: int, attempts_made: int, outcome: str
+) -> None:
     attempts: list[httpx.Request] = []
 
-    def refuse(request: httpx.Request) -> httpx.Response:
+    def answer(request: httpx.Request) -> httpx.Response:
         attempts.append(request)
-        return httpx.Response(400)
+        return httpx.Response(status)
 
-    notifier = WebhookNotifier("http://hooks.test/x", transport=mock(refuse), backoff=0.0)
+    notifier = WebhookNotifier(
+        "http://hooks.test/x", transport=mock(answer), backoff=0.0, retries=2
+    )
     notifier.send("pause", ROLLED_BACK, "why")
     notifier.close(timeout=10)
-    assert len(attempts) == 1
-    assert notifier.counts()["rejected"] == 1
+    assert len(attempts) == attempts_made
+    assert notifier.counts()[outcome] == 1
 
 
 def test_send_returns_while_the_receiver_hangs_and_a_full_queue_drops() -> None:
