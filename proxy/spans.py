@@ -320,6 +320,7 @@ class OtlpSpanReporter:
 
     async def start(self) -> None:
         if self._task is None and not self._closing:
+            self._client()  # made now, not on the first export while requests wait on the loop
             self._task = asyncio.create_task(self._run(), name="coalmine-span-reporter")
 
     async def aclose(self) -> None:
@@ -342,21 +343,27 @@ class OtlpSpanReporter:
 
     async def _run(self) -> None:
         while not self._closing:
-            await self._wait_for_batch()
-            await self._drain()
+            interval_over = await self._wait_for_batch()
+            # Between flushes only full batches go: a partial one would be whatever came
+            # in during the last post, and at a steady rate that means a post per few spans.
+            await self._drain(full_only=not interval_over)
         await self._drain()
 
-    async def _wait_for_batch(self) -> None:
+    async def _wait_for_batch(self) -> bool:
+        """Wait for a full batch, closing, or the flush interval; True when it was the
+        interval (or closing) that ended the wait, so a partial batch is due."""
+        interval_over = self._closing
         if len(self._queue) < self._batch_size and not self._closing:
             try:
                 async with asyncio.timeout(self._flush_interval):
                     await self._wake.wait()
             except TimeoutError:
-                pass
+                interval_over = True
         self._wake.clear()
+        return interval_over or self._closing
 
-    async def _drain(self) -> None:
-        while self._queue:
+    async def _drain(self, *, full_only: bool = False) -> None:
+        while len(self._queue) >= (self._batch_size if full_only else 1):
             count = min(self._batch_size, len(self._queue))
             batch = [self._queue.popleft() for _ in range(count)]
             try:

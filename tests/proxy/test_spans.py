@@ -390,6 +390,35 @@ def test_full_batch_is_sent_before_the_interval() -> None:
     assert server.spans_received() == [2]
 
 
+def test_between_flushes_only_full_batches_are_sent() -> None:
+    received: list[int] = []
+
+    async def slow_collector(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.002)  # spans keep coming while a batch is posted
+        received.append(span_count(request.content))
+        return httpx.Response(200, json={})
+
+    spans = OtlpSpanReporter(
+        "https://langfuse.test/",
+        PUBLIC_KEY,
+        SECRET_KEY,
+        SpanExportSettings(batch_size=50, flush_interval=3600, retry=FAST_RETRY),
+        transport=httpx.MockTransport(slow_collector),
+    )
+
+    async def report() -> None:
+        await spans.start()
+        for _ in range(40):  # 400 spans at a steady rate, 10 a millisecond
+            for _ in range(10):
+                spans.record(outcome())
+            await asyncio.sleep(0.001)
+        await wait_until(lambda: spans.spans_sent == 400)
+        await spans.aclose()
+
+    run(report())
+    assert received == [50] * 8
+
+
 def test_partial_batch_is_sent_after_the_interval() -> None:
     server = Server()
     spans = reporter(server, batch_size=100, flush_interval=0.01)
