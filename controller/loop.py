@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from coalmine.shared.routing_tables.store import RoutingTableStore, VersionConflictError
-from coalmine.shared.routing_tables.table import initial_table
+from coalmine.shared.routing_tables.table import ShadowRoute, initial_table, shadow_route
 from controller.cluster.events import EventRecorder, NoopEventRecorder
 from controller.errors import (
     LabelPermanentError,
@@ -550,7 +550,9 @@ class Controller:
     def _execute(self, action: Action, policy: Policy, now: float) -> tuple[str, str]:
         """Carry out one journalled action; its event's reason and message."""
         if action.kind is ActionKind.SET_WEIGHT:
-            self._write_weight(policy, float(action.intent["weight"]), now)
+            release = self.state.release(action.release)
+            shadow = _wanted_shadow(policy, None if release is None else release.phase)
+            self._write_weight(policy, float(action.intent["weight"]), shadow, now)
             self.state.finish_action(action, at=now)
             return "WeightSet", _describe(action)
         prompt = str(action.intent["prompt"])
@@ -585,25 +587,26 @@ class Controller:
         moved = "already there" if move is None else f"moved from version {before}"
         return "LabelMoved", f"{_describe(action)} ({moved})"
 
-    def _write_weight(self, policy: Policy, weight: float, now: float) -> None:
+    def _write_weight(
+        self, policy: Policy, weight: float, shadow: ShadowRoute | None, now: float
+    ) -> None:
+        """Make the routing table hold ``weight`` and ``shadow``."""
         if policy.target.upstreams is None:
             return  # a prompt-only release: no proxy routes it, the labels are the release
+        wanted = {"canary_weight": weight, "shadow": shadow, "reason": "controller"}
         for _ in range(5):
             table = self.routing.read(policy.name)
             if table is None:
-                fresh = initial_table(policy, weight).model_copy(update={"reason": "controller"})
+                fresh = initial_table(policy).model_copy(update=wanted)
                 try:
                     self.routing.write(fresh, None)
                     return
                 except VersionConflictError:
                     continue
-            if table.canary_weight == weight:
+            if table.canary_weight == weight and table.shadow == shadow:
                 return
             try:
-                self.routing.write(
-                    table.model_copy(update={"canary_weight": weight, "reason": "controller"}),
-                    table.version,
-                )
+                self.routing.write(table.model_copy(update=wanted), table.version)
                 return
             except VersionConflictError:
                 continue
@@ -614,20 +617,29 @@ class Controller:
     def _reconcile_weight(
         self, release: ReleaseState, policy: Policy, now: float, report: TickReport
     ) -> None:
-        """Level-triggered repair: the routing table holds the weight the state says."""
+        """Level-triggered repair: the routing table holds the weight the state says, and
+        the policy's shadow only while the rollout has not ended."""
         if policy.target.upstreams is None or self.state.pending_actions(release.name):
             return
+        shadow = _wanted_shadow(policy, release.phase)
         table = self.routing.read(policy.name)
-        if table is not None and table.canary_weight == release.canary_weight:
+        if (
+            table is not None
+            and table.canary_weight == release.canary_weight
+            and table.shadow == shadow
+        ):
             return
         log.warning(
-            "release %s: routing table holds %s, state says %s: repairing",
+            "release %s: routing table holds weight %s and shadow %s, state says %s and %s: "
+            "repairing",
             release.name,
             None if table is None else table.canary_weight,
+            None if table is None or table.shadow is None else table.shadow.upstream,
             release.canary_weight,
+            None if shadow is None else shadow.upstream,
         )
         try:
-            self._write_weight(policy, release.canary_weight, now)
+            self._write_weight(policy, release.canary_weight, shadow, now)
         except RETRIED as error:
             report.action_errors.append(f"{release.name}: {error}")
 
@@ -657,10 +669,12 @@ class Controller:
             warning=True,
         )
         table = self.routing.read(release.name)
-        if table is not None and table.canary_weight != 0.0:
+        if table is not None and (table.canary_weight != 0.0 or table.shadow is not None):
             try:
                 self.routing.write(
-                    table.model_copy(update={"canary_weight": 0.0, "reason": "policy removed"}),
+                    table.model_copy(
+                        update={"canary_weight": 0.0, "shadow": None, "reason": "policy removed"}
+                    ),
                     table.version,
                 )
             except VersionConflictError as error:
@@ -735,6 +749,12 @@ def _describe(action: Action) -> str:
     if action.kind is ActionKind.SET_WEIGHT:
         return f"canary weight to {float(intent['weight']):g}%"
     return f"label {intent['label']} of prompt {intent['prompt']} to version {intent['version']}"
+
+
+def _wanted_shadow(policy: Policy, phase: Phase | None) -> ShadowRoute | None:
+    """The mirroring a release's routing table carries: its policy's until the rollout
+    ends (promoted, rolled back, aborted), then none."""
+    return None if phase in FINISHED else shadow_route(policy)
 
 
 def _move_label(prompt: str, label: str, version: int) -> tuple[ActionKind, dict[str, Any]]:

@@ -105,7 +105,6 @@ def initial_table(policy: Policy, canary_weight: float = 0.0, version: int = 0) 
             "nowhere to send its requests"
         )
     prompt = policy.target.prompt
-    shadow = policy.shadow
     return RoutingTable(
         release=policy.name,
         version=version,
@@ -118,16 +117,22 @@ def initial_table(policy: Policy, canary_weight: float = 0.0, version: int = 0) 
             upstream=upstreams.canary or upstreams.stable,
             prompt_label=prompt.canary_label if prompt else None,
         ),
-        shadow=None
-        if shadow is None
-        else ShadowRoute(
-            upstream=shadow.upstream,
-            percent=shadow.percent,
-            methods=shadow.methods,
-            max_body_bytes=shadow.max_body_bytes,
-            max_in_flight=shadow.max_in_flight,
-        ),
+        shadow=shadow_route(policy),
         reason="initial",
+    )
+
+
+def shadow_route(policy: Policy) -> ShadowRoute | None:
+    """The mirroring a policy asks for, as a routing table carries it (None: none)."""
+    shadow = policy.shadow
+    if shadow is None:
+        return None
+    return ShadowRoute(
+        upstream=shadow.upstream,
+        percent=shadow.percent,
+        methods=shadow.methods,
+        max_body_bytes=shadow.max_body_bytes,
+        max_in_flight=shadow.max_in_flight,
     )
 
 
