@@ -16,6 +16,7 @@ from pathlib import Path
 
 from policies import Policy, PolicyError
 from policies.loader import load_policy_text
+from policies.policy_set import check_policy_set, policy_files_in
 
 log = logging.getLogger("coalmine.controller.policies")
 
@@ -51,13 +52,7 @@ class PolicyFiles:
         found: list[Path] = []
         for path in self.paths:
             if path.is_dir():
-                found.extend(
-                    sorted(
-                        child
-                        for child in path.iterdir()
-                        if child.suffix in (".yaml", ".yml") and not child.name.startswith(".")
-                    )
-                )
+                found.extend(policy_files_in(path))
             elif path.exists():
                 found.append(path)
         return found
@@ -102,15 +97,21 @@ class PolicyFiles:
                 log.info("policy %s reloaded", path)
             self._good[path] = policy
         self.problems = problems
-        by_name: dict[str, Policy] = {}
-        for path, policy in sorted(self._good.items()):
-            if policy.name in by_name:
-                self.problems.append(
-                    PolicyProblem(str(path), f"release '{policy.name}' is defined twice", None)
-                )
-                continue
-            by_name[policy.name] = policy
-        return by_name
+        return self._in_force()
+
+    def _in_force(self) -> dict[str, Policy]:
+        """The good policies by release; of a release given twice, the first file's (the
+        second is reported). Releases that clash otherwise are left to the proxy, which
+        refuses them when it starts."""
+        good = [(str(path), policy) for path, policy in sorted(self._good.items())]
+        duplicates = {
+            conflict.second: conflict
+            for conflict in check_policy_set(good)
+            if conflict.kind == "release"
+        }
+        for path, conflict in duplicates.items():
+            self.problems.append(PolicyProblem(path, str(conflict), None))
+        return {policy.name: policy for path, policy in good if path not in duplicates}
 
     def _problem(self, path: Path, message: str) -> PolicyProblem:
         good = self._good.get(path)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from coalmine.shared.routing_tables.store import BadRoutingTableError, RoutingTableStore
 from coalmine.shared.routing_tables.table import RoutingTable, check_upstreams, initial_table
 from policies.model import Policy
+from policies.policy_set import check_policy_set
 
 log = logging.getLogger("coalmine.proxy.routing")
 
@@ -63,18 +64,19 @@ class Releases:
         unknown = sorted(set(pins) - {policy.name for policy in policies})
         if unknown:
             raise ValueError(f"--weight names no release of the given policies: {unknown[0]}")
-        seen: dict[str, str] = {}
+        # Routing needs one release per name and per prefix; which prompts the releases
+        # move is the controller's concern (the commands refuse a shared prompt first).
+        conflicts = [
+            conflict
+            for conflict in check_policy_set(
+                (str(index), policy) for index, policy in enumerate(policies)
+            )
+            if conflict.kind != "prompt"
+        ]
+        if conflicts:
+            raise ValueError(conflicts[0].message)
         by_name: dict[str, Release] = {}
         for policy in policies:
-            if policy.name in by_name:
-                raise ValueError(f"release '{policy.name}' is given by two policy files")
-            prefix = policy.routing.path_prefix
-            if prefix in seen:
-                raise ValueError(
-                    f"releases '{seen[prefix]}' and '{policy.name}' both claim path prefix "
-                    f"'{prefix}'"
-                )
-            seen[prefix] = policy.name
             pinned = policy.name in pins
             table = initial_table(policy, pins.get(policy.name, 0.0))
             by_name[policy.name] = Release(policy, table, pinned)

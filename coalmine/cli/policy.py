@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from coalmine.cli.errors import InputError
-from policies import Policy, PolicyError, load_policy, policy_json_schema_text
+from policies import Policy, PolicyError, PolicyIssue, load_policy, policy_json_schema_text
+from policies.policy_set import SetProblem, check_policy_set, policy_files_in
 
 app = typer.Typer(help="Check policy files and export their JSON Schema.", no_args_is_help=True)
 
@@ -24,32 +25,71 @@ def _summary(policy: Policy) -> str:
     return f"release {policy.name}, {steps}, {metrics}"
 
 
-@app.command()
-def validate(
-    files: Annotated[
-        list[Path],
-        typer.Argument(help="Policy files to check.", metavar="FILE", show_default=False),
-    ],
-) -> None:
-    """Check policy files; print every problem as FILE:LINE:COLUMN: FIELD: MESSAGE.
+def _files_of(paths: list[Path]) -> list[Path]:
+    """The files named, with each directory replaced by its policy files."""
+    files: list[Path] = []
+    for path in paths:
+        files.extend(policy_files_in(path) if path.is_dir() else [path])
+    return files
 
-    Exits 0 when all files are valid, 2 when any is not.
-    """
-    bad_files = 0
-    issue_count = 0
+
+def _load_each(files: list[Path]) -> tuple[list[tuple[str, Policy]], list[PolicyIssue]]:
+    """The valid policies with their files, and every issue of the others."""
+    valid: list[tuple[str, Policy]] = []
+    issues: list[PolicyIssue] = []
     for file in files:
         try:
-            policy = load_policy(file)
+            valid.append((str(file), load_policy(file)))
         except PolicyError as error:
-            bad_files += 1
-            issue_count += len(error.issues)
-            for issue in error.issues:
-                print(issue, file=sys.stderr)
-            continue
+            issues.extend(error.issues)
+    return valid, issues
+
+
+def _failure(
+    issues: list[PolicyIssue], bad_files: int, conflicts: list[SetProblem], file_count: int
+) -> str:
+    parts = []
+    if issues:
+        problems = _plural(len(issues), "problem")
+        parts.append(f"{problems} in {bad_files} of {_plural(file_count, 'policy file')}")
+    if conflicts:
+        parts.append(f"{_plural(len(conflicts), 'conflict')} between policy files")
+    return "; ".join(parts)
+
+
+@app.command()
+def validate(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Policy files, or directories of *.yaml and *.yml policy files, to check "
+            "as one set.",
+            metavar="FILE|DIR",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Check policy files, each and together; print every problem as
+    FILE:LINE:COLUMN: FIELD: MESSAGE and every conflict as FILE and FILE: MESSAGE.
+
+    The files are checked as one set, as `coalmine run` and `coalmine proxy` load them:
+    no release name, routing.pathPrefix or target.prompt.name may be given twice.
+    Exits 0 when all files are valid and agree, 2 when not.
+    """
+    files = _files_of(paths)
+    if not files:
+        raise InputError(f"no policy files (*.yaml, *.yml) in {', '.join(map(str, paths))}")
+    valid, issues = _load_each(files)
+    for file, policy in valid:
         print(f"ok: {file} ({_summary(policy)})")
-    if bad_files:
-        problems = _plural(issue_count, "problem")
-        raise InputError(f"{problems} in {bad_files} of {_plural(len(files), 'policy file')}")
+    for issue in issues:
+        print(issue, file=sys.stderr)
+    conflicts = check_policy_set(valid)
+    for conflict in conflicts:
+        print(conflict, file=sys.stderr)
+    if issues or conflicts:
+        bad_files = len(files) - len(valid)
+        raise InputError(_failure(issues, bad_files, conflicts, len(files)))
 
 
 @app.command()

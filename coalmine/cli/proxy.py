@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from coalmine.cli.errors import InputError
 from policies import Policy, PolicyError, load_policy
+from policies.policy_set import check_policy_set
 
 
 def register(app: typer.Typer) -> None:
@@ -95,16 +96,31 @@ def parse_weights(specs: list[str]) -> dict[str, float]:
     return pins
 
 
-def load_policies(files: list[Path]) -> list[Policy]:
-    policies = []
+def _load_each(files: list[Path]) -> list[tuple[str, Policy]]:
+    loaded: list[tuple[str, Policy]] = []
     for file in files:
         try:
-            policies.append(load_policy(file))
+            loaded.append((str(file), load_policy(file)))
         except PolicyError as error:
             raise InputError(f"--policy: {error}") from None
         except OSError as error:
             raise InputError(f"--policy: {file}: {error.strerror or error}") from None
-    return policies
+    return loaded
+
+
+def load_policies(files: list[Path]) -> list[Policy]:
+    """The policies of ``files``; InputError names the first invalid one."""
+    return [policy for _, policy in _load_each(files)]
+
+
+def load_routed_policies(files: list[Path]) -> list[Policy]:
+    """The policies of ``files`` for one proxy to serve; InputError also when two of them
+    conflict (the checks of ``coalmine policy validate``)."""
+    loaded = _load_each(files)
+    conflicts = check_policy_set(loaded)
+    if conflicts:
+        raise InputError(f"--policy: {conflicts[0]}")
+    return [policy for _, policy in loaded]
 
 
 def run_proxy(
@@ -126,7 +142,7 @@ def run_proxy(
     )
     if not policy_files:
         raise InputError("--policy: at least one policy file is needed")
-    policies = load_policies(policy_files)
+    policies = load_routed_policies(policy_files)
     try:
         settings = ProxySettings(**overrides)
     except ValidationError as error:

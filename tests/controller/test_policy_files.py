@@ -200,7 +200,9 @@ def test_a_release_defined_twice_keeps_the_first_file_and_reports_the_second(
     assert first_weight(files, "support") == 10
     [problem] = files.problems
     assert problem.path == str(second)
-    assert "'support' is defined twice" in problem.message
+    assert problem.message == (
+        f"{first} and {second}: release 'support' is given by two policy files"
+    )
 
     first.unlink()
     assert first_weight(files, "support") == 20
