@@ -17,6 +17,7 @@ permanently is marked failed, a service that cannot start stops. ::
     │   ├── LabelPermanentError        bad keys, no such prompt or version, a label
     │   │                              Langfuse refuses (also a LabelError)
     │   ├── SetupError                 the service cannot start as configured
+    │   │   └── StateFileError         the state file is not a coalmine SQLite file
     │   └── StateLockedError           another process holds the state file
     ├── LabelError                     reading or moving a prompt label failed
     ├── ManualActionError              a manual action that does not apply
@@ -52,6 +53,7 @@ __all__ = [
     "RoutingConflictError",
     "SetupError",
     "StaleStateError",
+    "StateFileError",
     "StateLockedError",
     "StreamError",
 ]
@@ -119,6 +121,11 @@ class NotLeaderError(CoalmineError):
 
 class SetupError(PermanentError):
     """The controller cannot start as configured (permanent)."""
+
+
+class StateFileError(SetupError):
+    """The state file cannot be used: not a file, not SQLite, damaged, or the SQLite
+    file of something other than coalmine. Raised before anything is written to it."""
 
 
 class ManualActionError(CoalmineError):

@@ -28,7 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from controller.errors import StateLockedError
+from controller.errors import StateFileError, StateLockedError
 from controller.judge import ScoreValue
 from controller.samples import Cursors, ScoreSample, TraceSample
 from policies.domain import Arm, Phase
@@ -101,6 +101,11 @@ CREATE TABLE IF NOT EXISTS cursors (
     scores_from REAL NOT NULL
 );
 """
+
+_COALMINE_TABLES = frozenset(
+    {"releases", "decisions", "actions", "label_moves", "traces", "scores", "cursors"}
+    | {"routing_tables"}  # coalmine.shared.routing_tables.store, in the same file
+)
 
 
 class ActionKind(StrEnum):
@@ -230,15 +235,21 @@ class ControllerState:
     one lock); every change is one transaction."""
 
     def __init__(self, path: Path) -> None:
+        """Open (or create) the state file and take its lock.
+
+        Raises StateLockedError when another process holds it, StateFileError when it is
+        not a coalmine state file (nothing is written to it then)."""
         self.path = path
+        if path.is_dir():
+            raise StateFileError(f"state file {path}: is a directory, not a file")
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = _take_lock(path)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = _open(path)
+        except BaseException:
+            _release_lock(self._lock_file)
+            raise
 
     def refresh(self) -> None:
         """Forget what was read from a shared store (a SQLite file has one writer, this
@@ -247,8 +258,7 @@ class ControllerState:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            os.close(self._lock_file)
+            _release_lock(self._lock_file)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -592,6 +602,50 @@ def _action(row: tuple[Any, ...]) -> Action:
 def _score(row: tuple[Any, ...]) -> ScoreSample:
     value: ScoreValue = json.loads(row[3])
     return ScoreSample(score_id=row[0], trace_id=row[1], name=row[2], value=value, at=row[4])
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The state file's connection, its schema in place.
+
+    Raises StateFileError, before anything is written, when the file is not SQLite, is
+    damaged, or holds only tables that are not coalmine's."""
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        tables = _tables(db, path)
+        if tables and not tables & _COALMINE_TABLES:
+            raise StateFileError(
+                f"state file {path}: not a coalmine state file (a SQLite file with other "
+                f"tables: {', '.join(sorted(tables))})"
+            )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+    except sqlite3.DatabaseError as error:
+        db.close()
+        raise StateFileError(f"state file {path}: cannot be opened: {error}") from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _tables(db: sqlite3.Connection, path: Path) -> set[str]:
+    """The file's own tables (a read: a file that is not SQLite fails here unchanged)."""
+    try:
+        rows = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+    except sqlite3.DatabaseError as error:
+        raise StateFileError(
+            f"state file {path}: not a coalmine state file (not SQLite, or damaged: {error})"
+        ) from None
+    return {str(name) for (name,) in rows}
+
+
+def _release_lock(descriptor: int) -> None:
+    fcntl.flock(descriptor, fcntl.LOCK_UN)
+    os.close(descriptor)
 
 
 def _take_lock(path: Path) -> int:

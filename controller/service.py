@@ -128,16 +128,16 @@ class ControllerService:
         if self.scheduler is not None:
             self.scheduler.modify_job("tick", next_run_time=datetime.now(UTC))
 
-    def admin_app(self) -> Any:
-        """The admin API and dashboard (FastAPI), guarded by the admin token."""
+    def admin_app(self, token: str | None = None) -> Any:
+        """The admin API and dashboard (FastAPI), guarded by the admin token (``token``,
+        or the one the settings give).
+
+        Raises SetupError when there is no token to guard it with."""
         from controller.admin import create_admin_app  # noqa: PLC0415 (FastAPI, on demand)
         from controller.dashboard import DashboardSettings  # noqa: PLC0415
 
-        token = self.settings.token()
         if token is None:
-            raise SetupError(
-                "the admin API needs a token: set COALMINE_ADMIN_TOKEN or COALMINE_ADMIN_TOKEN_FILE"
-            )
+            token = admin_token(self.settings)
         return create_admin_app(
             self.controller,
             token=token,
@@ -165,6 +165,31 @@ class ControllerService:
             if callable(close):
                 close()
         self.state.close()
+
+
+def admin_token(settings: ControllerSettings) -> str:
+    """The admin API's token from the settings.
+
+    Raises SetupError when neither COALMINE_ADMIN_TOKEN nor COALMINE_ADMIN_TOKEN_FILE is
+    set, or when the token file cannot be read or is empty."""
+    try:
+        token = settings.token()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise SetupError(
+            f"COALMINE_ADMIN_TOKEN_FILE {settings.admin_token_file}: cannot read the admin "
+            f"token: {reason}"
+        ) from None
+    if token is None:
+        if settings.admin_token is None and settings.admin_token_file is not None:
+            raise SetupError(
+                f"COALMINE_ADMIN_TOKEN_FILE {settings.admin_token_file}: the admin token "
+                "file is empty"
+            )
+        raise SetupError(
+            "the admin API needs a token: set COALMINE_ADMIN_TOKEN or COALMINE_ADMIN_TOKEN_FILE"
+        )
+    return token
 
 
 def build_service(

@@ -12,7 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from coalmine.cli.errors import InputError
-from coalmine.cli.proxy import load_policies, parse_weights
+from coalmine.cli.proxy import load_policies, load_routed_policies, parse_weights
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -68,11 +68,11 @@ def register(app: typer.Typer) -> None:
             state=state, admin_listen=admin_listen, metrics_listen=metrics_listen
         )
         _load_at_start(policy)
-        service = _service(settings, policy)
+        service, token = _service(settings, policy)
         try:
             if settings.metrics_listen is not None:
                 _serve_metrics(settings.metrics_listen, service.metrics.registry)
-            admin = _uvicorn(service.admin_app(), settings.admin_listen, "--admin-listen")
+            admin = _uvicorn(service.admin_app(token), settings.admin_listen, "--admin-listen")
             service.start()
             asyncio.run(_serve_all([admin]))
         finally:
@@ -122,9 +122,9 @@ def register(app: typer.Typer) -> None:
             split_address(proxy_settings.listen, "--listen")
         except (ValidationError, ValueError) as error:
             raise InputError(_first_error(error)) from None
-        policies = _load_at_start(policy)
+        policies = _load_at_start(policy, routed=True)
         pins = parse_weights(weight or [])
-        service = _service(settings, policy)
+        service, token = _service(settings, policy)
         try:
             try:
                 proxy_app = build_app(proxy_settings, policies, pins)
@@ -135,7 +135,7 @@ def register(app: typer.Typer) -> None:
                 _serve_metrics(proxy_settings.metrics_listen, service.metrics.registry)
             servers = [
                 _uvicorn(proxy_app, proxy_settings.listen, "--listen", lifespan="on"),
-                _uvicorn(service.admin_app(), settings.admin_listen, "--admin-listen"),
+                _uvicorn(service.admin_app(token), settings.admin_listen, "--admin-listen"),
             ]
             service.start()
             asyncio.run(_serve_all(servers))
@@ -181,8 +181,9 @@ def _controller_settings(**flags: Any) -> Any:
         raise InputError(_first_error(error)) from None
 
 
-def _load_at_start(paths: list[Path]) -> list[Any]:
-    """The policies as they are at start, where a bad file is an error, not a warning."""
+def _load_at_start(paths: list[Path], *, routed: bool = False) -> list[Any]:
+    """The policies as they are at start, where a bad file is an error, not a warning;
+    ``routed``: also where they conflict as releases behind one proxy."""
     from controller.policy_files import PolicyFiles  # noqa: PLC0415
 
     if not paths:
@@ -190,15 +191,19 @@ def _load_at_start(paths: list[Path]) -> list[Any]:
     for path in paths:
         if not path.exists():
             raise InputError(f"--policy: {path}: no such file or directory")
-    return load_policies(PolicyFiles(paths).files())
+    files = PolicyFiles(paths).files()
+    return load_routed_policies(files) if routed else load_policies(files)
 
 
-def _service(settings: Any, policy_paths: list[Path]) -> Any:
+def _service(settings: Any, policy_paths: list[Path]) -> tuple[Any, str]:
+    """The controller service and its admin token; the token is read first, so that a
+    set-up without one opens and writes nothing."""
     from controller.errors import SetupError, StateLockedError  # noqa: PLC0415
-    from controller.service import build_service  # noqa: PLC0415
+    from controller.service import admin_token, build_service  # noqa: PLC0415
 
     try:
-        return build_service(settings, policy_paths)
+        token = admin_token(settings)
+        return build_service(settings, policy_paths), token
     except (SetupError, StateLockedError) as error:
         raise InputError(str(error)) from None
 

@@ -37,6 +37,10 @@ class BadRoutingTableError(Exception):
     """A stored document is not a valid routing table."""
 
 
+class BadStoreFileError(Exception):
+    """The store's file is not SQLite, or is damaged (nothing was written to it)."""
+
+
 class RoutingTableStore(Protocol):
     """Reads and writes routing tables by release."""
 
@@ -93,6 +97,9 @@ class SqliteRoutingStore:
         self._connection: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:
+        """The open connection, opened on first use.
+
+        Raises BadStoreFileError when the file is not SQLite or is damaged."""
         if self._connection is None:
             if self.readonly:
                 uri = f"file:{self.path}?mode=ro"
@@ -100,19 +107,33 @@ class SqliteRoutingStore:
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 connection = sqlite3.connect(self.path, check_same_thread=False)
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute(_SCHEMA)
-                connection.commit()
-            connection.execute("PRAGMA busy_timeout=5000")
+            try:
+                self._prepare(connection)
+            except sqlite3.DatabaseError as error:
+                connection.close()
+                if isinstance(error, sqlite3.OperationalError):
+                    raise
+                raise BadStoreFileError(
+                    f"{self.path}: not a SQLite state file, or damaged: {error}"
+                ) from None
             self._connection = connection
         return self._connection
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
+        connection.execute("PRAGMA busy_timeout=5000")
+        # reading the schema first fails on a file that is not SQLite before any write
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        if not self.readonly:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(_SCHEMA)
+            connection.commit()
 
     @contextmanager
     def _cursor(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
                 yield self._connect()
-            except sqlite3.OperationalError:
+            except sqlite3.DatabaseError:
                 self._close_locked()
                 raise
 
