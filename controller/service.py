@@ -25,7 +25,7 @@ from controller.labels import LangfusePromptLabels, PromptLabels
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
 from controller.notify import MultiNotifier, Notifier, WebhookNotifier
-from controller.policy_files import PolicyFiles
+from policies.policy_files import PolicyFiles
 from controller.release_store import ControllerState
 from controller.settings import ControllerSettings
 from controller.source import SampleSource

@@ -184,7 +184,7 @@ def _controller_settings(**flags: Any) -> Any:
 def _load_at_start(paths: list[Path], *, routed: bool = False) -> list[Any]:
     """The policies as they are at start, where a bad file is an error, not a warning;
     ``routed``: also where they conflict as releases behind one proxy."""
-    from controller.policy_files import PolicyFiles  # noqa: PLC0415
+    from policies.policy_files import PolicyFiles  # noqa: PLC0415
 
     if not paths:
         raise InputError("--policy: at least one policy file or directory is needed")

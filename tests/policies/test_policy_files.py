@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from coalmine.shared.routing_tables.store import SqliteRoutingStore
-from controller.policy_files import PolicyFiles
+from policies.policy_files import PolicyFiles
 from controller.service import ControllerService, build_service
 from controller.settings import ControllerSettings
 from policies.domain import Phase
