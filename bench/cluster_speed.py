@@ -45,7 +45,8 @@ from coalmine.shared.routing_tables.store import SqliteRoutingStore
 from coalmine.shared.routing_tables.table import ArmRoute, RoutingTable
 from controller.cluster.lease import LeaseElector
 from controller.cluster.release_configmaps import ClusterState
-from controller.release_store import ActionKind, ControllerState, ReleaseState
+from controller.lifecycle import ActionKind, ReleaseState
+from controller.release_store import ControllerState
 from policies.domain import Phase
 
 NAMESPACE = "bench"

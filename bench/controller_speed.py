@@ -92,6 +92,7 @@ from controller.source.budget import (
     BudgetSettings,
     RequestBudget,
 )
+from controller.source.health import SourceHealth
 from controller.source.langfuse import (
     DEFAULT_LOOKBACK,
     DEFAULT_SCORE_LOOKBACK,
@@ -340,6 +341,9 @@ class TimedSource:
         self.cpu += time.process_time() - started
         self.last = poll
         return poll
+
+    def health(self, now: float) -> SourceHealth:
+        return self.inner.health(now)
 
     def close(self) -> None:
         self.inner.close()

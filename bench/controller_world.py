@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from coalmine.shared.routing_tables.store import RoutingTableStore
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
+from controller.source.health import PollHealth, SourceHealth
 from policies.domain import Arm
 from policies.model import Policy
 
@@ -86,6 +87,10 @@ class World:
         self._pending = [trace for trace in self._pending if trace.ts > now]
         self._scores = [score for score in self._scores if score.at > now]
         return Poll(ok=True, cursors=Cursors(now, now), traces=traces, scores=scores)
+
+    def health(self, now: float) -> SourceHealth:
+        """The world reads nothing from Langfuse: no read health to report."""
+        return SourceHealth(reads=PollHealth().snapshot(now))
 
     def close(self) -> None:
         pass

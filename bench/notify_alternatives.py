@@ -31,8 +31,8 @@ import httpx
 import tenacity
 
 from coalmine.shared.retry import Backoff, parse_retry_after
+from controller.lifecycle import ReleaseState
 from controller.notify import MAX_BACKOFF, event_payload
-from controller.release_store import ReleaseState
 
 log = logging.getLogger("coalmine.bench.notify")
 

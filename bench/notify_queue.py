@@ -54,8 +54,8 @@ import httpx
 
 from bench.machine import LoadMeter, cpu_seconds, describe, free_port
 from bench.notify_alternatives import ExecutorNotifier, QueueNotifier, TenacityNotifier
+from controller.lifecycle import ReleaseState
 from controller.notify import WebhookNotifier
-from controller.release_store import ReleaseState
 from policies.domain import Phase
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,9 +6,12 @@ without a token, so the API never runs open. JSON field names
 are camelCase, times are seconds since the epoch, steps are counted from 1, and every
 error is ``{"error": {"code": ..., "message": ...}}``.
 
-    GET  /releases                    every release, one line each
-    GET  /releases/{name}             one release with its last judgement and its history
-    POST /releases/{name}/{action}    promote, rollback, pause, resume or abort; body
+    GET  /releases                    every release, one line each, and how Langfuse is
+                                      read (``langfuseReads``, ``scoreTypeMismatches``)
+    GET  /releases/{name}             one release with its last judgement and its history,
+                                      and the same two fields for it
+    POST /releases/{name}/{action}    promote, rollback, pause, resume or abort the
+                                      current rollout, or start the next one; body
                                       optional: {"reason": "..."}
     GET  /                            the dashboard page (no data; its data calls need
                                       the token)
@@ -24,7 +27,7 @@ from __future__ import annotations
 import hmac
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
@@ -41,14 +44,17 @@ from controller.errors import (
     NotLeaderError,
 )
 from controller.evidence_log import judgement_summary
+from controller.lifecycle import ReleaseState, policy_digest
 from controller.loop import Controller
-from controller.release_store import Action, DecisionRecord, LabelMove, ReleaseState
+from controller.release_store import Action, DecisionRecord, LabelMove
+from controller.source import health_of
+from controller.source.status import mismatches_of, reads_json
 from policies.domain import Phase
 
 if TYPE_CHECKING:
     from policies.model import Policy, Step
 
-ACTIONS: Final = ("promote", "rollback", "pause", "resume", "abort")
+ACTIONS: Final = ("promote", "rollback", "pause", "resume", "abort", "start")
 ACTOR: Final = "admin-api"
 RUNNING: Final = frozenset({Phase.CANARY, Phase.PAUSED})
 """Phases whose samples the controller polls for (as the loop does)."""
@@ -203,11 +209,9 @@ def _release_routes(controller: Controller, clock: Callable[[], float]) -> APIRo
     @router.get("/releases")
     def list_releases() -> JSONResponse:
         policies = controller.policies()
-        releases = [
-            release_summary(release, policies.get(release.name))
-            for release in controller.state.releases()
-        ]
-        return JSONResponse({"releases": releases})
+        states = controller.state.releases()
+        releases = [release_summary(release, policies.get(release.name)) for release in states]
+        return JSONResponse({"releases": releases, **source_status(controller, states, clock())})
 
     @router.get("/releases/{name}")
     def show_release(
@@ -215,7 +219,8 @@ def _release_routes(controller: Controller, clock: Callable[[], float]) -> APIRo
         decisions: int = Query(default=50, ge=1, le=1000, description="Decisions to include."),
     ) -> JSONResponse:
         release = _known(controller, name)
-        return JSONResponse(release_detail(controller, release, decisions))
+        detail = release_detail(controller, release, decisions)
+        return JSONResponse({**detail, **source_status(controller, [release], clock())})
 
     @router.post("/releases/{name}/{action}")
     def act(name: str, action: str, body: ActionBody | None = None) -> JSONResponse:
@@ -262,6 +267,21 @@ def _known(controller: Controller, name: str) -> ReleaseState:
 # -- JSON shapes --------------------------------------------------------------------------
 
 
+def source_status(
+    controller: Controller, releases: Iterable[ReleaseState], now: float
+) -> dict[str, Any]:
+    """``langfuseReads``: how the sample source keeps up reading Langfuse for the running
+    rollouts among ``releases`` (None when none runs, as Langfuse is not read for them,
+    or for a source that does not say); ``scoreTypeMismatches``: their scores whose type
+    cannot serve the metric that reads them."""
+    health = health_of(controller.source, now)
+    running = [(r.name, r.started_at) for r in releases if r.phase in RUNNING]
+    return {
+        "langfuseReads": None if health is None or not running else reads_json(health.reads),
+        "scoreTypeMismatches": mismatches_of(health, running),
+    }
+
+
 def release_summary(release: ReleaseState, policy: Policy | None) -> dict[str, Any]:
     """One release, as ``GET /releases`` lists it."""
     return {
@@ -273,6 +293,12 @@ def release_summary(release: ReleaseState, policy: Policy | None) -> dict[str, A
         "startedAt": release.started_at,
         "updatedAt": release.updated_at,
         "reason": release.reason,
+        "rollout": release.rollout,
+        "waiting": release.waiting or None,
+        "policyDigest": release.policy_digest,
+        "policyEdited": policy is not None
+        and release.running
+        and policy_digest(policy) != release.policy_digest,
     }
 
 
@@ -297,6 +323,7 @@ def release_detail(controller: Controller, release: ReleaseState, limit: int) ->
         {
             "stableVersion": release.stable_version,
             "candidateVersion": release.candidate_version,
+            "candidate": release.candidate_ref,
             "stepStartedAt": release.step_started_at,
             "resumePhase": None if release.resume_phase is None else release.resume_phase.value,
             "policySteps": None if policy is None else [_step(step) for step in policy.steps],
@@ -334,6 +361,7 @@ def _decision(record: DecisionRecord) -> dict[str, Any]:
         "reason": record.reason,
         "phase": record.phase.value,
         "step": record.step + 1,
+        "rollout": record.rollout,
         "evidence": record.evidence,
     }
 
@@ -347,6 +375,7 @@ def _label_move(move: LabelMove) -> dict[str, Any]:
         "at": move.at,
         "actor": move.actor,
         "reason": move.reason,
+        "rollout": move.rollout,
     }
 
 

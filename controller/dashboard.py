@@ -5,7 +5,8 @@ The page and its assets hold no data and need no token; the page asks for the ad
 token and sends it as a bearer token on every call. ``GET /dashboard/data`` (bearer
 token) returns every release with its weight steps, each metric's estimate and
 confidence bounds over time, and the decision log with links to the canary traces that
-regressed most in Langfuse.
+regressed most in Langfuse; and how Langfuse is read (``langfuseReads``, shown when not
+ok) with the scores whose type cannot serve their metric (``scoreTypeMismatches``).
 
 A metric's history comes from three places, merged by the time of each judgement: the
 evidence logged with every decision, the judgements this process has seen while serving
@@ -30,7 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
 from controller.evidence_log import judgement_summary
-from controller.release_store import ActionKind, DecisionRecord, ReleaseState
+from controller.lifecycle import ActionKind, ReleaseState
+from controller.release_store import DecisionRecord
+from controller.source import health_of
+from controller.source.status import mismatches_of, reads_json
 from policies.domain import Phase
 from policies.model import Direction, Metric, MetricSource, Policy
 
@@ -185,10 +189,21 @@ def _data_routes(
             "refreshSeconds": settings.refresh_seconds,
             "langfuseLinks": settings.langfuse_base_url is not None,
             "releases": releases,
+            **reads_view(controller, now),
         }
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     return router
+
+
+def reads_view(controller: Controller, now: float) -> dict[str, Any]:
+    """How Langfuse is read, for the block above the releases: the read health while a
+    rollout runs (None otherwise, or for a source that does not say), and the score type
+    mismatches of the running rollouts."""
+    health = health_of(controller.source, now)
+    running = [(r.name, r.started_at) for r in controller.state.releases() if r.phase in RUNNING]
+    reads = None if health is None or not running else reads_json(health.reads)
+    return {"langfuseReads": reads, "scoreTypeMismatches": mismatches_of(health, running)}
 
 
 # -- the view of one release ----------------------------------------------------------------
@@ -221,6 +236,8 @@ def release_view(
         "startedAt": started,
         "updatedAt": release.updated_at,
         "reason": release.reason,
+        "rollout": release.rollout,
+        "waiting": release.waiting or None,
         "hasPolicy": policy is not None,
         "end": now if release.phase in RUNNING else max(release.updated_at, started or 0.0),
         "weights": weight_steps(current, weights),

@@ -11,15 +11,14 @@ same transaction, before anything is done; every action is idempotent and verifi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from coalmine.shared.routing_tables.store import RoutingTableStore, VersionConflictError
-from coalmine.shared.routing_tables.table import ShadowRoute, initial_table, shadow_route
+from coalmine.shared.routing_tables.store import RoutingTableStore
+from controller import actions, lifecycle
 from controller.cluster.events import EventRecorder, NoopEventRecorder
 from controller.errors import (
     LabelPermanentError,
@@ -27,20 +26,20 @@ from controller.errors import (
     ManualActionError,
     ManualActionIncompleteError,
     NotLeaderError,
-    RoutingConflictError,
     StaleStateError,
 )
 from controller.evidence_log import judgement_summary
 from controller.judge import Decision, Evidence, Judgement, StepStatus, Trace, judge
 from controller.labels import PromptLabels
-from controller.release_store import (
-    Action,
-    ActionKind,
-    ActionStatus,
-    ControllerState,
-    LabelMove,
+from controller.lifecycle import (
+    Change,
     ReleaseState,
+    Sighting,
+    Transition,
+    Waiting,
+    policy_digest,
 )
+from controller.release_store import ControllerState
 from controller.samples import Cursors, ScoreSample, TraceSample
 from controller.source import SampleSource
 from policies.domain import FINISHED, Phase
@@ -72,16 +71,6 @@ WARNINGS = frozenset({"rollback", "pause", "abort"})
 
 Notify = Callable[[str, ReleaseState, str], None]
 """Called with (event, release, reason) on promote, rollback and pause."""
-
-
-RETRIED = (LabelTemporaryError, RoutingConflictError)
-"""Errors of a journalled action that leave it pending, to be carried out next tick."""
-REFUSED = (LabelPermanentError, ValueError)
-"""Errors of a journalled action that mark it failed."""
-
-
-def policy_digest(policy: Policy) -> str:
-    return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,34 +245,40 @@ class Controller:
             live.evidence.add_scores(score.trace_id, {score.name: score.value}, score.at)
 
     def _step(self, name: str, policy: Policy, now: float, report: TickReport) -> None:
+        digest = policy_digest(policy)
         release = self.state.release(name)
-        if release is None or (
-            release.phase is Phase.PENDING and release.policy_digest != policy_digest(policy)
-        ):
-            release = ReleaseState(
-                name=name, phase=Phase.PENDING, updated_at=now, policy_digest=policy_digest(policy)
-            )
+        if release is None:
+            release = lifecycle.pending(name, digest, now=now)
+            self.state.save_release(release)
+        elif release.phase is Phase.PENDING and release.policy_digest != digest:
+            release = replace(release, policy_digest=digest, updated_at=now)
             self.state.save_release(release)
         self._run_pending_actions(name, policy, now, report)
         release = self.state.release(name) or release
-        if release.phase is Phase.PENDING:
+        if not release.running:
+            if release.phase in FINISHED:
+                self.live.pop(name, None)
+                self._reconcile_weight(release, policy, report)
             self._maybe_start(release, policy, now, report)
             return
-        if release.phase in FINISHED:
-            self.live.pop(name, None)
-            self._reconcile_weight(release, policy, now, report)
-            return
-        live = self._live(release, policy)
-        self._reconcile_weight(release, policy, now, report)
+        judged, problem = lifecycle.judged_by(release, policy)
+        if problem is not None:
+            report.action_errors.append(f"{name}: {problem}")
+            log.error("release %s: %s", name, problem)
+        live = self._live(release, judged)
+        self._reconcile_weight(release, policy, report)
         if release.phase is not Phase.CANARY or now < live.next_look:
+            return
+        if self._superseded(release, policy, now, report):
+            self._after(name, policy, now, report)
             return
         live.evidence.advance(max(now, live.evidence.observed_until))
         step = StepStatus(release.step, release.step_started_at or now)
-        judgement = judge(policy, live.evidence, step, now)
+        judgement = judge(judged, live.evidence, step, now)
         live.last = judgement
         kept = self.histories.get(release.name, ())
         self.histories[release.name] = (*kept[-(JUDGEMENTS_KEPT - 1) :], judgement)
-        live.next_look = now + policy.analysis.interval
+        live.next_look = now + judged.analysis.interval
         if judgement.decision is Decision.CONTINUE:
             return
         blind = report.poll_error or report.catching_up
@@ -297,52 +292,77 @@ class Controller:
                 blind,
             )
             return
-        self._carry_out(release, policy, judgement, now, report)
+        self._carry_out(release, judged, judgement, now, report)
+        self._after(name, policy, now, report)
+
+    def _after(self, name: str, policy: Policy, now: float, report: TickReport) -> None:
+        """Once a rollout has ended, what the release waits for (or its next rollout)."""
+        ended = self.state.release(name)
+        if ended is not None and ended.phase in FINISHED:
+            self._maybe_start(ended, policy, now, report)
 
     # -- starting ------------------------------------------------------------------------
 
-    def _maybe_start(
-        self, release: ReleaseState, policy: Policy, now: float, report: TickReport
-    ) -> None:
-        stable = candidate = None
+    def _sighting(self, policy: Policy) -> Sighting:
+        """Where the prompt's labels are now (raises the label errors)."""
         prompt = policy.target.prompt
-        if prompt is not None:
-            try:
-                stable = self.labels.version_of(prompt.name, prompt.stable_label)
-                candidate = self.labels.version_of(prompt.name, prompt.canary_label)
-            except (LabelTemporaryError, LabelPermanentError) as error:
-                report.action_errors.append(f"{release.name}: {error}")
-                return
-            if candidate is None or candidate == stable:
-                return
-        elif policy.target.upstreams is None or policy.target.upstreams.canary is None:
-            return
-        weight = policy.steps[0].weight
-        started = replace(
-            release,
-            phase=Phase.CANARY,
-            step=0,
-            step_starts=(now,),
-            canary_weight=weight,
-            stable_version=stable,
-            candidate_version=candidate,
-            updated_at=now,
-            reason="candidate found",
+        if prompt is None:
+            return Sighting()
+        return Sighting(
+            stable_version=self.labels.version_of(prompt.name, prompt.stable_label),
+            candidate_version=self.labels.version_of(prompt.name, prompt.canary_label),
         )
-        reason = (
-            f"candidate version {candidate} against stable version {stable}"
-            if prompt is not None
-            else "canary upstream configured"
-        )
-        self._decide(
-            started,
-            policy,
-            "start",
-            _Grounds("controller", reason),
-            actions=[(ActionKind.SET_WEIGHT, {"weight": weight})],
-            now=now,
-            report=report,
-        )
+
+    def _maybe_start(
+        self,
+        release: ReleaseState,
+        policy: Policy,
+        now: float,
+        report: TickReport,
+        *,
+        again: bool = False,
+        actor: str = "controller",
+    ) -> bool:
+        """Start the next rollout when a candidate is there; else record why not."""
+        if self.state.pending_actions(release.name):
+            return False  # the last rollout's actions come first
+        try:
+            seen = self._sighting(policy)
+        except (LabelTemporaryError, LabelPermanentError) as error:
+            report.action_errors.append(f"{release.name}: {error}")
+            self._wait(release, f"cannot read the prompt's labels: {error}", now)
+            return False
+        found = lifecycle.find_candidate(release, policy, seen, again=again)
+        if isinstance(found, Waiting):
+            self._wait(release, found.reason, now)
+            return False
+        change = lifecycle.start(release, policy, found, policy_digest(policy), now=now)
+        grounds = _Grounds(actor, f"rollout {change.release.rollout}: {found.reason}")
+        self._decide(change, policy, grounds, now=now, report=report)
+        return True
+
+    def _wait(self, release: ReleaseState, reason: str, now: float) -> None:
+        """Record why the release waits (written only when the reason changes)."""
+        if release.waiting != reason:
+            self.state.save_release(replace(release, waiting=reason, updated_at=now))
+
+    def _superseded(
+        self, release: ReleaseState, policy: Policy, now: float, report: TickReport
+    ) -> bool:
+        """End a rollout whose candidate is no longer the one the target names: its
+        evidence would mix two candidates. The next tick starts the new one."""
+        try:
+            seen = self._sighting(policy)
+        except (LabelTemporaryError, LabelPermanentError) as error:
+            report.action_errors.append(f"{release.name}: {error}")
+            return False
+        why = lifecycle.superseded(release, policy, seen)
+        if why is None:
+            return False
+        reason = f"superseded: {why}"
+        change = lifecycle.abort(release, now=now, reason=reason)
+        self._decide(change, policy, _Grounds("controller", reason), now=now, report=report)
+        return True
 
     def _live(self, release: ReleaseState, policy: Policy) -> _Live:
         live = self.live.get(release.name)
@@ -374,131 +394,47 @@ class Controller:
     ) -> None:
         decision = judgement.decision
         grounds = _Grounds("controller", judgement.reason, judgement_summary(judgement))
-        if decision is Decision.ADVANCE:
-            step = release.step + 1
-            weight = policy.steps[step].weight
-            advanced = replace(
-                release,
-                step=step,
-                step_starts=(*release.step_starts, now),
-                canary_weight=weight,
-                updated_at=now,
-                reason=judgement.reason,
-            )
-            self.live[release.name].evidence.open_step(step, now)
-            actions = [(ActionKind.SET_WEIGHT, {"weight": weight})]
-            self._decide(advanced, policy, "advance", grounds, actions, now=now, report=report)
-        else:
-            act = {
-                Decision.PROMOTE: self._promote,
-                Decision.ROLLBACK: self._rollback,
-                Decision.PAUSE: self._pause,
-            }[decision]
-            act(release, policy, grounds, now=now, report=report)
-
-    def _promote(
-        self,
-        release: ReleaseState,
-        policy: Policy,
-        grounds: _Grounds,
-        *,
-        now: float,
-        report: TickReport,
-    ) -> None:
-        actions: list[tuple[ActionKind, dict[str, Any]]] = []
-        prompt = policy.target.prompt
-        if prompt is not None and release.candidate_version is not None:
-            actions.append(_move_label(prompt.name, prompt.stable_label, release.candidate_version))
-            actions.append(_move_label(prompt.name, prompt.canary_label, release.candidate_version))
-        upstreams = policy.target.upstreams
-        weight = 100.0 if upstreams is not None and upstreams.canary is not None else 0.0
-        actions.append((ActionKind.SET_WEIGHT, {"weight": weight}))
-        promoted = replace(
-            release,
-            phase=Phase.PROMOTED,
-            canary_weight=weight,
-            updated_at=now,
-            reason=grounds.reason,
-        )
-        self._decide(promoted, policy, "promote", grounds, actions, now=now, report=report)
+        change = lifecycle.decided(release, policy, decision, now=now, reason=judgement.reason)
+        if change.transition is Transition.ADVANCE:
+            self.live[release.name].evidence.open_step(change.release.step, now)
+        self._decide(change, policy, grounds, now=now, report=report)
 
     def _rollback(
-        self,
-        release: ReleaseState,
-        policy: Policy,
-        grounds: _Grounds,
-        *,
-        now: float,
-        report: TickReport,
-    ) -> None:
-        # the weight first: it is local and takes effect within a second
-        actions: list[tuple[ActionKind, dict[str, Any]]] = [
-            (ActionKind.SET_WEIGHT, {"weight": 0.0})
-        ]
+        self, release: ReleaseState, policy: Policy, *, now: float, reason: str
+    ) -> Change:
+        before = None
         prompt = policy.target.prompt
-        if prompt is not None and release.stable_version is not None:
-            if release.phase is Phase.PROMOTED:
-                actions.append(
-                    _move_label(
-                        prompt.name,
-                        prompt.stable_label,
-                        self._version_before_promotion(release, prompt.name),
-                    )
-                )
-            actions.append(_move_label(prompt.name, prompt.canary_label, release.stable_version))
-        rolled = replace(
-            release,
-            phase=Phase.ROLLED_BACK,
-            canary_weight=0.0,
-            updated_at=now,
-            reason=grounds.reason,
+        if prompt is not None and release.phase is Phase.PROMOTED:
+            before = self._version_before_promotion(release, prompt.name)
+        return lifecycle.rollback(
+            release, policy, now=now, reason=reason, stable_before_promotion=before
         )
-        self._decide(rolled, policy, "rollback", grounds, actions, now=now, report=report)
 
-    def _version_before_promotion(self, release: ReleaseState, prompt: str) -> int:
-        """Where the stable label was before this release moved it (label history)."""
-        assert release.stable_version is not None
+    def _version_before_promotion(self, release: ReleaseState, prompt: str) -> int | None:
+        """Where the stable label was before this rollout moved it (label history)."""
         for move in reversed(self.state.label_moves(release.name)):
             promoted_here = (
                 move.prompt == prompt
                 and move.to_version == release.candidate_version
+                and move.rollout in (0, release.rollout)
                 and move.from_version is not None
             )
-            if promoted_here and move.from_version is not None:
+            if promoted_here:
                 return move.from_version
-        return release.stable_version
-
-    def _pause(
-        self,
-        release: ReleaseState,
-        policy: Policy,
-        grounds: _Grounds,
-        *,
-        now: float,
-        report: TickReport,
-    ) -> None:
-        paused = replace(
-            release,
-            phase=Phase.PAUSED,
-            resume_phase=release.phase,
-            updated_at=now,
-            reason=grounds.reason,
-        )
-        self._decide(paused, policy, "pause", grounds, [], now=now, report=report)
+        return None
 
     def _decide(
         self,
-        release: ReleaseState,
+        change: Change,
         policy: Policy,
-        decision: str,
         grounds: _Grounds,
-        actions: list[tuple[ActionKind, dict[str, Any]]],
         *,
         now: float,
         report: TickReport,
     ) -> None:
-        """Log ``decision`` with the release's new state and journal its actions (one
+        """Log the decision with the release's new state and journal its actions (one
         transaction), then carry the actions out and tell whoever listens."""
+        release, decision = change.release, change.transition.value
         actor, reason = grounds.actor, grounds.reason
         self.state.decide(
             release,
@@ -507,178 +443,66 @@ class Controller:
             actor=actor,
             reason=reason,
             evidence=grounds.evidence,
-            actions=actions,
+            actions=[act.intent() for act in change.actions],
         )
         report.decisions.append((release.name, decision))
-        log.info("release %s: %s by %s: %s", release.name, decision, actor, reason)
+        log.info(
+            "release %s rollout %d: %s by %s: %s",
+            release.name,
+            release.rollout,
+            decision,
+            actor,
+            reason,
+        )
         self.events.record(
             release.name,
             EVENT_REASONS.get(decision, decision.title()),
-            f"{decision} by {actor}: {reason}",
+            f"rollout {release.rollout}: {decision} by {actor}: {reason}",
             warning=decision in WARNINGS,
         )
         self._run_pending_actions(release.name, policy, now, report)
         if self.notify is not None and decision in ("promote", "rollback", "pause"):
             self.notify(decision, release, reason)
 
+    def _plant(self) -> actions.Plant:
+        return actions.Plant(self.state, self.routing, self.labels, self.events)
+
     def _run_pending_actions(
         self, name: str, policy: Policy, now: float, report: TickReport
     ) -> None:
-        for action in self.state.pending_actions(name):
-            try:
-                done = self._execute(action, policy, now)
-            except RETRIED as error:
-                report.action_errors.append(f"{name}: {error} (will retry)")
-                log.warning("release %s: action %s will be retried: %s", name, action.id, error)
-                self.events.record(
-                    name, "ActionRetrying", f"{_describe(action)}: {error}", warning=True
-                )
-                return  # keep the order: later actions wait for this one
-            except REFUSED as error:
-                self.state.finish_action(
-                    action, at=now, status=ActionStatus.FAILED, error=str(error)
-                )
-                report.action_errors.append(f"{name}: {error}")
-                log.error("release %s: action %s failed: %s", name, action.id, error)
-                self.events.record(
-                    name, "ActionFailed", f"{_describe(action)}: {error}", warning=True
-                )
-                continue
-            report.actions += 1
-            self.events.record(name, *done)
+        carried = actions.run_pending(self._plant(), name, policy, now)
+        report.actions += carried.done
+        report.action_errors.extend(carried.errors)
 
-    def _execute(self, action: Action, policy: Policy, now: float) -> tuple[str, str]:
-        """Carry out one journalled action; its event's reason and message."""
-        if action.kind is ActionKind.SET_WEIGHT:
-            release = self.state.release(action.release)
-            shadow = _wanted_shadow(policy, None if release is None else release.phase)
-            self._write_weight(policy, float(action.intent["weight"]), shadow, now)
-            self.state.finish_action(action, at=now)
-            return "WeightSet", _describe(action)
-        prompt = str(action.intent["prompt"])
-        label = str(action.intent["label"])
-        version = int(action.intent["version"])
-        current = self.labels.version_of(prompt, label)
-        if action.observed is None:
-            self.state.observe_action(action, {"from": current})
-            before = current
-        else:
-            before = action.observed.get("from")
-        if current != version:
-            self.labels.move(prompt, label, version)
-        decision = self.state.decisions(action.release, limit=1)
-        actor = decision[0].actor if decision else "controller"
-        reason = decision[0].reason if decision else ""
-        move = (
-            None
-            if before == version
-            else LabelMove(
-                release=action.release,
-                prompt=prompt,
-                label=label,
-                from_version=before,
-                to_version=version,
-                at=now,
-                actor=actor,
-                reason=reason,
-            )
-        )
-        self.state.finish_action(action, at=now, label_move=move)
-        moved = "already there" if move is None else f"moved from version {before}"
-        return "LabelMoved", f"{_describe(action)} ({moved})"
-
-    def _write_weight(
-        self, policy: Policy, weight: float, shadow: ShadowRoute | None, now: float
-    ) -> None:
-        """Make the routing table hold ``weight`` and ``shadow``."""
-        if policy.target.upstreams is None:
-            return  # a prompt-only release: no proxy routes it, the labels are the release
-        wanted = {"canary_weight": weight, "shadow": shadow, "reason": "controller"}
-        for _ in range(5):
-            table = self.routing.read(policy.name)
-            if table is None:
-                fresh = initial_table(policy).model_copy(update=wanted)
-                try:
-                    self.routing.write(fresh, None)
-                    return
-                except VersionConflictError:
-                    continue
-            if table.canary_weight == weight and table.shadow == shadow:
-                return
-            try:
-                self.routing.write(table.model_copy(update=wanted), table.version)
-                return
-            except VersionConflictError:
-                continue
-        raise RoutingConflictError(
-            f"routing table of '{policy.name}' keeps changing under the writer"
-        )
-
-    def _reconcile_weight(
-        self, release: ReleaseState, policy: Policy, now: float, report: TickReport
-    ) -> None:
-        """Level-triggered repair: the routing table holds the weight the state says, and
-        the policy's shadow only while the rollout has not ended."""
-        if policy.target.upstreams is None or self.state.pending_actions(release.name):
-            return
-        shadow = _wanted_shadow(policy, release.phase)
-        table = self.routing.read(policy.name)
-        if (
-            table is not None
-            and table.canary_weight == release.canary_weight
-            and table.shadow == shadow
-        ):
-            return
-        log.warning(
-            "release %s: routing table holds weight %s and shadow %s, state says %s and %s: "
-            "repairing",
-            release.name,
-            None if table is None else table.canary_weight,
-            None if table is None or table.shadow is None else table.shadow.upstream,
-            release.canary_weight,
-            None if shadow is None else shadow.upstream,
-        )
-        try:
-            self._write_weight(policy, release.canary_weight, shadow, now)
-        except RETRIED as error:
-            report.action_errors.append(f"{release.name}: {error}")
+    def _reconcile_weight(self, release: ReleaseState, policy: Policy, report: TickReport) -> None:
+        error = actions.reconcile(self._plant(), release, policy)
+        if error is not None:
+            report.action_errors.append(error)
 
     def _abort_orphan(self, release: ReleaseState, now: float, report: TickReport) -> None:
-        """A running release whose policy file is gone: the canary gets no more traffic."""
-        aborted = replace(
-            release,
-            phase=Phase.ABORTED,
-            canary_weight=0.0,
-            updated_at=now,
-            reason="policy removed",
-        )
+        """A running release whose policy file is gone: the canary gets no more traffic.
+        (No policy, so no journalled weight action: the table is written here.)"""
+        reason = "its policy file was removed"
+        aborted = lifecycle.abort(release, now=now, reason=reason).release
         self.state.decide(
             aborted,
             at=now,
-            decision="abort",
+            decision=Transition.ABORT.value,
             actor="controller",
-            reason="its policy file was removed",
+            reason=reason,
             evidence={},
             actions=[],
         )
-        report.decisions.append((release.name, "abort"))
+        report.decisions.append((release.name, Transition.ABORT.value))
         self.events.record(
             release.name,
             "Aborted",
-            "aborted by controller: its policy file was removed",
+            f"rollout {release.rollout}: abort by controller: {reason}",
             warning=True,
         )
-        table = self.routing.read(release.name)
-        if table is not None and (table.canary_weight != 0.0 or table.shadow is not None):
-            try:
-                self.routing.write(
-                    table.model_copy(
-                        update={"canary_weight": 0.0, "shadow": None, "reason": "policy removed"}
-                    ),
-                    table.version,
-                )
-            except VersionConflictError as error:
-                report.action_errors.append(f"{release.name}: {error}")
+        error = actions.unroute(self._plant(), release.name, "policy removed")
+        if error is not None:
+            report.action_errors.append(error)
         self.live.pop(release.name, None)
 
     # -- manual actions ------------------------------------------------------------------
@@ -686,7 +510,8 @@ class Controller:
     def manual(
         self, name: str, action: str, *, actor: str, now: float, reason: str = ""
     ) -> ReleaseState:
-        """promote, rollback, pause, resume or abort a release by hand."""
+        """promote, rollback, pause, resume, abort a release's rollout by hand, or start
+        its next rollout."""
         with self.lock:
             try:
                 self.fence()
@@ -698,41 +523,50 @@ class Controller:
             release = self.state.release(name)
             if policy is None or release is None:
                 raise ManualActionError(f"no release named {name!r}")
+            try:
+                transition = Transition(action)
+            except ValueError:
+                raise ManualActionError(f"unknown action {action!r}") from None
+            refused = lifecycle.refusal(release, transition)
+            if refused is not None:
+                raise ManualActionError(refused)
             why = reason or f"{action} by {actor}"
-            grounds = _Grounds(actor, why)
             report = TickReport()
-            running = release.phase in (Phase.CANARY, Phase.PAUSED)
-            if action == "promote" and running:
-                self._promote(release, policy, grounds, now=now, report=report)
-            elif action == "rollback" and (running or release.phase is Phase.PROMOTED):
-                self._rollback(release, policy, grounds, now=now, report=report)
-            elif action == "pause" and release.phase is Phase.CANARY:
-                self._pause(release, policy, grounds, now=now, report=report)
-            elif action == "resume" and release.phase is Phase.PAUSED:
-                resumed = replace(
-                    release,
-                    phase=release.resume_phase or Phase.CANARY,
-                    resume_phase=None,
-                    updated_at=now,
-                    reason=why,
-                )
-                self._decide(resumed, policy, "resume", grounds, [], now=now, report=report)
-                live = self.live.get(name)
-                if live is not None:
-                    live.next_look = now
-            elif action == "abort" and release.phase not in FINISHED:
-                aborted = replace(
-                    release, phase=Phase.ABORTED, canary_weight=0.0, updated_at=now, reason=why
-                )
-                actions = [(ActionKind.SET_WEIGHT, {"weight": 0.0})]
-                self._decide(aborted, policy, "abort", grounds, actions, now=now, report=report)
+            if transition is Transition.START:
+                if not self._maybe_start(release, policy, now, report, again=True, actor=actor):
+                    waiting = self.state.release(name) or release
+                    raise ManualActionError(
+                        f"cannot start release {name!r}: {waiting.waiting or 'no candidate'}"
+                    )
             else:
-                raise ManualActionError(
-                    f"cannot {action} release {name!r}: it is {release.phase.value}"
-                )
+                judged, _ = lifecycle.judged_by(release, policy)
+                change = self._manual_change(release, judged, transition, now=now, reason=why)
+                self._decide(change, policy, _Grounds(actor, why), now=now, report=report)
+                live = self.live.get(name)
+                if transition is Transition.RESUME and live is not None:
+                    live.next_look = now
             if report.action_errors:
                 raise ManualActionIncompleteError("; ".join(report.action_errors))
             return self.state.release(name) or release
+
+    def _manual_change(
+        self,
+        release: ReleaseState,
+        policy: Policy,
+        transition: Transition,
+        *,
+        now: float,
+        reason: str,
+    ) -> Change:
+        if transition is Transition.PROMOTE:
+            return lifecycle.promote(release, policy, now=now, reason=reason)
+        if transition is Transition.ROLLBACK:
+            return self._rollback(release, policy, now=now, reason=reason)
+        if transition is Transition.PAUSE:
+            return lifecycle.pause(release, now=now, reason=reason)
+        if transition is Transition.RESUME:
+            return lifecycle.resume(release, now=now, reason=reason)
+        return lifecycle.abort(release, now=now, reason=reason)
 
     def judgements(self, name: str) -> tuple[Judgement, ...]:
         """The latest judgements of a release, oldest first."""
@@ -741,25 +575,6 @@ class Controller:
     def last_judgement(self, name: str) -> Judgement | None:
         live = self.live.get(name)
         return None if live is None else live.last
-
-
-def _describe(action: Action) -> str:
-    """An action's intent, for people."""
-    intent = action.intent
-    if action.kind is ActionKind.SET_WEIGHT:
-        return f"canary weight to {float(intent['weight']):g}%"
-    return f"label {intent['label']} of prompt {intent['prompt']} to version {intent['version']}"
-
-
-def _wanted_shadow(policy: Policy, phase: Phase | None) -> ShadowRoute | None:
-    """The mirroring a release's routing table carries: its policy's until the rollout
-    ends (promoted, rolled back, aborted), then none."""
-    return None if phase in FINISHED else shadow_route(policy)
-
-
-def _move_label(prompt: str, label: str, version: int) -> tuple[ActionKind, dict[str, Any]]:
-    """The journalled intent of moving one prompt label onto a version."""
-    return ActionKind.MOVE_LABEL, {"prompt": prompt, "label": label, "version": version}
 
 
 def _trace(sample: TraceSample) -> Trace:

@@ -24,8 +24,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from controller.judge import CheckState, Judgement, Verdict
+from controller.lifecycle import ReleaseState
 from controller.loop import Controller
-from controller.release_store import ActionStatus, ReleaseState
+from controller.release_store import ActionStatus
+from controller.source import health_of
+from controller.source.health import ReadVerdict
 from policies.domain import Phase
 
 SAMPLE_RATIO_CHECK: Final = "sample_ratio"
@@ -83,6 +86,7 @@ class ControllerCollector(Collector):
         if leading:
             self._requests(families["langfuse_requests"])
             self._poll(families)
+            self._reads(families)
         if self.policy_load_errors is not None:
             families["policy_load_errors"].add_metric([], self.policy_load_errors())
         if self.notifications is not None:
@@ -107,6 +111,12 @@ class ControllerCollector(Collector):
             "step": gauge(
                 "coalmine_release_step",
                 "Current step of each release, counted from 1; 0 before its canary starts.",
+                labels=["release"],
+            ),
+            "rollout": gauge(
+                "coalmine_release_rollout",
+                "Number of each release's current (or last) rollout, counted from 1; 0 "
+                "before its first. A change means a new candidate started.",
                 labels=["release"],
             ),
             "decisions": counter(
@@ -178,6 +188,31 @@ class ControllerCollector(Collector):
                 "coalmine_last_poll_failed",
                 "1 when the last poll of Langfuse failed, 0 otherwise.",
             ),
+            "poll_lag": gauge(
+                "coalmine_langfuse_poll_lag_seconds",
+                "How far behind now the Langfuse read cursors are (absent before the first poll).",
+            ),
+            "needed": gauge(
+                "coalmine_langfuse_requests_needed_per_minute",
+                "Estimate of the Langfuse requests a minute needed to keep up with the "
+                "current traffic at the current poll interval (absent until two polls).",
+            ),
+            "budget": gauge(
+                "coalmine_langfuse_request_budget_per_minute",
+                "Langfuse requests a minute the controller allows itself "
+                "(COALMINE_REQUESTS_PER_MINUTE).",
+            ),
+            "starved": gauge(
+                "coalmine_langfuse_reads_starved",
+                "1 when the request budget is too small to read Langfuse at the current "
+                "traffic, 0 otherwise.",
+            ),
+            "score_type_mismatches": counter(
+                "coalmine_score_type_mismatches",
+                "Scores whose type cannot serve the metric that reads them (left out of "
+                "the judgement), by release and metric.",
+                labels=["release", "metric"],
+            ),
             "policy_load_errors": counter(
                 "coalmine_policy_load_errors",
                 "Policy files that could not be loaded (the last good version stays in force).",
@@ -203,6 +238,7 @@ class ControllerCollector(Collector):
             families["weight"].add_metric([name], release.canary_weight)
             started = release.started_at is not None
             families["step"].add_metric([name], release.step + 1 if started else 0)
+            families["rollout"].add_metric([name], release.rollout)
             for decision, count in sorted(state.decision_counts(name).items()):
                 families["decisions"].add_metric([name, decision], count)
             pending = 0
@@ -230,6 +266,25 @@ class ControllerCollector(Collector):
             families["last_poll"].add_metric([], last_ok)
         failing = self.controller.last_poll_error is not None
         families["poll_failing"].add_metric([], float(failing))
+
+    def _reads(self, families: Mapping[str, GaugeMetricFamily | CounterMetricFamily]) -> None:
+        try:
+            health = health_of(self.controller.source, self.clock())
+        except Exception as error:  # a scrape never fails for one figure
+            log.warning("metrics: cannot read the sample source's health: %s", error)
+            return
+        if health is None:
+            return
+        reads = health.reads
+        if reads.lag_seconds is not None:
+            families["poll_lag"].add_metric([], reads.lag_seconds)
+        if reads.requests_needed_per_minute is not None:
+            families["needed"].add_metric([], reads.requests_needed_per_minute)
+        if reads.budget_per_minute is not None:
+            families["budget"].add_metric([], reads.budget_per_minute)
+        families["starved"].add_metric([], float(reads.verdict is ReadVerdict.STARVED))
+        for (release, metric), count in sorted(health.score_type_mismatch_counts.items()):
+            families["score_type_mismatches"].add_metric([release, metric], count)
 
 
 def _judgement(

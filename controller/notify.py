@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from coalmine.shared.retry import Backoff, Outcome, outcome_of, parse_retry_after
-from controller.release_store import ReleaseState
+from controller.lifecycle import ReleaseState
 from controller.stream import format_ts
 
 log = logging.getLogger("coalmine.controller.notify")
@@ -264,6 +264,7 @@ def event_payload(
     return {
         "event": event,
         "release": release.name,
+        "rollout": release.rollout,
         "phase": release.phase.value,
         "step": _step(release),
         "canaryWeight": release.canary_weight,
@@ -290,7 +291,11 @@ def slack_payload(
         event, ":white_check_mark:" if event == "promote" else ":information_source:"
     )
     name = _escape(release.name)
-    text = f"coalmine: release {name}: {event} ({release.phase.value}, {where}): {_escape(reason)}"
+    rollout = f" rollout {release.rollout}" if release.rollout else ""
+    text = (
+        f"coalmine: release {name}{rollout}: {event} ({release.phase.value}, {where}): "
+        f"{_escape(reason)}"
+    )
     return {
         "text": text,
         "blocks": [

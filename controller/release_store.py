@@ -23,13 +23,14 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from controller.errors import StateFileError, StateLockedError
 from controller.judge import ScoreValue
+from controller.lifecycle import ActionKind, ReleaseState
 from controller.samples import Cursors, ScoreSample, TraceSample
 from policies.domain import Arm, Phase
 
@@ -108,83 +109,10 @@ _COALMINE_TABLES = frozenset(
 )
 
 
-class ActionKind(StrEnum):
-    SET_WEIGHT = "set_weight"
-    MOVE_LABEL = "move_label"
-
-
 class ActionStatus(StrEnum):
     PENDING = "pending"
     DONE = "done"
     FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseState:
-    """One release as the controller last left it. Times in seconds since the epoch."""
-
-    name: str
-    phase: Phase
-    step: int = 0
-    """0-based index of the current step."""
-    step_starts: tuple[float, ...] = ()
-    """When each step so far began; the first is when the canary started."""
-    canary_weight: float = 0.0
-    """The weight the routing table should hold now."""
-    stable_version: int | None = None
-    """Prompt version that held the stable label when the release started."""
-    candidate_version: int | None = None
-    """Prompt version that held the canary label when the release started."""
-    updated_at: float = 0.0
-    reason: str = ""
-    policy_digest: str = ""
-    """Digest of the policy the release started with (an edit that changes it restarts a
-    release only while it is pending)."""
-    resume_phase: Phase | None = None
-    """The phase a paused release goes back to."""
-
-    @property
-    def started_at(self) -> float | None:
-        return self.step_starts[0] if self.step_starts else None
-
-    @property
-    def step_started_at(self) -> float | None:
-        return self.step_starts[-1] if self.step_starts else None
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "name": self.name,
-                "phase": self.phase.value,
-                "step": self.step,
-                "stepStarts": list(self.step_starts),
-                "canaryWeight": self.canary_weight,
-                "stableVersion": self.stable_version,
-                "candidateVersion": self.candidate_version,
-                "updatedAt": self.updated_at,
-                "reason": self.reason,
-                "policyDigest": self.policy_digest,
-                "resumePhase": None if self.resume_phase is None else self.resume_phase.value,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> ReleaseState:
-        data = json.loads(text)
-        resume = data.get("resumePhase")
-        return cls(
-            name=data["name"],
-            phase=Phase(data["phase"]),
-            step=int(data["step"]),
-            step_starts=tuple(float(value) for value in data["stepStarts"]),
-            canary_weight=float(data["canaryWeight"]),
-            stable_version=data.get("stableVersion"),
-            candidate_version=data.get("candidateVersion"),
-            updated_at=float(data.get("updatedAt", 0.0)),
-            reason=str(data.get("reason", "")),
-            policy_digest=str(data.get("policyDigest", "")),
-            resume_phase=None if resume is None else Phase(resume),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +142,8 @@ class DecisionRecord:
     phase: Phase
     step: int
     evidence: dict[str, Any] = field(default_factory=dict)
+    rollout: int = 0
+    """The rollout the decision belongs to (0: the release had none yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +158,8 @@ class LabelMove:
     at: float
     actor: str
     reason: str
+    rollout: int = 0
+    """The rollout that moved the label."""
 
 
 class ControllerState:
@@ -321,7 +253,7 @@ class ControllerState:
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO decisions (release, at, decision, actor, reason, phase, step, "
-                "evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "evidence, rollout) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     release.name,
                     at,
@@ -331,6 +263,7 @@ class ControllerState:
                     release.phase.value,
                     release.step,
                     json.dumps(evidence, default=str),
+                    release.rollout,
                 ),
             )
             decision_id = int(cursor.lastrowid or 0)
@@ -394,8 +327,8 @@ class ControllerState:
             if label_move is not None:
                 db.execute(
                     "INSERT OR IGNORE INTO label_moves (release, prompt, label, from_version, "
-                    "to_version, at, actor, reason, action_id) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "to_version, at, actor, reason, action_id, rollout) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         label_move.release,
                         label_move.prompt,
@@ -406,12 +339,13 @@ class ControllerState:
                         label_move.actor,
                         label_move.reason,
                         action.id,
+                        label_move.rollout,
                     ),
                 )
 
     def decisions(self, release: str, limit: int | None = None) -> list[DecisionRecord]:
         sql = (
-            "SELECT id, release, at, decision, actor, reason, phase, step, evidence "
+            "SELECT id, release, at, decision, actor, reason, phase, step, evidence, rollout "
             "FROM decisions WHERE release = ? ORDER BY id DESC"
         )
         args: list[Any] = [release]
@@ -430,6 +364,7 @@ class ControllerState:
                 phase=Phase(row[6]),
                 step=row[7],
                 evidence=json.loads(row[8]),
+                rollout=row[9],
             )
             for row in reversed(rows)
         ]
@@ -452,8 +387,8 @@ class ControllerState:
 
     def label_moves(self, release: str | None = None) -> list[LabelMove]:
         sql = (
-            "SELECT release, prompt, label, from_version, to_version, at, actor, reason "
-            "FROM label_moves"
+            "SELECT release, prompt, label, from_version, to_version, at, actor, reason, "
+            "rollout FROM label_moves"
         )
         args: list[Any] = []
         if release is not None:
@@ -621,6 +556,7 @@ def _open(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
+        _add_columns(db)
     except sqlite3.DatabaseError as error:
         db.close()
         raise StateFileError(f"state file {path}: cannot be opened: {error}") from None
@@ -628,6 +564,20 @@ def _open(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+_ADDED_COLUMNS = (
+    ("decisions", "rollout", "INTEGER NOT NULL DEFAULT 0"),
+    ("label_moves", "rollout", "INTEGER NOT NULL DEFAULT 0"),
+)
+"""Columns added since the first schema: a file written before them gains them, empty."""
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, column, kind in _ADDED_COLUMNS:
+        present = {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _tables(db: sqlite3.Connection, path: Path) -> set[str]:
@@ -659,7 +609,3 @@ def _take_lock(path: Path) -> int:
             f"{path}: another controller holds this state file ({lock_path})"
         ) from None
     return descriptor
-
-
-def with_phase(release: ReleaseState, phase: Phase, *, at: float, reason: str) -> ReleaseState:
-    return replace(release, phase=phase, updated_at=at, reason=reason)

@@ -10,16 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from controller import lifecycle
 from controller.judge import Decision, Evidence, Judgement, StepStatus, Trace, judge
+from controller.lifecycle import Candidate
 from controller.stream import LateScores
 from policies.domain import Phase
 from policies.model import Policy
 
-TERMINAL = {
-    Decision.PROMOTE: Phase.PROMOTED,
-    Decision.ROLLBACK: Phase.ROLLED_BACK,
-    Decision.PAUSE: Phase.PAUSED,
-}
+REPLAYED = Candidate(None, None, "replayed stream", "the stream's first record")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +48,7 @@ class Replay:
         self.interval = interval if interval is not None else policy.analysis.interval
         if self.interval <= 0:
             raise ValueError("interval must be positive")
-        self.phase = Phase.PENDING
-        self.step = 0
-        self.step_started_at = 0.0
+        self.release = lifecycle.pending(policy.name, lifecycle.policy_digest(policy), now=0.0)
         self.evidence: Evidence | None = None
         self.next_look = 0.0
         self.clock = 0.0
@@ -61,15 +57,31 @@ class Replay:
         self.counters = Counters()
 
     @property
+    def phase(self) -> Phase:
+        return self.release.phase
+
+    @property
+    def step(self) -> int:
+        """0-based index of the current step."""
+        return self.release.step
+
+    @property
+    def step_started_at(self) -> float:
+        return self.release.step_started_at or 0.0
+
+    @property
     def finished(self) -> bool:
+        """Promoted, rolled back or paused: a replay ends at the first of them (a pause
+        waits for a person, whom a replay does not have)."""
         return self.phase in (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.PAUSED)
 
     def feed(self, record: Trace | LateScores) -> Iterator[Event]:
         """Apply one record at its time, after every look that falls before it."""
         if self.evidence is None:
             self.evidence = Evidence(self.policy, record.ts)
-            self.phase = Phase.CANARY
-            self.step_started_at = record.ts
+            self.release = lifecycle.start(
+                self.release, self.policy, REPLAYED, self.release.policy_digest, now=record.ts
+            ).release
             self.clock = record.ts
             self.next_look = record.ts + self.interval
         yield from self._look_until(record.ts)
@@ -115,12 +127,13 @@ class Replay:
         decision = judgement.decision
         if decision is Decision.CONTINUE:
             return None
+        change = lifecycle.decided(
+            self.release, self.policy, decision, now=now, reason=judgement.reason
+        )
+        self.release = change.release
         if decision is Decision.ADVANCE:
-            self.step += 1
-            self.step_started_at = now
             evidence.open_step(self.step, now)
         else:
-            self.phase = TERMINAL[decision]
             self.decided = judgement
         return Event(judgement=judgement, phase=self.phase, step=self.step + 1)
 

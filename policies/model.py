@@ -211,6 +211,11 @@ class Target(_Model):
     upstreams: Upstreams | None = None
     """The agent versions the proxy routes between."""
 
+    version: str | None = Field(default=None, min_length=1, max_length=200)
+    """The agent candidate's version, as the deploy pipeline names it (an image tag, a
+    commit). Changing it starts the next rollout of the release; without it a changed
+    canary upstream does, or `coalmine start RELEASE`."""
+
     @model_validator(mode="after")
     def _something(self) -> Target:
         if self.prompt is None and self.upstreams is None:

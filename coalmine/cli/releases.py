@@ -36,6 +36,8 @@ ACTIONS: Final = {
     "rollback": "Roll RELEASE back now: the canary gets no more traffic, labels go back.",
     "pause": "Pause RELEASE: its weights stay, the controller stops judging it.",
     "resume": "Resume a paused RELEASE.",
+    "start": "Start RELEASE's next rollout now, with the candidate its target names (also "
+    "one a rollout has already judged).",
 }
 
 AdminUrl = Annotated[
@@ -62,7 +64,7 @@ Reason = Annotated[
 
 
 def register(app: typer.Typer) -> None:
-    """Add status, promote, rollback, pause and resume to the CLI."""
+    """Add status, promote, rollback, pause, resume and start to the CLI."""
 
     @app.command("status")
     def status(
@@ -87,12 +89,14 @@ def register(app: typer.Typer) -> None:
                     print(json.dumps(answer, indent=2))
                 else:
                     print_releases(answer.get("releases", []))
+                    print_langfuse_reads(answer, answer.get("releases", []))
                 return
             detail = client.get(f"/releases/{quote(release, safe='')}")
         if as_json:
             print(json.dumps(detail, indent=2))
         else:
             print_release(detail)
+            print_langfuse_reads(detail, [detail])
 
     for action, summary in ACTIONS.items():
         _register_action(app, action, summary)
@@ -111,7 +115,10 @@ def _register_action(app: typer.Typer, action: str, summary: str) -> None:
         body = {"reason": reason} if reason else None
         with AdminClient(admin_url, resolve_token(token_file)) as client:
             answer = client.post(f"/releases/{quote(release, safe='')}/{action}", body)
-        print(f"release {answer['name']}: {answer['phase']}, canary {answer['canaryWeight']:g}%")
+        print(
+            f"release {answer['name']}, rollout {_rollout(answer)}: {answer['phase']}, "
+            f"canary {answer['canaryWeight']:g}%"
+        )
 
 
 # -- the admin API ------------------------------------------------------------------------
@@ -226,6 +233,32 @@ def _unavailable(message: str) -> NoReturn:
 # -- rendering ----------------------------------------------------------------------------
 
 
+RUNNING_PHASES: Final = ("canary", "paused")
+
+
+def print_langfuse_reads(answer: dict[str, Any], releases: list[dict[str, Any]]) -> None:
+    """When Langfuse reads are not ok: one line per running release and the verdict's
+    sentence; then every score type mismatch of a running rollout."""
+    console = _console()
+    reads = answer.get("langfuseReads")
+    running = [r["name"] for r in releases if r.get("phase") in RUNNING_PHASES]
+    if isinstance(reads, dict) and reads.get("verdict") not in (None, "ok") and running:
+        verdict = str(reads["verdict"]).replace("_", " ")
+        lag = reads.get("lagSeconds")
+        behind = "" if lag is None else f", read up to {lag:.0f}s before now"
+        console.print()
+        for name in running:
+            console.print(f"{name}: Langfuse reads {verdict}{behind}")
+        console.print(reads.get("message", ""), soft_wrap=True)
+    mismatches = answer.get("scoreTypeMismatches") or []
+    if mismatches:
+        console.print()
+    for mismatch in mismatches:
+        console.print(
+            f"{mismatch['release']}: score type mismatch: {mismatch['message']}", soft_wrap=True
+        )
+
+
 def _console() -> Console:
     # markup off: reasons and bounds hold square brackets that are not rich markup
     return Console(highlight=False, markup=False)
@@ -251,27 +284,45 @@ def print_releases(releases: list[dict[str, Any]]) -> None:
         console.print("no releases")
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("RELEASE", "PHASE", "STEP", "CANARY", "STARTED", "UPDATED", "REASON"):
+    for column in ("RELEASE", "ROLLOUT", "PHASE", "STEP", "CANARY", "STARTED", "UPDATED", "REASON"):
         table.add_column(column, overflow="fold")
     for release in releases:
         table.add_row(
             release["name"],
+            _rollout(release),
             release["phase"],
             _step(release),
             f"{release['canaryWeight']:g}%",
             _time(release.get("startedAt")),
             _time(release.get("updatedAt")),
-            release.get("reason") or "",
+            release.get("waiting") or release.get("reason") or "",
         )
     console.print(table)
+
+
+def _rollout(release: dict[str, Any]) -> str:
+    rollout = release.get("rollout")
+    return "-" if not rollout else f"#{rollout}"
 
 
 def print_release(detail: dict[str, Any]) -> None:
     """One release in detail: where it stands, its metrics, its last decisions."""
     console = _console()
     title = Text(f"release {detail['name']}", style="bold")
-    title.append(f": {detail['phase']}, step {_step(detail)}, canary {detail['canaryWeight']:g}%")
+    rollout = f", rollout {_rollout(detail)}" if detail.get("rollout") else ", no rollout yet"
+    title.append(
+        f"{rollout}: {detail['phase']}, step {_step(detail)}, canary {detail['canaryWeight']:g}%"
+    )
     console.print(title)
+    if detail.get("waiting"):
+        console.print(detail["waiting"])
+    if detail.get("policyEdited"):
+        console.print(
+            "policy edited since this rollout started: its steps and analysis apply from "
+            "the next rollout"
+        )
+    if detail.get("candidate"):
+        console.print(f"candidate: {detail['candidate']}")
     if detail.get("stableVersion") is not None or detail.get("candidateVersion") is not None:
         console.print(
             f"prompt versions: stable {detail.get('stableVersion')}, "
@@ -344,11 +395,12 @@ def _print_decisions(console: Console, decisions: list[dict[str, Any]]) -> None:
         return
     console.print("\nlast decisions")
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("TIME", "DECISION", "STEP", "ACTOR", "REASON"):
+    for column in ("TIME", "ROLLOUT", "DECISION", "STEP", "ACTOR", "REASON"):
         table.add_column(column, overflow="fold")
     for record in decisions[-SHOWN_DECISIONS:]:
         table.add_row(
             _time(record.get("at")),
+            _rollout(record),
             record["decision"],
             str(record.get("step", "")),
             record.get("actor", ""),

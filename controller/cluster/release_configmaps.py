@@ -37,14 +37,13 @@ from coalmine.shared.kube.client import (
 )
 from coalmine.shared.kube.objects import configmap_body, index_name, state_name
 from controller.errors import StaleStateError
+from controller.lifecycle import ActionKind, ReleaseState
 from controller.release_store import (
     Action,
-    ActionKind,
     ActionStatus,
     ControllerState,
     DecisionRecord,
     LabelMove,
-    ReleaseState,
 )
 from policies.domain import Phase
 
@@ -275,6 +274,7 @@ class ClusterState(ControllerState):
                     "reason": reason,
                     "phase": release.phase.value,
                     "step": release.step,
+                    "rollout": release.rollout,
                     "evidence": json.loads(json.dumps(evidence, default=str)),
                 }
             )
@@ -343,6 +343,7 @@ class ClusterState(ControllerState):
                         "actor": label_move.actor,
                         "reason": label_move.reason,
                         "actionId": action.id,
+                        "rollout": label_move.rollout,
                     }
                 )
 
@@ -363,6 +364,7 @@ class ClusterState(ControllerState):
                 phase=Phase(entry["phase"]),
                 step=int(entry["step"]),
                 evidence=dict(entry.get("evidence") or {}),
+                rollout=int(entry.get("rollout", 0)),
             )
             for entry in entries
         ]
@@ -396,6 +398,7 @@ class ClusterState(ControllerState):
                 at=float(entry["at"]),
                 actor=str(entry["actor"]),
                 reason=str(entry["reason"]),
+                rollout=int(entry.get("rollout", 0)),
             )
             for name in names
             for entry in self._document(name).label_moves

@@ -22,8 +22,14 @@
     {
       name: "abort",
       label: "Abort",
-      phases: ["pending", "canary", "paused"],
-      confirm: "Stops the release: the canary gets no more traffic and labels stay as they are.",
+      phases: ["canary", "paused"],
+      confirm: "Stops the rollout: the canary gets no more traffic and labels stay as they are.",
+    },
+    {
+      name: "start",
+      label: "Start next rollout",
+      phases: ["pending", "promoted", "rolled_back", "aborted"],
+      confirm: "Starts a rollout of the candidate the release's target names now, even one a rollout already judged.",
     },
   ];
 
@@ -481,6 +487,7 @@
       if (value === null || value === undefined || value === "") return;
       list.append(el("div", {}, el("dt", { text: term }), el("dd", { text: String(value) })));
     };
+    if (release.rollout) add("Rollout", `#${release.rollout}`);
     if (release.step !== null) {
       add("Step", release.steps ? `${release.step} of ${release.steps}` : release.step);
     }
@@ -491,6 +498,7 @@
     if (release.startedAt !== null) add("Started", `${dateTime(release.startedAt)} UTC`);
     add("Updated", `${dateTime(release.updatedAt)} UTC`);
     add("Reason", release.reason);
+    add("Waiting", release.waiting);
     if (!release.hasPolicy) add("Policy", "none in force: manual actions are refused");
     return list;
   }
@@ -609,7 +617,9 @@
     section.append(facts(release));
     section.append(actionButtons(release));
     if (release.startedAt === null) {
-      section.append(el("p", { className: "muted", text: "Not started: waiting for a candidate." }));
+      section.append(
+        el("p", { className: "muted", text: release.waiting || "Not started: waiting for a candidate." }),
+      );
     } else {
       const start = release.weights.length ? release.weights[0].at : release.startedAt;
       const range = { start, end: Math.max(release.end, start + 60) };
@@ -631,10 +641,51 @@
     return section;
   }
 
+  const READ_VERDICTS = {
+    catching_up: "catching up",
+    starved: "starved",
+    failing: "failing",
+  };
+
+  // Langfuse reads, shown only when they are not ok, and score type mismatches.
+  function renderReads(data) {
+    const block = $("langfuse-reads");
+    const reads = data.langfuseReads;
+    const mismatches = data.scoreTypeMismatches || [];
+    const troubled = reads && reads.verdict !== "ok";
+    block.hidden = !troubled && !mismatches.length;
+    block.dataset.verdict = troubled ? reads.verdict : "ok";
+    $("langfuse-reads-message").textContent = troubled ? reads.message : "";
+    const figures = $("langfuse-reads-figures");
+    figures.replaceChildren();
+    if (troubled) {
+      const add = (term, value) => {
+        if (value === null || value === undefined) return;
+        figures.append(el("div", {}, el("dt", { text: term }), el("dd", { text: String(value) })));
+      };
+      add("Verdict", READ_VERDICTS[reads.verdict] || reads.verdict);
+      if (reads.requestsNeededPerMinute !== null) {
+        add("Requests needed", `${Math.ceil(reads.requestsNeededPerMinute)} a minute`);
+      }
+      if (reads.budgetPerMinute !== null) {
+        const used = reads.requestsLastMinute === null ? "" : `, ${reads.requestsLastMinute} used in the last minute`;
+        add("Budget", `${reads.budgetPerMinute} a minute${used}`);
+      }
+      if (reads.lagSeconds !== null) add("Read up to", `${Math.round(reads.lagSeconds)} s before now`);
+      if (reads.lastCompletePollAt !== null) add("Last complete poll", `${dateTime(reads.lastCompletePollAt)} UTC`);
+      if (reads.rateLimitedRecent) add("429 answers", `${reads.rateLimitedRecent} in the last ${reads.rateLimitedWindowSeconds / 60} minutes`);
+      add("Last error", reads.lastError);
+    }
+    $("score-type-mismatches").replaceChildren(
+      ...mismatches.map((m) => el("li", { text: `${m.release}: ${m.message}` })),
+    );
+  }
+
   function render(data) {
     const container = $("releases");
     container.classList.remove("stale");
     $("updated").textContent = `Updated ${dateTime(data.now)} UTC.`;
+    renderReads(data);
     const names = new Set(data.releases.map((r) => r.name));
     for (const [name, entry] of rendered) {
       if (!names.has(name)) {

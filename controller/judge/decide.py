@@ -35,6 +35,10 @@ from policies.model import Metric, OnMaxDuration, Policy
 COVERAGE_EFFECT = 0.02  # coverage test tuned for two more points of unscored traces
 BREAKER_WINDOW_INTERVALS = 5  # the circuit breaker looks at the last five intervals
 STALE_AFTER_INTERVALS = 2  # data older than two intervals cannot support an advance
+NO_TRAFFIC_AFTER = 120.0
+"""Seconds into a step (and at least three intervals) after which a step without a single
+trace in either arm is called out: the release's traffic is not reaching coalmine, or its
+traces are not tagged."""
 
 
 def judge(policy: Policy, evidence: Evidence, step: StepStatus, now: float) -> Judgement:
@@ -62,7 +66,8 @@ def judge(policy: Policy, evidence: Evidence, step: StepStatus, now: float) -> J
     ratio = sample_ratio(policy, evidence, step.index)
     coverage = score_coverage(policy, evidence)
     freshness = fresh(policy, evidence, now)
-    checks = (breaker, combined, ratio, *coverage, freshness)
+    seen = traffic(policy, evidence, step, now)
+    checks = (breaker, combined, ratio, *coverage, freshness, seen)
     decision, reason = decide(policy, step, now, results, checks)
     return Judgement(
         at=now,
@@ -361,3 +366,23 @@ def fresh(policy: Policy, evidence: Evidence, now: float) -> CheckResult:
             "fresh", CheckState.PENDING, f"analysis data is stale: last complete {age:.0f}s ago"
         )
     return CheckResult("fresh", CheckState.OK, "analysis data is current")
+
+
+def traffic(policy: Policy, evidence: Evidence, step: StepStatus, now: float) -> CheckResult:
+    """A step that has run a while without one trace in either arm: nothing can be judged,
+    and the likely cause is outside the judge (requests not routed through coalmine, or
+    traces that do not carry the release's tags). Pending, never a pass."""
+    baseline, canary = evidence.traffic_in_step(step.index)
+    elapsed = now - step.started_at
+    after = max(NO_TRAFFIC_AFTER, 3 * policy.analysis.interval)
+    if baseline + canary == 0 and elapsed >= after:
+        weight = policy.steps[step.index].weight
+        return CheckResult(
+            "traffic",
+            CheckState.PENDING,
+            f"no traces of this release in {elapsed:.0f}s of step {step.index + 1} (canary "
+            f"weight {weight:g}%): is its traffic sent through the coalmine proxy (path "
+            f"prefix '{policy.routing.path_prefix}'), and does the app trace it with the "
+            "release's tags?",
+        )
+    return CheckResult("traffic", CheckState.OK, f"{baseline} baseline, {canary} canary traces")

@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from controller.samples import Cursors, Poll
+from controller.source.health import SourceHealth
 from policies.model import Policy
 
-__all__ = ["SampleSource"]
+__all__ = ["SampleSource", "SourceHealth", "health_of"]
 
 
 class SampleSource(Protocol):
@@ -29,6 +30,25 @@ class SampleSource(Protocol):
         """
         ...
 
+    def health(self, now: float) -> SourceHealth:
+        """How the source keeps up at ``now`` (seconds since the epoch, as given to
+        ``poll``): its read health with a verdict (``controller.source.health``), and
+        the scores whose type cannot serve the metric that reads them. Cheap, and never
+        waits for a poll in progress."""
+        ...
+
     def close(self) -> None:
         """Release connections; the source is not used afterwards."""
         ...
+
+
+def health_of(source: object, now: float) -> SourceHealth | None:
+    """``source.health(now)``, or None for a source that does not report its health (a
+    stand-in written for a test or a benchmark before ``health`` existed)."""
+    health = getattr(source, "health", None)
+    if not callable(health):
+        return None
+    found = health(now)
+    if not isinstance(found, SourceHealth):
+        raise TypeError(f"{source!r}.health() returned {type(found).__name__}, not SourceHealth")
+    return found

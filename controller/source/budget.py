@@ -177,6 +177,16 @@ class RequestBudget:
                     earliest = max(earliest, spent[len(spent) - count] + length)
             return earliest
 
+    def used(self, now: float | None = None) -> int:
+        """Requests spent in the 60 seconds up to ``now`` (default: the clock)."""
+        at = self._clock() if now is None else now
+        with self._lock:
+            for length, _, spent in self._windows:
+                if length == MINUTE:
+                    _forget(spent, at - length)
+                    return len(spent)
+        return 0
+
     def remaining(self, now: float | None = None) -> int:
         """Requests that could be made at ``now`` (0 while blocked)."""
         at = self._clock() if now is None else now

@@ -75,6 +75,8 @@ from coalmine.shared.retry import Backoff, status_class
 from controller.judge import ScoreValue
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source.budget import Clock, RequestBudget
+from controller.source.health import EndpointRead, PollHealth, PollRecord, SourceHealth
+from controller.source.score_types import ScoreTypeBook, seen_type
 from policies.domain import Arm
 from policies.model import MetricSource, Policy
 
@@ -210,7 +212,14 @@ class _Reading:
     oldest: float | None = None
     """Earliest start time among the rows read."""
     observations_done: bool = False
+    observation_rows: int = 0
+    """Rows of every page read, parsed or not."""
+    roots: int = 0
     scores: dict[str, ScoreSample] = field(default_factory=dict)
+    score_rows: int = 0
+    scores_oldest: float | None = None
+    """Earliest timestamp among the scores read."""
+    scores_done: bool = False
 
     def add(self, row: _Observation) -> None:
         self.rows[(row.trace_id, row.id)] = row
@@ -247,6 +256,11 @@ class LangfuseSource:
     before then fail at once without a request. It grows exponentially, with jitter,
     over consecutive failures; a 429 holds it until its ``Retry-After``. A poll stopped
     only by the budget sets it to when the budget has room again.
+
+    ``health(now)`` says how the reads keep up (``controller.source.health``) and which
+    scores cannot serve the metric that reads them (``controller.source.score_types``):
+    a BOOLEAN score is read as 1.0 or 0.0, as Langfuse stores it, so it serves numeric
+    and boolean metrics alike.
     """
 
     def __init__(
@@ -278,6 +292,8 @@ class LangfuseSource:
         self.skipped: Counter[str] = Counter()
         self.consecutive_failures = 0
         self.retry_at: float | None = None
+        self._health = PollHealth()
+        self._score_types = ScoreTypeBook()
 
     def __repr__(self) -> str:
         return f"LangfuseSource({self.base_url!r})"
@@ -291,6 +307,20 @@ class LangfuseSource:
     def close(self) -> None:
         """Close the HTTP connections."""
         self._http.close()
+
+    def health(self, now: float) -> SourceHealth:
+        """How the reads keep up at ``now``, and the score type mismatches of the
+        releases polled (see ``controller.source.SampleSource.health``)."""
+        reads = self._health.snapshot(
+            now,
+            requests_last_minute=self.budget.used(self._clock()),
+            budget_per_minute=self.budget.settings.per_minute,
+        )
+        return SourceHealth(
+            reads=reads,
+            score_type_mismatches=self._score_types.mismatches(),
+            score_type_mismatch_counts=self._score_types.counts(),
+        )
 
     def lookback_for(self, releases: Mapping[str, Policy]) -> float:
         """Seconds a poll of these releases reads again before the observations cursor."""
@@ -321,13 +351,17 @@ class LangfuseSource:
         scored = self._window(start.scores_from, self.settings.score_lookback, now)
         reading = _Reading()
         self._poll_requests.clear()
+        self._score_types.begin(releases)
         stop: _PollError | None = None
         try:
             self._read_observations(releases, observed, reading)
-            self._read_scores(releases, scored, reading)
+            self._read_scores(releases, scored, reading, now)
         except _PollError as stopped:
             stop = stopped
         requests = dict(self._poll_requests)
+        after = start if stop is not None else Cursors(observed.end, scored.end)
+        self._score_types.forget_before(after.scores_from - self.settings.score_lookback)
+        self._record(releases, now, after, reading, stop, (observed, scored))
         settled_before = min(now, observed.end) - self.settings.settle
         traces = self._traces(
             reading.rows.values(), releases, settled_before, reading.complete_from
@@ -348,7 +382,7 @@ class LangfuseSource:
         self.retry_at = None
         return Poll(
             ok=True,
-            cursors=Cursors(observations_from=observed.end, scores_from=scored.end),
+            cursors=after,
             traces=traces,
             scores=scores,
             requests=requests,
@@ -360,24 +394,88 @@ class LangfuseSource:
         tags = sorted(release_tag(name) for name in releases)
         if tags:
             for page in self._pages(OBSERVATIONS, self._observation_query(tags, window)):
+                reading.observation_rows += len(page)
                 for raw in page:
                     row = _parse_observation(raw)
                     if row is None:
                         self.skipped["observation_malformed"] += 1
                     else:
                         reading.add(row)
+                        reading.roots += int(row.is_root)
         reading.observations_done = True
 
     def _read_scores(
-        self, releases: Mapping[str, Policy], window: _Window, reading: _Reading
+        self, releases: Mapping[str, Policy], window: _Window, reading: _Reading, now: float
     ) -> None:
         names = _score_names(releases.values())
         if names:
             for page in self._pages(SCORES, _score_query(names, window)):
+                reading.score_rows += len(page)
                 for raw in page:
                     score = self._parse_score(raw)
-                    if score is not None:
-                        reading.scores[score.score_id] = score
+                    if score is None:
+                        continue
+                    reading.scores[score.score_id] = score
+                    stamp = _time(raw.get("timestamp")) if isinstance(raw, dict) else None
+                    stamp = score.at if stamp is None else stamp
+                    if reading.scores_oldest is None or stamp < reading.scores_oldest:
+                        reading.scores_oldest = stamp
+                    self._score_types.check(
+                        score_id=score.score_id,
+                        name=score.name,
+                        seen=seen_type(raw.get("dataType"), raw.get("value")),
+                        value=score.value,
+                        stamp=stamp,
+                        now=now,
+                    )
+        reading.scores_done = True
+
+    def _record(
+        self,
+        releases: Mapping[str, Policy],
+        now: float,
+        cursors: Cursors,
+        reading: _Reading,
+        stop: _PollError | None,
+        windows: tuple[_Window, _Window],
+    ) -> None:
+        """Note the poll for ``health``: rows read and the time they cover, per endpoint
+        (``windows``: of observations and of scores)."""
+        observed, scored = windows
+        reads: list[EndpointRead] = []
+        if releases:
+            reads.append(
+                EndpointRead(
+                    endpoint=OBSERVATIONS,
+                    rows=reading.observation_rows,
+                    covered=_covered(observed, reading.observations_done, reading.oldest),
+                    lookback=self.lookback_for(releases),
+                    page_size=self.settings.page_limit,
+                    traces=reading.roots,
+                )
+            )
+        if _score_names(releases.values()):
+            reads.append(
+                EndpointRead(
+                    endpoint=SCORES,
+                    rows=reading.score_rows,
+                    covered=_covered(scored, reading.scores_done, reading.scores_oldest),
+                    lookback=self.settings.score_lookback,
+                    page_size=SCORES_PAGE,
+                )
+            )
+        if stop is not None and stop.retry_at is not None:
+            self._health.rate_limited(now)
+        self._health.record(
+            PollRecord(
+                at=now,
+                cursors=cursors,
+                complete=stop is None,
+                budget_stopped=stop is not None and stop.budget,
+                error=None if stop is None else stop.message,
+                reads=tuple(reads),
+            )
+        )
 
     def _window(self, cursor: float, lookback: float, now: float) -> _Window:
         end = max(cursor, min(now, cursor + self.settings.max_window))
@@ -537,6 +635,15 @@ class LangfuseSource:
         return ScoreSample(score_id=score_id, trace_id=trace_id, name=name, value=value, at=at)
 
 
+def _covered(window: _Window, done: bool, oldest: float | None) -> float:
+    """Seconds of ``window`` that the rows read cover (rows come newest first)."""
+    if done:
+        return window.end - window.start
+    if oldest is None:
+        return 0.0
+    return max(0.0, window.end - max(window.start, oldest))
+
+
 def _score_query(names: list[str], window: _Window) -> dict[str, str]:
     return {
         "name": ",".join(names),
@@ -689,17 +796,18 @@ def _integer(value: object) -> int | None:
 
 
 def _score_value(data_type: object, value: object) -> ScoreValue | None:
-    """The value as its data type says (numeric: float, boolean: bool, others: str)."""
+    """The value as its data type says: numeric a float; boolean (JSON true or false,
+    or 1 or 0) 1.0 or 0.0, as Langfuse stores it; other types a string."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
     if data_type == "NUMERIC":
         try:
             return _number(value)
         except _MalformedError:
             return None
     if data_type == "BOOLEAN":
-        if isinstance(value, bool):
-            return value
-        if value in (0, 1):
-            return bool(value)
+        if isinstance(value, int | float) and value in (0, 1):
+            return float(value)
         return None
     if isinstance(data_type, str) and isinstance(value, str):
         return value

@@ -17,7 +17,8 @@ from controller.cluster.release_configmaps import (
     ClusterState,
 )
 from controller.errors import NotLeaderError, StaleStateError
-from controller.release_store import ActionKind, ActionStatus, LabelMove, ReleaseState
+from controller.lifecycle import ActionKind, ReleaseState
+from controller.release_store import ActionStatus, LabelMove
 from policies.domain import Phase
 from tests.cluster.cluster_support import NAMESPACE
 

@@ -322,3 +322,19 @@ def test_the_leader_lost_mid_release_the_standby_judges_on_from_langfuse(
         "the new leader read the release's traces again from its start"
     )
     assert world.moves == [("production", 4)]
+    assert [record.rollout for record in reader.decisions("support")] == [1] * 4
+
+    # the next candidate: the new leader numbers it on from the ConfigMap
+    world.labels["canary"] = world.labels["latest"] = 5
+    run([first, second], world, clock, minutes=600)
+    reader.refresh()
+    release = reader.release("support")
+    assert release is not None
+    assert (release.rollout, release.phase, release.candidate_version) == (2, Phase.PROMOTED, 5)
+    assert [(r.rollout, r.decision) for r in reader.decisions("support")][4:] == [
+        (2, "start"),
+        (2, "advance"),
+        (2, "advance"),
+        (2, "promote"),
+    ]
+    assert [(m.rollout, m.to_version) for m in reader.label_moves("support")] == [(1, 4), (2, 5)]

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from coalmine.shared.routing_tables.store import SqliteRoutingStore
+from controller.lifecycle import ReleaseState
 from controller.loop import Controller, Notify
-from controller.release_store import ControllerState, ReleaseState
+from controller.release_store import ControllerState
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
+from controller.source.health import PollHealth, PollRecord, SourceHealth
 from policies import Policy, load_policy
 from policies.domain import Arm, Phase
 from tests.proxy.proxy_support import closed_port_url, wait_until
@@ -52,16 +54,24 @@ analysis:
 
 
 class Labels:
-    """A prompt's labels: production on version 3, the candidate (canary) on 4."""
+    """Each prompt's labels: production on version 3, the candidate (canary) on 4.
+    ``positions`` are the rig's own prompt's."""
 
     def __init__(self) -> None:
-        self.positions = {"production": 3, "canary": 4, "latest": 4}
+        self.prompts: dict[str, dict[str, int]] = {}
+
+    def of(self, prompt: str) -> dict[str, int]:
+        return self.prompts.setdefault(prompt, {"production": 3, "canary": 4, "latest": 4})
+
+    @property
+    def positions(self) -> dict[str, int]:
+        return self.of("support-agent")
 
     def version_of(self, prompt: str, label: str) -> int | None:
-        return self.positions.get(label)
+        return self.of(prompt).get(label)
 
     def move(self, prompt: str, label: str, version: int) -> None:
-        self.positions[label] = version
+        self.of(prompt)[label] = version
 
 
 @dataclass
@@ -77,11 +87,20 @@ class Traffic:
     _last: float | None = None
     _count: int = 0
     _random: random.Random = field(default_factory=lambda: random.Random(7))
+    reads: PollHealth = field(default_factory=PollHealth)
 
     def poll(self, releases: Mapping[str, Policy], cursors: Cursors | None, now: float) -> Poll:
         key = ("observations", "5xx" if self.down else "2xx")
         self.request_counts[key] = self.request_counts.get(key, 0) + 1
         assert cursors is not None
+        self.reads.record(
+            PollRecord(
+                at=now,
+                cursors=cursors if self.down else Cursors(now, now),
+                complete=not self.down,
+                error="Langfuse answered 503" if self.down else None,
+            )
+        )
         if self.down:
             return Poll(ok=False, cursors=cursors, error="Langfuse answered 503")
         start = cursors.observations_from if self._last is None else self._last
@@ -102,6 +121,10 @@ class Traffic:
             value = min(1.0, max(0.0, self._random.gauss(0.8, 0.1)))
             scores.append(ScoreSample(f"s{self._count}", trace_id, "helpfulness", value, ts))
         return Poll(ok=True, cursors=Cursors(now, now), traces=tuple(traces), scores=tuple(scores))
+
+    def health(self, now: float) -> SourceHealth:
+        """The polls' health, without a request budget (never starved)."""
+        return SourceHealth(reads=self.reads.snapshot(now))
 
     def close(self) -> None:
         pass

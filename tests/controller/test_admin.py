@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from controller.admin import create_admin_app, finite
+from controller.lifecycle import policy_digest
 from policies.domain import Phase
 from tests.controller.release_rig import RELEASE, T0, TOKEN, Rig, make_rig
 
@@ -74,7 +75,7 @@ def test_no_documentation_routes_are_open(client: TestClient) -> None:
 def test_the_list_shows_each_release_with_its_step_counted_from_one(
     rig: Rig, client: TestClient
 ) -> None:
-    assert client.get("/releases", headers=AUTH).json() == {"releases": []}
+    assert client.get("/releases", headers=AUTH).json()["releases"] == []
     rig.run(1)
     (release,) = client.get("/releases", headers=AUTH).json()["releases"]
     assert release == {
@@ -85,7 +86,11 @@ def test_the_list_shows_each_release_with_its_step_counted_from_one(
         "canaryWeight": 10.0,
         "startedAt": T0 + 60,
         "updatedAt": T0 + 60,
-        "reason": "candidate found",
+        "reason": "candidate version 4 against stable version 3",
+        "rollout": 1,
+        "waiting": None,
+        "policyDigest": policy_digest(rig.policies[RELEASE]),
+        "policyEdited": False,
     }
 
 
@@ -156,6 +161,7 @@ def test_a_manual_rollback_rolls_back_and_is_logged_with_its_reason(
             "at": rig.now,
             "actor": "admin-api",
             "reason": "answers in the wrong language",
+            "rollout": 1,
         }
     ]
 
@@ -179,7 +185,10 @@ def test_an_action_that_does_not_apply_is_a_conflict(rig: Rig, client: TestClien
     response = client.post(f"/releases/{RELEASE}/resume", headers=AUTH)
     assert response.status_code == 409
     assert response.json() == {
-        "error": {"code": "conflict", "message": "cannot resume release 'support': it is canary"}
+        "error": {
+            "code": "conflict",
+            "message": "cannot resume release 'support': rollout 1 is canary",
+        }
     }
     client.post(f"/releases/{RELEASE}/rollback", headers=AUTH)
     again = client.post(f"/releases/{RELEASE}/promote", headers=AUTH)

@@ -42,6 +42,7 @@ def test_phase_weight_and_step_of_each_release(rig: Rig) -> None:
     assert phases == {phase.value: float(phase is Phase.CANARY) for phase in Phase}
     assert value(registry, "coalmine_release_canary_weight_percent", release=RELEASE) == 10.0
     assert value(registry, "coalmine_release_step", release=RELEASE) == 1.0
+    assert value(registry, "coalmine_release_rollout", release=RELEASE) == 1.0
 
 
 def test_decisions_and_actions_are_counted_from_the_log(rig: Rig) -> None:

@@ -257,6 +257,17 @@ def test_the_weight_steps_follow_the_decisions(rolled_out: dict[str, Any]) -> No
     assert rolled_out[HEALTHY]["running"] is True
 
 
+def test_an_ended_rollout_shows_its_number_and_what_the_release_waits_for(
+    rolled_out: dict[str, Any],
+) -> None:
+    support, healthy = rolled_out[RELEASE], rolled_out[HEALTHY]
+    assert (support["rollout"], healthy["rollout"]) == (1, 1)
+    assert healthy["waiting"] is None
+    assert support["waiting"].startswith(
+        "waiting for a candidate: label 'canary' of prompt 'support-agent' is on version 3"
+    )
+
+
 def test_each_metric_has_its_estimate_and_band_over_time(rolled_out: dict[str, Any]) -> None:
     support = rolled_out[RELEASE]
     metrics = {metric["name"]: metric for metric in support["metrics"]}
@@ -373,7 +384,7 @@ def test_unbounded_figures_become_null() -> None:
 
 
 def test_the_admin_routes_still_answer_as_before(client: TestClient) -> None:
-    assert client.get("/releases", headers=AUTH).json() == {"releases": []}
+    assert client.get("/releases", headers=AUTH).json()["releases"] == []
     missing = client.get("/no-such-page")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"

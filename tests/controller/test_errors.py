@@ -29,7 +29,7 @@ from controller.errors import (
     StateLockedError,
     StreamError,
 )
-from controller.loop import REFUSED, RETRIED
+from controller.actions import REFUSED, RETRIED
 
 TEMPORARY, PERMANENT, NEITHER = "temporary", "permanent", "neither"
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.lifecycle import ReleaseState
 from controller.notify import (
     MAX_BACKOFF,
     MultiNotifier,
@@ -23,7 +24,6 @@ from controller.notify import (
     event_payload,
     slack_payload,
 )
-from controller.release_store import ReleaseState
 from policies.domain import Phase
 from tests.controller.release_rig import RELEASE, T0, make_rig, wait_until
 
@@ -34,6 +34,7 @@ ROLLED_BACK = ReleaseState(
     step_starts=(T0, T0 + 600),
     canary_weight=0.0,
     updated_at=T0 + 900.5,
+    rollout=3,
 )
 
 
@@ -84,6 +85,7 @@ def test_a_webhook_that_fails_twice_gets_the_event_on_the_third_attempt() -> Non
     assert hook.bodies[-1] == {
         "event": "rollback",
         "release": "support",
+        "rollout": 3,
         "phase": "rolled_back",
         "step": 2,
         "canaryWeight": 0.0,
@@ -247,7 +249,7 @@ def test_without_a_usable_retry_after_the_wait_doubles_up_to_the_limit(
 def test_slack_payload_has_text_and_blocks_with_escaped_text() -> None:
     payload = slack_payload("rollback", ROLLED_BACK, "p95 latency > 2s & <rising>")
     assert payload["text"] == (
-        "coalmine: release support: rollback (rolled_back, step 2, canary 0%): "
+        "coalmine: release support rollout 3: rollback (rolled_back, step 2, canary 0%): "
         "p95 latency &gt; 2s &amp; &lt;rising&gt;"
     )
     section, context = payload["blocks"]

@@ -46,9 +46,9 @@ def test_status_lists_the_releases(url: str, capsys: pytest.CaptureFixture[str])
     code, out, err = run(capsys, "status", "--admin-url", url)
     assert (code, err) == (0, "")
     header, row = out.splitlines()
-    assert header.split()[:4] == ["RELEASE", "PHASE", "STEP", "CANARY"]
-    assert row.split()[:4] == [RELEASE, "canary", "1/3", "10%"]
-    assert "candidate found" in row
+    assert header.split()[:5] == ["RELEASE", "ROLLOUT", "PHASE", "STEP", "CANARY"]
+    assert row.split()[:5] == [RELEASE, "#1", "canary", "1/3", "10%"]
+    assert "candidate version 4 against stable version 3" in row
 
 
 def test_status_of_one_release_shows_metrics_and_decisions(
@@ -57,7 +57,7 @@ def test_status_of_one_release_shows_metrics_and_decisions(
     code, out, _ = run(capsys, "status", RELEASE, "--admin-url", url)
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == f"release {RELEASE}: canary, step 1/3, canary 10%"
+    assert lines[0] == f"release {RELEASE}, rollout #1: canary, step 1/3, canary 10%"
     assert "prompt versions: stable 3, candidate 4" in lines
     header = next(line for line in lines if line.startswith("METRIC"))
     assert header.split() == [
@@ -89,7 +89,7 @@ def test_status_json_is_the_api_answer(url: str, capsys: pytest.CaptureFixture[s
 def test_rollback_with_a_reason(rig: Rig, url: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "rollback", RELEASE, "--reason", "bad answers", "--admin-url", url)
     assert (code, err) == (0, "")
-    assert out == f"release {RELEASE}: rolled_back, canary 0%\n"
+    assert out == f"release {RELEASE}, rollout #1: rolled_back, canary 0%\n"
     assert rig.release().phase is Phase.ROLLED_BACK
     record = rig.state.decisions(RELEASE)[-1]
     assert (record.decision, record.actor, record.reason) == (
@@ -102,7 +102,7 @@ def test_rollback_with_a_reason(rig: Rig, url: str, capsys: pytest.CaptureFixtur
 def test_pause_resume_and_promote(rig: Rig, url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "pause", RELEASE, "--admin-url", url)[:2] == (
         0,
-        f"release {RELEASE}: paused, canary 10%\n",
+        f"release {RELEASE}, rollout #1: paused, canary 10%\n",
     )
     assert run(capsys, "resume", RELEASE, "--admin-url", url)[0] == 0
     assert rig.release().phase is Phase.CANARY
@@ -111,12 +111,31 @@ def test_pause_resume_and_promote(rig: Rig, url: str, capsys: pytest.CaptureFixt
     assert rig.labels.positions["production"] == 4
 
 
+def test_start_rolls_a_judged_candidate_out_again(
+    rig: Rig, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "rollback", RELEASE, "--admin-url", url)[0] == 0
+    rig.labels.positions["canary"] = 4  # the rolled-back version, labelled again by hand
+    rig.run(1)
+    code, out, err = run(capsys, "status", RELEASE, "--admin-url", url)
+    assert "version 4 was judged by rollout 1 (rolled_back)" in out
+    code, out, err = run(capsys, "start", RELEASE, "--reason", "fixed upstream", "--admin-url", url)
+    assert (code, err) == (0, "")
+    assert out == f"release {RELEASE}, rollout #2: canary, canary 10%\n"
+    code, out, err = run(capsys, "start", RELEASE, "--admin-url", url)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"coalmine: cannot start release '{RELEASE}': rollout 2 is canary; "
+        "abort or roll it back first\n"
+    )
+
+
 def test_an_action_that_does_not_apply_exits_2_with_the_reason(
     url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run(capsys, "resume", RELEASE, "--admin-url", url)
     assert (code, out) == (2, "")
-    assert err == f"coalmine: cannot resume release '{RELEASE}': it is canary\n"
+    assert err == f"coalmine: cannot resume release '{RELEASE}': rollout 1 is canary\n"
 
 
 def test_an_unknown_release_exits_2(url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -608,6 +608,35 @@ def test_stale_evidence_blocks_an_advance() -> None:
     assert check.state is CheckState.PENDING
 
 
+@pytest.mark.parametrize(
+    ("traced_minutes", "now", "state"),
+    [
+        # (minutes of traces in the step, seconds since the step began, the check's state)
+        (0, 119.0, CheckState.OK),  # too early to call
+        (0, 180.0, CheckState.PENDING),  # three intervals of nothing at all
+        (0, 3600.0, CheckState.PENDING),
+        (1, 3600.0, CheckState.OK),  # any trace at all: the other guards take over
+    ],
+)
+def test_a_step_without_any_trace_says_where_to_look(
+    traced_minutes: int, now: float, state: CheckState
+) -> None:
+    policy = make_policy()
+    evidence = Evidence(policy, 0.0)
+    for trace in scripted_traces(traced_minutes, ArmScript(), ArmScript()):
+        evidence.add_trace(trace)
+    evidence.advance(now)
+    judgement = judge(policy, evidence, StepStatus(0, 0.0), now)
+    check = next(c for c in judgement.checks if c.name == "traffic")
+    assert check.state is state
+    if state is CheckState.PENDING:
+        # never a pass: it waits, and at maxDuration pauses saying why
+        assert judgement.decision is (Decision.CONTINUE if now < 3600 else Decision.PAUSE)
+        assert check.reason.startswith(f"no traces of this release in {now:.0f}s of step 1")
+        assert "path prefix '/'" in check.reason
+        assert check.reason in judgement.reason
+
+
 def test_stale_evidence_at_max_duration_promote_pauses() -> None:
     policy = make_policy(
         steps=["{weight: 50, minDuration: 5m, maxDuration: 15m}"], onMaxDuration="promote"

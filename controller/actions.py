@@ -1,0 +1,232 @@
+"""Carrying out journalled actions, and keeping the routing table where the state says.
+
+Each action a decision needs is journalled with it (``controller.release_store``) before
+anything is done; here they are carried out in order, each idempotent and verified: a
+weight is written to the release's routing table by compare-and-set, a label is read,
+moved and read back, and the move recorded in the label history in the same transaction
+that marks the action done. A temporary error leaves the action pending (the next tick
+tries again, and later actions wait); a permanent one marks it failed.
+
+The routing table is also repaired level-triggered: it must hold the weight the release's
+state says, the arms its policy names, and the policy's shadow only while a rollout runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from coalmine.shared.routing_tables.store import RoutingTableStore, VersionConflictError
+from coalmine.shared.routing_tables.table import (
+    RoutingTable,
+    ShadowRoute,
+    initial_table,
+    shadow_route,
+)
+from controller import lifecycle
+from controller.cluster.events import EventRecorder
+from controller.errors import (
+    LabelPermanentError,
+    LabelTemporaryError,
+    RoutingConflictError,
+)
+from controller.labels import PromptLabels
+from controller.lifecycle import ActionKind, MoveLabel, ReleaseState, SetWeight
+from controller.release_store import Action, ActionStatus, ControllerState, LabelMove
+from policies.domain import FINISHED, Phase
+from policies.model import Policy
+
+log = logging.getLogger("coalmine.controller")
+
+RETRIED = (LabelTemporaryError, RoutingConflictError)
+"""Errors of a journalled action that leave it pending, to be carried out next tick."""
+REFUSED = (LabelPermanentError, ValueError)
+"""Errors of a journalled action that mark it failed."""
+WRITE_ATTEMPTS = 5
+"""Compare-and-set attempts of one routing table write before it counts as a conflict."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plant:
+    """What actions act on: the state, the routing tables, the prompt labels, and where
+    their events go."""
+
+    state: ControllerState
+    routing: RoutingTableStore
+    labels: PromptLabels
+    events: EventRecorder
+
+
+@dataclass(slots=True)
+class Carried:
+    """What a run of pending actions did."""
+
+    done: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def run_pending(plant: Plant, name: str, policy: Policy, now: float) -> Carried:
+    """Carry out a release's pending actions in order."""
+    carried = Carried()
+    for action in plant.state.pending_actions(name):
+        try:
+            reason, message = execute(plant, action, policy, now)
+        except RETRIED as error:
+            carried.errors.append(f"{name}: {error} (will retry)")
+            log.warning("release %s: action %s will be retried: %s", name, action.id, error)
+            plant.events.record(
+                name, "ActionRetrying", f"{describe(action)}: {error}", warning=True
+            )
+            return carried  # keep the order: later actions wait for this one
+        except REFUSED as error:
+            plant.state.finish_action(action, at=now, status=ActionStatus.FAILED, error=str(error))
+            carried.errors.append(f"{name}: {error}")
+            log.error("release %s: action %s failed: %s", name, action.id, error)
+            plant.events.record(name, "ActionFailed", f"{describe(action)}: {error}", warning=True)
+            continue
+        carried.done += 1
+        plant.events.record(name, reason, message)
+    return carried
+
+
+def execute(plant: Plant, action: Action, policy: Policy, now: float) -> tuple[str, str]:
+    """Carry out one journalled action; its event's reason and message."""
+    act = lifecycle.act_of(action.kind, action.intent)
+    release = plant.state.release(action.release)
+    if isinstance(act, SetWeight):
+        shadow = wanted_shadow(policy, None if release is None else release.phase)
+        write_weight(plant.routing, policy, act.weight, shadow)
+        plant.state.finish_action(action, at=now)
+        return "WeightSet", describe(action)
+    return _move_label(plant, action, act, release, now)
+
+
+def _move_label(
+    plant: Plant, action: Action, act: MoveLabel, release: ReleaseState | None, now: float
+) -> tuple[str, str]:
+    current = plant.labels.version_of(act.prompt, act.label)
+    if action.observed is None:
+        # kept before moving, so the history is right even if the process dies after it
+        plant.state.observe_action(action, {"from": current})
+        before = current
+    else:
+        before = action.observed.get("from")
+    if current != act.version:
+        plant.labels.move(act.prompt, act.label, act.version)
+    decision = plant.state.decisions(action.release, limit=1)
+    move = None
+    if before != act.version:
+        move = LabelMove(
+            release=action.release,
+            prompt=act.prompt,
+            label=act.label,
+            from_version=before,
+            to_version=act.version,
+            at=now,
+            actor=decision[0].actor if decision else "controller",
+            reason=decision[0].reason if decision else "",
+            rollout=0 if release is None else release.rollout,
+        )
+    plant.state.finish_action(action, at=now, label_move=move)
+    moved = "already there" if move is None else f"moved from version {before}"
+    return "LabelMoved", f"{describe(action)} ({moved})"
+
+
+def wanted_table(
+    policy: Policy, table: RoutingTable | None, weight: float, shadow: ShadowRoute | None
+) -> RoutingTable | None:
+    """The table to write so that the release's routing holds ``weight``, ``shadow`` and
+    the arms its policy names; None when ``table`` already does."""
+    arms = initial_table(policy)
+    if table is None:
+        return arms.model_copy(
+            update={"canary_weight": weight, "shadow": shadow, "reason": "controller"}
+        )
+    if (
+        table.canary_weight == weight
+        and table.shadow == shadow
+        and (table.baseline, table.canary) == (arms.baseline, arms.canary)
+    ):
+        return None
+    return table.model_copy(
+        update={
+            "canary_weight": weight,
+            "shadow": shadow,
+            "baseline": arms.baseline,
+            "canary": arms.canary,
+            "reason": "controller",
+        }
+    )
+
+
+def write_weight(
+    routing: RoutingTableStore, policy: Policy, weight: float, shadow: ShadowRoute | None
+) -> None:
+    """Make the release's routing table hold ``weight``, ``shadow`` and the policy's arms
+    (compare-and-set; raises RoutingConflictError when it keeps changing underneath)."""
+    for _ in range(WRITE_ATTEMPTS):
+        table = routing.read(policy.name)
+        wanted = wanted_table(policy, table, weight, shadow)
+        if wanted is None:
+            return
+        try:
+            routing.write(wanted, None if table is None else table.version)
+            return
+        except VersionConflictError:
+            continue
+    raise RoutingConflictError(f"routing table of '{policy.name}' keeps changing under the writer")
+
+
+def reconcile(plant: Plant, release: ReleaseState, policy: Policy) -> str | None:
+    """Level-triggered repair of the release's routing table; the error, if it could not
+    be repaired this time."""
+    if release.rollout == 0 or plant.state.pending_actions(release.name):
+        return None
+    shadow = wanted_shadow(policy, release.phase)
+    table = plant.routing.read(policy.name)
+    if wanted_table(policy, table, release.canary_weight, shadow) is None:
+        return None
+    log.warning(
+        "release %s: routing table holds weight %s, shadow %s and arms %s, the release "
+        "wants %s, %s and its policy's: repairing",
+        release.name,
+        None if table is None else table.canary_weight,
+        None if table is None or table.shadow is None else table.shadow.upstream,
+        None if table is None else f"{table.baseline.upstream}|{table.canary.upstream}",
+        release.canary_weight,
+        None if shadow is None else shadow.upstream,
+    )
+    try:
+        write_weight(plant.routing, policy, release.canary_weight, shadow)
+    except RETRIED as error:
+        return f"{release.name}: {error}"
+    return None
+
+
+def unroute(plant: Plant, name: str, reason: str) -> str | None:
+    """No more canary traffic or shadow copies for a release whose policy is gone."""
+    table = plant.routing.read(name)
+    if table is None or (table.canary_weight == 0.0 and table.shadow is None):
+        return None
+    try:
+        plant.routing.write(
+            table.model_copy(update={"canary_weight": 0.0, "shadow": None, "reason": reason}),
+            table.version,
+        )
+    except VersionConflictError as error:
+        return f"{name}: {error}"
+    return None
+
+
+def describe(action: Action) -> str:
+    """An action's intent, for people."""
+    intent = action.intent
+    if action.kind is ActionKind.SET_WEIGHT:
+        return f"canary weight to {float(intent['weight']):g}%"
+    return f"label {intent['label']} of prompt {intent['prompt']} to version {intent['version']}"
+
+
+def wanted_shadow(policy: Policy, phase: Phase | None) -> ShadowRoute | None:
+    """The mirroring a release's routing table carries: its policy's until the rollout
+    ends (promoted, rolled back, aborted), then none."""
+    return None if phase in FINISHED else shadow_route(policy)
