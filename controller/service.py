@@ -25,13 +25,13 @@ from controller.labels import LangfusePromptLabels, PromptLabels
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
 from controller.notify import MultiNotifier, Notifier, WebhookNotifier
-from policies.policy_files import PolicyFiles
 from controller.release_store import ControllerState
 from controller.settings import ControllerSettings
 from controller.source import SampleSource
 from controller.source.budget import BudgetSettings, RequestBudget
 from controller.source.langfuse import LangfuseSource, SourceSettings
 from policies.model import Policy
+from policies.policy_files import PolicyFiles
 
 log = logging.getLogger("coalmine.controller")
 
@@ -63,8 +63,10 @@ class ControllerService:
             return dict(self._policies)
 
     def reload_policies(self) -> Mapping[str, Policy]:
-        policies = self.policy_files.reload()
-        with self._policies_lock:
+        """Reload the policy files; the proxy of ``coalmine run`` calls it too (from its
+        own thread), so that both follow one view of the files."""
+        with self._policies_lock:  # the last reload's set is the one kept
+            policies = self.policy_files.reload()
             self._policies = dict(policies)
         return policies
 

@@ -45,8 +45,8 @@ def _prompt_of(policy: Policy) -> str | None:
 
 
 def _path_prefix_of(policy: Policy) -> str | None:
-    # A release without upstreams is not routed by the proxy: its prefix claims nothing.
-    return None if policy.target.upstreams is None else policy.routing.path_prefix
+    # Every release is routed: one without upstreams goes to the proxy's application.
+    return policy.routing.path_prefix
 
 
 _CLAIMS: tuple[tuple[ConflictKind, Callable[[Policy], str | None], str], ...] = (

@@ -13,9 +13,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -26,7 +26,7 @@ from proxy.headers import Headers, response_headers_for_client
 from proxy.metrics import ProxyMetrics, ShadowOutcome
 from proxy.outcome import Failure, RequestOutcome
 from proxy.plan import Forward, PlanSettings, Refusal, RequestHead, SystemChance, plan_request
-from proxy.routes import Releases, RoutingRefresher
+from proxy.routes import Releases
 from proxy.shadow import ShadowCopy, ShadowMirror
 from proxy.spans import SpanReporter
 
@@ -39,6 +39,17 @@ log = logging.getLogger("coalmine.proxy")
 
 _REQUEST_ID = REQUEST_ID_HEADER.encode()
 _CHANCE = SystemChance()
+
+
+class Refresher(Protocol):
+    """A background task of the proxy that follows something outside it (the policies,
+    the routing tables): one look at start, then on its own schedule."""
+
+    async def refresh_once(self) -> object: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class ProxyApp:
@@ -54,7 +65,7 @@ class ProxyApp:
         spans: SpanReporter,
         admin_token: str | None = None,
         max_header_bytes: int = 65536,
-        refresher: RoutingRefresher | None = None,
+        refreshers: Sequence[Refresher] = (),
     ) -> None:
         self.releases = releases
         self.transport = transport
@@ -66,9 +77,12 @@ class ProxyApp:
             admin_token=admin_token.encode() if admin_token else None,
             max_header_bytes=max_header_bytes,
         )
-        self.refresher = refresher
+        self.refreshers = tuple(refreshers)
+        """Started in order with the server (the policies before the tables), stopped
+        with it."""
         for release in releases.by_name.values():
             metrics.routing(release.name, release.table.canary_weight, release.table.version)
+        metrics.routed_releases.set(len(releases.by_name))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -82,13 +96,13 @@ class ProxyApp:
 
     async def startup(self) -> None:
         await self.spans.start()
-        if self.refresher is not None:
-            await self.refresher.refresh_once()
-            self.refresher.start()
+        for refresher in self.refreshers:
+            await refresher.refresh_once()
+            refresher.start()
 
     async def shutdown(self) -> None:
-        if self.refresher is not None:
-            await self.refresher.stop()
+        for refresher in self.refreshers:
+            await refresher.stop()
         await self.shadow.aclose()
         await self.spans.aclose()
         await self.transport.aclose()

@@ -7,6 +7,7 @@ pays for no label lookup.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 
@@ -42,6 +43,13 @@ class ShadowOutcome:
     FAILED = "failed"
     DROPPED_FULL = "dropped_full"
     DROPPED_TOO_LARGE = "dropped_too_large"
+
+
+class PolicySetOutcome:
+    APPLIED = "applied"
+    REFUSED = "refused"
+    FAILED = "failed"
+    ALL = (APPLIED, REFUSED, FAILED)
 
 
 class SpanCounts(Collector):
@@ -145,6 +153,21 @@ class ProxyMetrics:
             ["release"],
             registry=r,
         )
+        self.routed_releases = Gauge(
+            "coalmine_proxy_routed_releases",
+            "Releases the proxy routes now.",
+            registry=r,
+        )
+        self.policy_sets = Counter(
+            "coalmine_proxy_policy_sets",
+            "Changed sets of policies taken in while running, by outcome: applied (all of "
+            "it), refused (applied without the policies that clash with ones in force), "
+            "failed (the set could not be read; the releases routed stay as they were).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in PolicySetOutcome.ALL:
+            self.policy_sets.labels(outcome)
         self._request_children = lru_cache(maxsize=4096)(self._children)
 
     def _children(self, release: str, arm: Arm, code_class: str) -> tuple[Counter, Histogram]:
@@ -179,3 +202,9 @@ class ProxyMetrics:
     def routing(self, release: str, weight: float, version: int) -> None:
         self.weight.labels(release).set(weight)
         self.table_version.labels(release).set(version)
+
+    def unrouted(self, release: str) -> None:
+        """A release no longer routed: its weight and table version are not exported."""
+        for gauge in (self.weight, self.table_version):
+            with contextlib.suppress(KeyError):  # never routed by this proxy
+                gauge.remove(release)

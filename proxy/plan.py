@@ -169,7 +169,7 @@ class Forward:
     release: str
     arm: Arm
     upstream: str
-    """The arm's base URL."""
+    """The arm's base URL: its upstream, or the proxy's application."""
     method: str
     path: str
     target: str
@@ -295,7 +295,7 @@ def plan_request(
     return Forward(
         release=release.name,
         arm=arm,
-        upstream=route.upstream,
+        upstream=releases.upstream_of(route),
         method=head.method,
         path=head.path,
         target=head.target,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 import uvicorn
@@ -12,10 +12,17 @@ from prometheus_client import disable_created_metrics, start_http_server
 from coalmine.shared.kube.client import KubeError, api_client
 from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
 from coalmine.shared.routing_tables.store import RoutingTableStore, SqliteRoutingStore
+from coalmine.shared.routing_tables.table import RoutingTable
 from policies.model import Policy
 from proxy.app import ProxyApp
-from proxy.metrics import ProxyMetrics, SpanCounts
-from proxy.routes import Releases, RoutingRefresher
+from proxy.metrics import PolicySetOutcome, ProxyMetrics, SpanCounts
+from proxy.routes import (
+    PolicyFeed,
+    PolicyRefresher,
+    PolicyUpdate,
+    Releases,
+    RoutingRefresher,
+)
 from proxy.settings import ProxySettings
 from proxy.spans import NoopSpanReporter, OtlpSpanReporter, SpanReporter
 from proxy.transport import PooledTransport
@@ -72,10 +79,13 @@ def build_app(
     metrics: ProxyMetrics | None = None,
     spans: SpanReporter | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    policy_feed: PolicyFeed | None = None,
 ) -> ProxyApp:
     """The proxy application. ``store`` overrides the settings' state file; ``transport``
-    replaces the network for the upstream clients (tests chain ASGI apps with it)."""
-    releases = Releases(policies, pins)
+    replaces the network for the upstream clients (tests chain ASGI apps with it);
+    ``policy_feed``, polled every ``policy_reload_interval``, gives the policies in force
+    while the proxy runs (None: ``policies`` for good)."""
+    releases = Releases(policies, pins, app_url=settings.app_url)
     metrics = metrics or ProxyMetrics()
     spans = spans or span_reporter(settings)
     if store is None and settings.cluster:
@@ -100,9 +110,10 @@ def build_app(
     refresher = None
     if store is not None:
 
-        def applied(table: object) -> None:
-            release = releases.by_name[table.release]  # type: ignore[attr-defined]
-            metrics.routing(release.name, release.table.canary_weight, release.table.version)
+        def applied(table: RoutingTable) -> None:
+            release = releases.by_name.get(table.release)
+            if release is not None:
+                metrics.routing(release.name, release.table.canary_weight, release.table.version)
 
         refresher = RoutingRefresher(
             releases,
@@ -110,6 +121,17 @@ def build_app(
             interval=settings.routing_poll_interval,
             on_applied=applied,
             on_error=lambda release, _message: metrics.table_errors.labels(release).inc(),
+        )
+    policy_refresher = None
+    if policy_feed is not None:
+        policy_refresher = PolicyRefresher(
+            releases,
+            policy_feed.policies,
+            interval=settings.policy_reload_interval,
+            tables=None if store is None else _table_reader(store),
+            kept_out=policy_feed.kept_out,
+            on_update=lambda update: _count_update(update, releases, metrics),
+            on_failed=lambda _message: metrics.policy_sets.labels(PolicySetOutcome.FAILED).inc(),
         )
     metrics.registry.register(SpanCounts(lambda: _span_counts(spans)))
     if transport is None:
@@ -133,8 +155,35 @@ def build_app(
         spans=spans,
         admin_token=settings.token(),
         max_header_bytes=settings.max_header_bytes,
-        refresher=refresher,
+        refreshers=[part for part in (policy_refresher, refresher) if part is not None],
     )
+
+
+def _table_reader(store: RoutingTableStore) -> Callable[[str], RoutingTable | None]:
+    """Reads the stored table of a release the proxy starts routing; a store that
+    watches its releases one by one is told to follow it first."""
+    follow = getattr(store, "follow", None)
+
+    def read(release: str) -> RoutingTable | None:
+        if callable(follow):
+            follow([release])
+        return store.read(release)
+
+    return read
+
+
+def _count_update(update: PolicyUpdate, releases: Releases, metrics: ProxyMetrics) -> None:
+    for name in update.removed:
+        metrics.unrouted(name)
+    for name in (*update.added, *update.edited):
+        release = releases.by_name.get(name)
+        if release is not None:
+            metrics.routing(name, release.table.canary_weight, release.table.version)
+    metrics.routed_releases.set(len(releases.by_name))
+    if update.refused:
+        metrics.policy_sets.labels(PolicySetOutcome.REFUSED).inc()
+    elif update.changed:
+        metrics.policy_sets.labels(PolicySetOutcome.APPLIED).inc()
 
 
 def _span_counts(spans: SpanReporter) -> dict[str, float]:

@@ -10,6 +10,10 @@ from pydantic_settings import SettingsConfigDict
 
 from coalmine.shared.kube.client import ClusterSettings
 from coalmine.shared.settings import AdminToken, LangfuseConnection
+from policies.model import HttpUrl
+
+DEFAULT_APP_URL = "http://127.0.0.1:8000"
+"""Where the application listens when nothing says otherwise: uvicorn's default port."""
 
 
 class ProxySettings(LangfuseConnection, AdminToken, ClusterSettings):
@@ -21,6 +25,10 @@ class ProxySettings(LangfuseConnection, AdminToken, ClusterSettings):
 
     listen: str = "127.0.0.1:8080"
     """HOST:PORT the proxy serves the application's traffic on."""
+
+    app_url: HttpUrl = DEFAULT_APP_URL
+    """Base URL of the application this proxy fronts: where both arms of every release
+    whose policy names no ``target.upstreams`` (a prompt-only release) are sent."""
 
     metrics_listen: str | None = "127.0.0.1:9464"
     """HOST:PORT of the Prometheus metrics endpoint; None: no endpoint."""
@@ -38,6 +46,10 @@ class ProxySettings(LangfuseConnection, AdminToken, ClusterSettings):
 
     routing_poll_interval: float = Field(default=0.25, gt=0, le=1)
     """Seconds between two looks at the state store for new routing tables."""
+
+    policy_reload_interval: float = Field(default=5.0, gt=0, le=300)
+    """Seconds between two looks at the policy files: a release added, removed or edited
+    is routed by its new policy within this time."""
 
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long requests in flight may take to finish."""

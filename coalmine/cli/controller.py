@@ -12,7 +12,12 @@ import typer
 from pydantic import ValidationError
 
 from coalmine.cli.errors import InputError
-from coalmine.cli.proxy import load_policies, load_routed_policies, parse_weights
+from coalmine.cli.proxy import (
+    AppUrlOption,
+    load_policies,
+    load_routed_policies,
+    parse_weights,
+)
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -87,6 +92,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="HOST:PORT for the application's traffic. [default: 127.0.0.1:8080]"),
         ] = None,
+        app_url: AppUrlOption = None,
         admin_listen: AdminOption = None,
         metrics_listen: Annotated[
             str | None,
@@ -106,28 +112,29 @@ def register(app: typer.Typer) -> None:
 
         Environment as for `coalmine proxy` and `coalmine controller`; with
         COALMINE_CLUSTER=true the routing tables are ConfigMaps that the proxy watches.
+        The proxy follows the policies the controller reloads, every
+        COALMINE_POLICY_RELOAD_INTERVAL seconds (5).
         """
-        from proxy.server import build_app, split_address  # noqa: PLC0415
-        from proxy.settings import ProxySettings  # noqa: PLC0415
+        from proxy.routes import PolicyFeed  # noqa: PLC0415
+        from proxy.server import build_app  # noqa: PLC0415
 
         _logging(log_level)
         settings = _controller_settings(state=state, admin_listen=admin_listen)
-        overrides: dict[str, Any] = {"state": settings.state}
-        if listen is not None:
-            overrides["listen"] = listen
-        if metrics_listen is not None:
-            overrides["metrics_listen"] = metrics_listen
-        try:
-            proxy_settings = ProxySettings(**overrides)
-            split_address(proxy_settings.listen, "--listen")
-        except (ValidationError, ValueError) as error:
-            raise InputError(_first_error(error)) from None
+        proxy_settings = _proxy_settings(
+            state=settings.state, listen=listen, app_url=app_url, metrics_listen=metrics_listen
+        )
         policies = _load_at_start(policy, routed=True)
         pins = parse_weights(weight or [])
         service, token = _service(settings, policy)
         try:
             try:
-                proxy_app = build_app(proxy_settings, policies, pins)
+                # one view of the policy files: the proxy reloads the controller's
+                proxy_app = build_app(
+                    proxy_settings,
+                    policies,
+                    pins,
+                    policy_feed=PolicyFeed(service.reload_policies, service.policy_files.kept_out),
+                )
             except ValueError as error:
                 raise InputError(str(error)) from None
             if proxy_settings.metrics_listen is not None:
@@ -179,6 +186,20 @@ def _controller_settings(**flags: Any) -> Any:
         return ControllerSettings(**overrides)
     except ValidationError as error:
         raise InputError(_first_error(error)) from None
+
+
+def _proxy_settings(**flags: Any) -> Any:
+    """The proxy's settings of ``coalmine run``: the environment, then the flags given."""
+    from proxy.server import split_address  # noqa: PLC0415
+    from proxy.settings import ProxySettings  # noqa: PLC0415
+
+    overrides = {key: value for key, value in flags.items() if value is not None}
+    try:
+        settings = ProxySettings(**overrides)
+        split_address(settings.listen, "--listen")
+    except (ValidationError, ValueError) as error:
+        raise InputError(_first_error(error)) from None
+    return settings
 
 
 def _load_at_start(paths: list[Path], *, routed: bool = False) -> list[Any]:

@@ -1,18 +1,27 @@
-"""`coalmine policy validate|schema`."""
+"""`coalmine policy validate|schema|plan`."""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from coalmine.cli import plan_output
 from coalmine.cli.errors import InputError
+from controller.planner import DEFAULT_RUNS, Plan, PlanSettings, plan
 from policies import Policy, PolicyError, PolicyIssue, load_policy, policy_json_schema_text
 from policies.policy_set import SetProblem, check_policy_set, policy_files_in
 
-app = typer.Typer(help="Check policy files and export their JSON Schema.", no_args_is_help=True)
+app = typer.Typer(
+    help="Check policy files, export their JSON Schema, and plan a release.",
+    no_args_is_help=True,
+)
 
 
 def _plural(count: int, word: str) -> str:
@@ -115,3 +124,120 @@ def schema(
     except OSError as error:
         raise InputError(f"cannot write {output}: {error.strerror or error}") from None
     print(f"wrote {output}")
+
+
+MAX_DEFAULT_JOBS = 8
+
+
+class Output(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+@app.command("plan")
+def plan_command(
+    file: Annotated[
+        Path,
+        typer.Argument(help="The policy file to plan.", metavar="FILE", show_default=False),
+    ],
+    traffic: Annotated[
+        str,
+        typer.Option(
+            help="Requests to the release, e.g. 120/min, 2/s or 7200/h; split between the "
+            "arms by each step's weight.",
+            metavar="N/min",
+            show_default=False,
+        ),
+    ],
+    scores_per_trace: Annotated[
+        float,
+        typer.Option(help="Share of traces that get their scores (0 to 1).", metavar="F"),
+    ] = 1.0,
+    runs: Annotated[
+        int, typer.Option(help="Seeded runs of each simulated canary.", metavar="K")
+    ] = DEFAULT_RUNS,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the runs: the same seed gives the same plan.", metavar="S")
+    ] = 0,
+    regression: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The degradation of the canary worse on METRIC, in the metric's units "
+            "(percent for tolerancePercent metrics). Default: tolerance plus effectSize "
+            "(the judge's default effect when unset); latency: twice its tolerance.",
+            metavar="METRIC=DELTA",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[Output, typer.Option(help="text (a table) or json.")] = Output.TEXT,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes that simulate runs side by side (the plan is the same "
+            "for any number). Default: the CPUs available, at most 8.",
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Simulate a release of FILE at the given traffic with the replay engine.
+
+    Seeded runs of a canary equal to the baseline give the time to promote and the share
+    of runs promoted, paused, rolled back or undecided; runs of a canary worse on each
+    metric give how often and how fast it is caught. Warns when a step's maxDuration is
+    too short, when minSamples, scoreSettle or scoreTimeout hold a step past its
+    minDuration, and when the traffic cannot reach minSamples within maxDuration.
+    """
+    policy = _policy(file)
+    settings = PlanSettings(
+        traffic_per_minute=plan_output.parse_traffic(traffic),
+        scores_per_trace=_share(scores_per_trace),
+        runs=_runs(runs),
+        seed=seed,
+        regressions=plan_output.parse_regressions(regression or []),
+    )
+    workers = _jobs(jobs)
+    started = time.perf_counter()
+    try:
+        result = _plan(policy, settings, workers)
+    except ValueError as error:
+        raise InputError(f"{file}: {error}") from None
+    wall = time.perf_counter() - started
+    if output is Output.JSON:
+        print(plan_output.as_json(result, file, wall))
+    else:
+        print(plan_output.as_text(result, file, wall))
+
+
+def _policy(file: Path) -> Policy:
+    try:
+        return load_policy(file)
+    except PolicyError as error:
+        raise InputError(str(error)) from None
+
+
+def _plan(policy: Policy, settings: PlanSettings, workers: int) -> Plan:
+    if workers == 1:
+        return plan(policy, settings)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return plan(policy, settings, pool.map)
+
+
+def _jobs(value: int | None) -> int:
+    if value is None:
+        return max(1, min(len(os.sched_getaffinity(0)), MAX_DEFAULT_JOBS))
+    if value < 1:
+        raise InputError(f"--jobs: {value} must be at least 1")
+    return value
+
+
+def _share(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise InputError(f"--scores-per-trace: {value:g} is not between 0 and 1")
+    return value
+
+
+def _runs(value: int) -> int:
+    if not 1 <= value <= plan_output.MAX_RUNS:
+        raise InputError(f"--runs: {value} is not between 1 and {plan_output.MAX_RUNS}")
+    return value

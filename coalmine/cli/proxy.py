@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from coalmine.cli.errors import InputError
 from policies import Policy, PolicyError, load_policy
+from policies.policy_files import PolicyFiles
 from policies.policy_set import check_policy_set
 
 
@@ -23,13 +24,16 @@ def register(app: typer.Typer) -> None:
         policy: Annotated[
             list[Path],
             typer.Option(
-                "--policy", help="Release policy file (repeatable: one release per file)."
+                "--policy",
+                help="Release policy file or directory of *.yaml files (repeatable: one "
+                "release per file); watched and reloaded.",
             ),
         ],
         listen: Annotated[
             str | None,
             typer.Option(help="HOST:PORT for the application's traffic. [default: 127.0.0.1:8080]"),
         ] = None,
+        app_url: AppUrlOption = None,
         metrics_listen: Annotated[
             str | None,
             typer.Option(help="HOST:PORT of the Prometheus metrics. [default: 127.0.0.1:9464]"),
@@ -60,13 +64,16 @@ def register(app: typer.Typer) -> None:
         """Route the application's traffic between the stable and canary arms of each
         release, keep each user in one arm, and mirror a sample to staging.
 
-        Settings also come from the environment: COALMINE_LISTEN, COALMINE_METRICS_LISTEN,
-        COALMINE_STATE, COALMINE_ADMIN_TOKEN (or COALMINE_ADMIN_TOKEN_FILE), and Langfuse's
+        Settings also come from the environment: COALMINE_LISTEN, COALMINE_APP_URL,
+        COALMINE_METRICS_LISTEN, COALMINE_STATE, COALMINE_POLICY_RELOAD_INTERVAL,
+        COALMINE_ADMIN_TOKEN (or COALMINE_ADMIN_TOKEN_FILE), and Langfuse's
         LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_BASE_URL. Flags win.
         """
         overrides: dict[str, Any] = {"spans": spans}
         if listen is not None:
             overrides["listen"] = listen
+        if app_url is not None:
+            overrides["app_url"] = app_url
         if metrics_listen is not None:
             overrides["metrics_listen"] = metrics_listen
         if state is not None:
@@ -77,6 +84,15 @@ def register(app: typer.Typer) -> None:
             pins=parse_weights(weight or []),
             log_level=log_level,
         )
+
+
+AppUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Base URL of the application: where prompt-only releases (no target.upstreams) "
+        "are sent. [default: http://127.0.0.1:8000]"
+    ),
+]
 
 
 def parse_weights(specs: list[str]) -> dict[str, float]:
@@ -123,6 +139,17 @@ def load_routed_policies(files: list[Path]) -> list[Policy]:
     return [policy for _, policy in loaded]
 
 
+def watched_paths(paths: list[Path]) -> list[Path]:
+    """The ``--policy`` paths, each a file or a directory that exists; InputError names
+    the first that does not."""
+    if not paths:
+        raise InputError("--policy: at least one policy file or directory is needed")
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"--policy: {path}: no such file or directory")
+    return paths
+
+
 def run_proxy(
     *,
     policy_files: list[Path],
@@ -131,6 +158,7 @@ def run_proxy(
     log_level: str,
 ) -> None:
     # The server stack is imported here, not for every coalmine command.
+    from proxy.routes import PolicyFeed  # noqa: PLC0415
     from proxy.server import build_app, serve, split_address  # noqa: PLC0415
     from proxy.settings import ProxySettings  # noqa: PLC0415
 
@@ -140,9 +168,8 @@ def run_proxy(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not policy_files:
-        raise InputError("--policy: at least one policy file is needed")
-    policies = load_routed_policies(policy_files)
+    watched = PolicyFiles(watched_paths(policy_files))
+    policies = load_routed_policies(watched.files())
     try:
         settings = ProxySettings(**overrides)
     except ValidationError as error:
@@ -153,7 +180,12 @@ def run_proxy(
         split_address(settings.listen, "--listen")
         if settings.metrics_listen is not None:
             split_address(settings.metrics_listen, "--metrics-listen")
-        app = build_app(settings, policies, pins)
+        app = build_app(
+            settings,
+            policies,
+            pins,
+            policy_feed=PolicyFeed(watched.reload, watched.kept_out),
+        )
     except (ValueError, OSError) as error:
         raise InputError(str(error)) from None
     releases = ", ".join(

@@ -220,6 +220,10 @@ def test_a_standby_takes_over_from_a_killed_leader_and_carries_the_release_on(
         assert ("Deployment", "shop-app", "Started") in reasons
         assert ("Deployment", "shop-app", "Paused") in reasons
         assert ("Deployment", "shop-app", "WeightSet") in reasons
+        paused_events = [e.message for e in events if e.reason == "Paused"]
+        assert paused_events and paused_events[0].startswith(
+            "release support: rollout 1: pause by admin-api"
+        )
         print(f"takeover after SIGKILL: {takeover:.2f}s (lease duration 3s, retry 0.5s)")
     finally:
         for member in replicas:

@@ -13,6 +13,7 @@ from coalmine.shared.kube.client import (
     KubePermanentError,
     KubeTemporaryError,
 )
+from controller.actions import REFUSED, RETRIED
 from controller.errors import (
     ApiError,
     BacktestError,
@@ -29,7 +30,6 @@ from controller.errors import (
     StateLockedError,
     StreamError,
 )
-from controller.actions import REFUSED, RETRIED
 
 TEMPORARY, PERMANENT, NEITHER = "temporary", "permanent", "neither"
 

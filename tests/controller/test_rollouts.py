@@ -180,3 +180,43 @@ def test_rollouts_and_their_numbers_survive_a_restart(rig: Rig) -> None:
     rig.run(600, until=Phase.PROMOTED)
     assert release(rig).rollout == 2
     assert [r.rollout for r in rig.state.decisions("support")][-1] == 2
+
+
+AGENT_POLICY = POLICY.replace(
+    """  prompt: {name: support-agent}
+  upstreams: {stable: "http://127.0.0.1:9"}
+""",
+    """  upstreams: {stable: "http://127.0.0.1:9", canary: "http://127.0.0.1:10"}
+  version: "{version}"
+""",
+)
+
+
+def agent(version: str):  # type: ignore[no-untyped-def]
+    return load_policy_text(AGENT_POLICY.replace("{version}", version), "support.yaml")
+
+
+def test_an_agent_release_rolls_out_each_new_target_version(rig: Rig) -> None:
+    rig.policies["support"] = agent("2026.12.1")
+    rig.run(600, until=Phase.PROMOTED)
+    assert (release(rig).rollout, rig.weight()) == (1, 100.0)
+    assert release(rig).candidate_ref == "http://127.0.0.1:10 (2026.12.1)"
+    rig.run(3)
+    assert release(rig).phase is Phase.PROMOTED
+    assert "was judged by rollout 1 (promoted); change target.version" in release(rig).waiting
+
+    rig.policies["support"] = agent("2026.12.2")
+    rig.run(1)
+    assert (release(rig).rollout, release(rig).phase) == (2, Phase.CANARY)
+    assert release(rig).candidate_ref == "http://127.0.0.1:10 (2026.12.2)"
+    assert rig.weight() == 10.0
+
+
+def test_a_new_agent_version_during_a_rollout_supersedes_it(rig: Rig) -> None:
+    rig.policies["support"] = agent("a")
+    rig.run(3)
+    rig.policies["support"] = agent("b")
+    rig.run(1)
+    log = [(r.rollout, r.decision) for r in rig.state.decisions("support")]
+    assert log == [(1, "start"), (1, "abort"), (2, "start")]
+    assert release(rig).reason.startswith("candidate http://127.0.0.1:10 (b)")

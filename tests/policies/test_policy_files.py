@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from coalmine.shared.routing_tables.store import SqliteRoutingStore
-from policies.policy_files import PolicyFiles
 from controller.service import ControllerService, build_service
 from controller.settings import ControllerSettings
 from policies.domain import Phase
+from policies.policy_files import PolicyFiles
 from tests.controller.release_rig import Labels, Traffic
 
 POLICY = """\
@@ -32,6 +33,7 @@ analysis:
   interval: 1m
   metrics:
     - {{name: errors, source: error_rate, tolerance: 0.03, critical: true}}
+routing: {{pathPrefix: /{name}}}
 """
 
 # The first step (line 8, column 14) has a weight over 100.
@@ -209,6 +211,120 @@ def test_a_release_defined_twice_keeps_the_first_file_and_reports_the_second(
     assert files.problems == []
 
 
+def test_a_path_prefix_claimed_twice_keeps_the_first_file_and_reports_the_second(
+    tmp_path: Path,
+) -> None:
+    first = write(tmp_path / "a-support.yaml", policy_text("support"))
+    second = write(
+        tmp_path / "b-search.yaml",
+        policy_text("search").replace("pathPrefix: /search", "pathPrefix: /support"),
+    )
+    files = PolicyFiles([tmp_path])
+
+    assert sorted(files.reload()) == ["support"]
+    [problem] = files.problems
+    assert (problem.path, problem.kept) == (str(second), None)
+    assert problem.message == (
+        f"{first} and {second}: releases 'support' and 'search' both claim path prefix '/support'"
+    )
+    assert files.kept_out() == {"search": problem.message}
+    assert sorted(files.reload()) == ["support"]  # reported on every reload
+    assert [p.path for p in files.problems] == [str(second)]
+
+    first.unlink()
+    assert sorted(files.reload()) == ["search"]
+    assert files.problems == [] and files.kept_out() == {}
+
+
+def test_a_new_file_that_clashes_with_one_in_force_is_kept_out_whatever_its_name(
+    tmp_path: Path,
+) -> None:
+    in_force = write(tmp_path / "b-support.yaml", policy_text("support"))
+    files = PolicyFiles([tmp_path])
+    assert sorted(files.reload()) == ["support"]
+    newcomer = write(
+        tmp_path / "a-search.yaml",
+        policy_text("search").replace("pathPrefix: /search", "pathPrefix: /support"),
+    )
+
+    assert sorted(files.reload()) == ["support"]
+    [problem] = files.problems
+    assert (problem.path, problem.kept) == (str(newcomer), None)
+    assert problem.message == (
+        f"{in_force} and {newcomer}: releases 'support' and 'search' both claim path "
+        "prefix '/support'"
+    )
+    assert list(files.kept_out()) == ["search"]
+
+
+def test_an_edit_that_clashes_keeps_the_version_in_force(tmp_path: Path) -> None:
+    write(tmp_path / "a-support.yaml", policy_text("support"))
+    search = write(tmp_path / "b-search.yaml", policy_text("search", weight=10))
+    files = PolicyFiles([tmp_path])
+    good = files.reload()["search"]
+
+    write(
+        search,
+        policy_text("search", weight=20).replace("pathPrefix: /search", "pathPrefix: /support"),
+    )
+    policies = files.reload()
+
+    assert sorted(policies) == ["search", "support"]
+    assert policies["search"] is good
+    [problem] = files.problems
+    assert (problem.path, problem.kept) == (str(search), "search")
+    assert "both claim path prefix '/support'" in problem.message
+    assert files.kept_out() == {}
+
+    write(search, policy_text("search", weight=30))  # fixed: the edit applies
+    assert first_weight(files, "search") == 30
+    assert files.problems == []
+
+
+def test_a_prompt_only_release_claims_its_path_prefix(tmp_path: Path) -> None:
+    write(
+        tmp_path / "a-agent.yaml",
+        policy_text("agent").replace("pathPrefix: /agent", "pathPrefix: /"),
+    )
+    prompt_only = (
+        policy_text("prompt")
+        .replace('  upstreams: {stable: "http://127.0.0.1:9"}\n', "")
+        .replace("pathPrefix: /prompt", "pathPrefix: /")
+    )
+    write(tmp_path / "b-prompt.yaml", prompt_only)
+    files = PolicyFiles([tmp_path])
+    assert sorted(files.reload()) == ["agent"]
+    assert "both claim path prefix '/'" in files.problems[0].message
+
+
+def test_current_is_the_set_of_the_last_reload_as_a_snapshot(tmp_path: Path) -> None:
+    write(tmp_path / "alpha.yaml", policy_text("alpha"))
+    files = PolicyFiles([tmp_path])
+    assert dict(files.current()) == {}
+    in_force = files.reload()
+    snapshot = files.current()
+    assert dict(snapshot) == in_force
+    with pytest.raises(TypeError):
+        snapshot["beta"] = snapshot["alpha"]  # type: ignore[index]
+
+    write(tmp_path / "beta.yaml", policy_text("beta"))
+    assert sorted(files.current()) == ["alpha"]  # not read until the next reload
+    files.reload()
+    assert sorted(files.current()) == ["alpha", "beta"]
+    assert sorted(snapshot) == ["alpha"]  # an earlier snapshot never changes
+
+
+def test_reloads_from_several_threads_agree_on_one_set(tmp_path: Path) -> None:
+    for name in ("alpha", "beta", "gamma"):
+        write(tmp_path / f"{name}.yaml", policy_text(name))
+    files = PolicyFiles([tmp_path])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: sorted(files.reload()), range(16)))
+    assert results == [["alpha", "beta", "gamma"]] * 16
+    assert sorted(files.current()) == ["alpha", "beta", "gamma"]
+    assert files.load_errors == 0
+
+
 def test_a_renamed_release_leaves_its_old_name(tmp_path: Path) -> None:
     path = write(tmp_path / "alpha.yaml", policy_text("alpha"))
     files = PolicyFiles([tmp_path])
@@ -317,8 +433,7 @@ class Service:
         return table.canary_weight
 
     def close(self) -> None:
-        self.service.stop()
-        self.service.controller.routing.close()
+        self.service.stop()  # closes the controller's routing store too
         self.routing.close()
 
 

@@ -67,12 +67,12 @@ CASES = {
         [("x/a.yml", policy("a", prefix="/chat")), ("y/b.yml", policy("b", prefix="/chat"))],
         ["x/a.yml and y/b.yml: releases 'a' and 'b' both claim path prefix '/chat'"],
     ),
-    "prompt-only releases claim no prefix": Case(
+    "prompt-only releases claim their prefix too (the proxy routes them to the app)": Case(
         [
             ("a.yaml", policy("a", prompt="pa", upstream=False)),
             ("b.yaml", policy("b", prompt="pb", upstream=False)),
         ],
-        [],
+        ["a.yaml and b.yaml: releases 'a' and 'b' both claim path prefix '/'"],
     ),
     "one release in two files": Case(
         [("a.yaml", policy("same", prefix="/a")), ("b.yaml", policy("same", prefix="/b"))],
@@ -91,8 +91,8 @@ CASES = {
     ),
     "two releases of one prompt without upstreams": Case(
         [
-            ("a.yaml", policy("a", prompt="support", upstream=False)),
-            ("b.yaml", policy("b", prompt="support", upstream=False)),
+            ("a.yaml", policy("a", prefix="/a", prompt="support", upstream=False)),
+            ("b.yaml", policy("b", prefix="/b", prompt="support", upstream=False)),
         ],
         ["a.yaml and b.yaml: releases 'a' and 'b' both release prompt 'support'"],
     ),

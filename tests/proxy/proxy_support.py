@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -166,6 +166,8 @@ async def _json(send: Any, status: int, payload: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+Lifespan = Literal["auto", "on", "off"]
+
 UpstreamServed = tuple["Upstream", "Served"]
 """An upstream app and the loopback server it runs on."""
 
@@ -181,7 +183,7 @@ class Served:
         self.thread.join(timeout=15)
 
 
-def start_server(app: Any, *, lifespan: str = "off", port: int = 0) -> Served:
+def start_server(app: Any, *, lifespan: Lifespan = "off", port: int = 0) -> Served:
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -206,7 +208,7 @@ def start_server(app: Any, *, lifespan: str = "off", port: int = 0) -> Served:
 
 
 @contextmanager
-def serving(app: Any, *, lifespan: str = "off") -> Iterator[Served]:
+def serving(app: Any, *, lifespan: Lifespan = "off") -> Iterator[Served]:
     served = start_server(app, lifespan=lifespan)
     try:
         yield served

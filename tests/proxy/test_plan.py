@@ -24,6 +24,7 @@ from tests.proxy.proxy_support import make_policy
 STABLE = "http://stable.test"
 CANARY = "http://canary.test/"
 STAGING = "http://staging.test"
+APP = "http://app.test:8000"
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
 FRESH_ID = "5f1d4c0e9a8b7c6d5e4f3a2b1c0d9e8f"
@@ -59,7 +60,7 @@ def releases(
     routing: str = "  stickiness: {header: x-user-id}", shadow: str = "", weight: float = 50.0
 ) -> Releases:
     policy = make_policy(stable=STABLE, canary=CANARY, routing=routing, shadow=shadow)
-    return Releases([policy], {"support": weight})
+    return Releases([policy], {"support": weight}, app_url=APP)
 
 
 def head(
@@ -210,7 +211,8 @@ def test_the_longest_prefix_picks_the_release(path: str, release: str) -> None:
                 name="billing",
                 routing="  stickiness: {header: x-user-id}\n  pathPrefix: /billing",
             ),
-        ]
+        ],
+        app_url=APP,
     )
     decided = forward(plan(head(("x-user-id", "u"), path=path), both))
     assert (decided.release, decided.arm, decided.upstream) == (release, Arm.BASELINE, STABLE)
@@ -222,7 +224,8 @@ def test_no_release_is_refused_with_404() -> None:
             make_policy(
                 stable=STABLE, canary=CANARY, name="billing", routing="  pathPrefix: /billing"
             )
-        ]
+        ],
+        app_url=APP,
     )
     assert plan(head(path="/other"), only_billing) == Refusal(
         404, "no_release", "no release serves the path '/other'", None, "no_release"

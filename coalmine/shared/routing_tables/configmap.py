@@ -144,6 +144,23 @@ class ConfigMapRoutingStore:
 
     # -- watching ------------------------------------------------------------------------
 
+    def follow(self, releases: Iterable[str]) -> None:
+        """Also keep the tables of ``releases`` (a proxy that starts routing a release
+        while it runs); with ``watch`` on, each new one gets its watch."""
+        with self._lock:
+            new = sorted(set(releases) - set(self.releases))
+            self.releases = tuple(sorted({*self.releases, *new}))
+            for release in new:
+                self._synced[release] = threading.Event()
+        if not self._watching or self._stopped.is_set():
+            return
+        for release in new:
+            thread = threading.Thread(
+                target=self._watch, args=(release,), name=f"watch-{release}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
     def wait_synced(self, timeout: float) -> bool:
         """Whether every release's ConfigMap was listed once within ``timeout`` seconds."""
         return all(event.wait(timeout) for event in self._synced.values())

@@ -3,7 +3,9 @@
 A small typed document per release. The controller writes a new one (with a higher
 version) whenever weights or labels change; every proxy reading the same store applies it
 within a second. Upstreams in a table must be ones the release's policy names: the proxy
-refuses any other (a table never widens where traffic may go).
+refuses any other (a table never widens where traffic may go). A release whose policy names
+no upstreams (a prompt-only release) routes both arms to "the proxy's application": the
+proxy's ``app_url``, one per proxy, which no table names.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ class _Document(BaseModel):
 class ArmRoute(_Document):
     """Where one arm's requests go."""
 
-    upstream: str = Field(min_length=1)
-    """Base URL of the upstream; the request path is appended to it."""
+    upstream: str | None = Field(min_length=1)
+    """Base URL of the upstream; the request path is appended to it. None (JSON ``null``):
+    the proxy's application (its ``app_url``), allowed only for a release whose policy
+    names no ``target.upstreams``."""
 
     prompt_label: str | None = None
     """Langfuse label the app should fetch, sent as ``x-coalmine-prompt-label``."""
@@ -95,26 +99,21 @@ class RoutingTable(_Document):
 def initial_table(policy: Policy, canary_weight: float = 0.0, version: int = 0) -> RoutingTable:
     """The table a release starts from: its policy's upstreams and labels, canary weight 0.
 
-    Raises ValueError when the policy names no upstream: the proxy would have nowhere to
-    send the release's requests.
+    A policy without ``target.upstreams`` (a prompt-only release) sends both arms to the
+    proxy's application (upstream None); its arms differ by their prompt labels.
     """
     upstreams = policy.target.upstreams
-    if upstreams is None:
-        raise ValueError(
-            f"release '{policy.name}': target.upstreams is not set, so the proxy has "
-            "nowhere to send its requests"
-        )
     prompt = policy.target.prompt
     return RoutingTable(
         release=policy.name,
         version=version,
         canary_weight=float(canary_weight),
         baseline=ArmRoute(
-            upstream=upstreams.stable,
+            upstream=None if upstreams is None else upstreams.stable,
             prompt_label=prompt.stable_label if prompt else None,
         ),
         canary=ArmRoute(
-            upstream=upstreams.canary or upstreams.stable,
+            upstream=None if upstreams is None else upstreams.canary or upstreams.stable,
             prompt_label=prompt.canary_label if prompt else None,
         ),
         shadow=shadow_route(policy),
@@ -149,13 +148,21 @@ def policy_upstreams(policy: Policy) -> frozenset[str]:
 
 
 def check_upstreams(table: RoutingTable, policy: Policy) -> None:
-    """Raise ValueError when the table sends traffic anywhere the policy does not name."""
+    """Raise ValueError when the table sends traffic anywhere the policy does not name:
+    an upstream the policy does not list, or the proxy's application (None) for a policy
+    that names upstreams of its own."""
     allowed = policy_upstreams(policy)
+    app_allowed = policy.target.upstreams is None
     used = [("baseline", table.baseline.upstream), ("canary", table.canary.upstream)]
     if table.shadow is not None:
         used.append(("shadow", table.shadow.upstream))
     for arm, upstream in used:
-        if upstream not in allowed:
+        if upstream is None and not app_allowed:
+            raise ValueError(
+                f"routing table of '{table.release}' v{table.version}: {arm} goes to the "
+                "proxy's application, but the release's policy names target.upstreams"
+            )
+        if upstream is not None and upstream not in allowed:
             raise ValueError(
                 f"routing table of '{table.release}' v{table.version}: {arm} upstream "
                 f"{upstream!r} is not named by the release's policy"
