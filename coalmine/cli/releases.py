@@ -316,11 +316,14 @@ def print_release(detail: dict[str, Any]) -> None:
     console.print(title)
     if detail.get("waiting"):
         console.print(detail["waiting"])
-    if detail.get("policyEdited"):
-        console.print(
-            "policy edited since this rollout started: its steps and analysis apply from "
-            "the next rollout"
+    if detail.get("policyDigest"):
+        edited = (
+            " (edited since this rollout started: the edit's steps and analysis apply from "
+            "the next rollout)"
+            if detail.get("policyEdited")
+            else ""
         )
+        console.print(f"policy in force: {detail['policyDigest']}{edited}")
     if detail.get("candidate"):
         console.print(f"candidate: {detail['candidate']}")
     if detail.get("stableVersion") is not None or detail.get("candidateVersion") is not None:

@@ -10,6 +10,7 @@ import pytest
 
 from coalmine.cli import main
 from controller.admin import create_admin_app
+from controller.lifecycle import policy_digest
 from policies.domain import Phase
 from tests.controller.release_rig import RELEASE, TOKEN, Rig, closed_port_url, make_rig, serving
 
@@ -52,13 +53,14 @@ def test_status_lists_the_releases(url: str, capsys: pytest.CaptureFixture[str])
 
 
 def test_status_of_one_release_shows_metrics_and_decisions(
-    url: str, capsys: pytest.CaptureFixture[str]
+    rig: Rig, url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run(capsys, "status", RELEASE, "--admin-url", url)
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == f"release {RELEASE}, rollout #1: canary, step 1/3, canary 10%"
     assert "prompt versions: stable 3, candidate 4" in lines
+    assert f"policy in force: {policy_digest(rig.policies[RELEASE])}" in lines
     header = next(line for line in lines if line.startswith("METRIC"))
     assert header.split() == [
         "METRIC",
@@ -109,6 +111,19 @@ def test_pause_resume_and_promote(rig: Rig, url: str, capsys: pytest.CaptureFixt
     assert run(capsys, "promote", RELEASE, "--admin-url", url)[0] == 0
     assert rig.release().phase is Phase.PROMOTED
     assert rig.labels.positions["production"] == 4
+
+
+def test_status_says_when_the_policy_was_edited_during_the_rollout(
+    rig: Rig, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = rig.policies[RELEASE]
+    rig.policies[RELEASE] = running.model_copy(update={"steps": running.steps[:2]})
+    code, out, _ = run(capsys, "status", RELEASE, "--admin-url", url)
+    assert code == 0
+    assert (
+        f"policy in force: {policy_digest(running)} (edited since this rollout started: "
+        "the edit's steps and analysis apply from the next rollout)"
+    ) in out.splitlines()
 
 
 def test_start_rolls_a_judged_candidate_out_again(
