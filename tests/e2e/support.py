@@ -1,0 +1,395 @@
+"""Pieces of the end-to-end tests: real coalmine processes on loopback (the Langfuse
+emulator, the demo agent, one `coalmine run`, the demo evaluator), an echo application
+that records the headers it receives, a recorder of the admin API, and waiting on a
+condition with a deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+import httpx
+
+from coalmine.demo.processes import Processes, Started, free_port, python
+from coalmine.emulator.settings import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY
+
+T = TypeVar("T")
+
+FINISHED = frozenset({"promoted", "rolled_back", "aborted"})
+"""Phases a rollout ends in."""
+
+
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    *,
+    within: float,
+    every: float = 0.2,
+    state: Callable[[], object] | None = None,
+) -> T:
+    """The first value ``probe`` returns that is not None, polled until ``within`` seconds
+    have passed; then an AssertionError naming ``what`` and, if given, the ``state``."""
+    deadline = time.monotonic() + within
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if time.monotonic() >= deadline:
+            seen = "" if state is None else f"; last seen: {state()}"
+            raise AssertionError(f"{what}: not within {within:g} s{seen}")
+        time.sleep(every)
+
+
+def place(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` in one step, so that a watcher never reads half a file."""
+    partial = path.parent.parent / f".{path.name}.partial"
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+# -- the echo application -----------------------------------------------------------------
+
+
+class _EchoServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__(("127.0.0.1", 0), _EchoHandler)
+        self.name = name
+        self.seen: list[dict[str, str]] = []
+        self.lock = threading.Lock()
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self._echo()
+
+    def do_POST(self) -> None:
+        self._echo()
+
+    def _echo(self) -> None:
+        server = cast(_EchoServer, self.server)
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        headers = {key.lower(): value for key, value in self.headers.items()}
+        with server.lock:
+            server.seen.append(headers)
+        body = json.dumps({"app": server.name, "path": self.path, "headers": headers}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        del format, args
+
+
+@dataclass
+class EchoApp:
+    """An HTTP application, in a thread of the test, that answers every request with its
+    name and the headers it received, and keeps those headers."""
+
+    name: str
+    _server: _EchoServer | None = None
+    _thread: threading.Thread | None = None
+
+    def start(self) -> str:
+        self._server = _EchoServer(self.name)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def seen(self) -> list[dict[str, str]]:
+        if self._server is None:
+            return []
+        with self._server.lock:
+            return list(self._server.seen)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+# -- the stack of processes ---------------------------------------------------------------
+
+
+class Stack:
+    """The emulator, the demo agent as the application, one `coalmine run` and the
+    evaluator, each on a free loopback port; leaving the ``with`` block stops them all."""
+
+    def __init__(self, base: Path, *, policy_reload_interval: float) -> None:
+        self.base = base
+        base.mkdir(parents=True, exist_ok=True)
+        self.processes = Processes(base)
+        self.token = secrets.token_hex(16)
+        self.ports = {name: free_port() for name in ("emulator", "app", "proxy", "admin")}
+        self.ports["metrics"] = free_port()
+        self.emulator_url = f"http://127.0.0.1:{self.ports['emulator']}"
+        self.app_url = f"http://127.0.0.1:{self.ports['app']}"
+        self.proxy_url = f"http://127.0.0.1:{self.ports['proxy']}"
+        self.admin_url = f"http://127.0.0.1:{self.ports['admin']}"
+        self.env = {
+            **os.environ,
+            "LANGFUSE_BASE_URL": self.emulator_url,
+            "LANGFUSE_PUBLIC_KEY": DEFAULT_PUBLIC_KEY,
+            "LANGFUSE_SECRET_KEY": DEFAULT_SECRET_KEY,
+            "COALMINE_ADMIN_TOKEN": self.token,
+            "COALMINE_APP_URL": self.app_url,
+            "COALMINE_POLICY_RELOAD_INTERVAL": f"{policy_reload_interval:g}",
+            "COALMINE_REQUESTS_PER_MINUTE": "100000",
+            "COALMINE_TICK_SECONDS": "1",
+            "COALMINE_TRACE_SETTLE_SECONDS": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.coalmine: Started | None = None
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.processes.stop_all()
+
+    def start_emulator(self) -> None:
+        emulator = self.processes.start(
+            "emulator",
+            [
+                python(),
+                "-m",
+                "coalmine.cli",
+                "langfuse-emulator",
+                "--port",
+                str(self.ports["emulator"]),
+                "--log-level",
+                "warning",
+            ],
+            self.env,
+        )
+        self.processes.wait_http(emulator, f"{self.emulator_url}/api/public/health")
+
+    def start_app(self) -> None:
+        """The demo agent: its answers' quality and error rate come from the prompt
+        version the proxy's prompt label names."""
+        app = self.processes.start(
+            "app",
+            [
+                python(),
+                "-m",
+                "coalmine.demo.agent",
+                "--port",
+                str(self.ports["app"]),
+                "--name",
+                "app",
+                "--llm-delay-ms",
+                "20",
+                "--prompt-cache-seconds",
+                "1",
+                "--log-level",
+                "warning",
+            ],
+            self.env,
+        )
+        self.processes.wait_http(app, f"{self.app_url}/healthz")
+
+    def start_coalmine(self, policies: Path) -> Started:
+        self.coalmine = self.processes.start(
+            "coalmine-run",
+            [
+                python(),
+                "-m",
+                "coalmine.cli",
+                "run",
+                "--policy",
+                str(policies),
+                "--state",
+                str(self.base / "state.db"),
+                "--listen",
+                f"127.0.0.1:{self.ports['proxy']}",
+                "--admin-listen",
+                f"127.0.0.1:{self.ports['admin']}",
+                "--metrics-listen",
+                f"127.0.0.1:{self.ports['metrics']}",
+                "--log-level",
+                "info",
+            ],
+            self.env,
+        )
+        self.processes.wait_http(self.coalmine, f"{self.admin_url}/healthz")
+        return self.coalmine
+
+    def start_evaluator(self, *, delay_seconds: float) -> None:
+        self.processes.start(
+            "evaluator",
+            [
+                python(),
+                "-m",
+                "coalmine.demo.evaluator",
+                "--delay-seconds",
+                f"{delay_seconds:g}",
+                "--noise",
+                "0.1",
+                "--seed",
+                "1",
+                "--interval",
+                "1",
+                "--lookback-seconds",
+                "120",
+            ],
+            self.env,
+        )
+
+    # -- looking at it ----------------------------------------------------------------
+
+    def release(self, name: str) -> dict[str, Any] | None:
+        """The admin API's detail of a release, with its whole decision log; None while
+        the controller has no such release."""
+        response = httpx.get(
+            f"{self.admin_url}/releases/{name}",
+            params={"decisions": 1000},
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=10.0,
+        )
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        detail: dict[str, Any] = response.json()
+        return detail
+
+    def releases(self) -> dict[str, dict[str, Any]]:
+        response = httpx.get(
+            f"{self.admin_url}/releases",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=10.0,
+        )
+        response.raise_for_status()
+        return {release["name"]: release for release in response.json()["releases"]}
+
+    def labels(self, prompt: str, names: tuple[str, ...]) -> dict[str, int | None]:
+        """Which version of ``prompt`` holds each label, as the emulator says."""
+        found: dict[str, int | None] = {}
+        auth = (DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY)
+        with httpx.Client(base_url=self.emulator_url, auth=auth, timeout=10.0) as api:
+            for label in names:
+                response = api.get(f"/api/public/v2/prompts/{prompt}", params={"label": label})
+                found[label] = response.json()["version"] if response.status_code == 200 else None
+        return found
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``python -m coalmine.cli ARGS --admin-url ...``, the admin token in the
+        environment."""
+        return subprocess.run(
+            [python(), "-m", "coalmine.cli", *args, "--admin-url", self.admin_url],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def log_tail(self, lines: int = 60) -> str:
+        if self.coalmine is None:
+            return "(coalmine run not started)"
+        try:
+            text = self.coalmine.log.read_text(errors="replace")
+        except OSError as error:
+            return f"(no log: {error})"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def process_start_ticks(pid: int) -> int:
+    """When process ``pid`` started, in clock ticks since boot (/proc/PID/stat field 22):
+    a process that replaced it under the same pid would differ."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+# -- the admin API over time --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One release as ``GET /releases`` listed it at ``at``."""
+
+    at: float
+    release: str
+    rollout: int
+    phase: str
+    step: int | None
+    canary_weight: float
+    policy_digest: str | None
+    policy_edited: bool
+
+
+@dataclass
+class Recorder:
+    """Lists the releases every ``every`` seconds in a thread, keeping every snapshot."""
+
+    stack: Stack
+    every: float = 0.2
+    snapshots: list[Snapshot] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+
+    def of(self, release: str) -> list[Snapshot]:
+        with self._lock:
+            return [s for s in self.snapshots if s.release == release]
+
+    def latest(self, release: str) -> Snapshot | None:
+        found = self.of(release)
+        return found[-1] if found else None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                listed = self.stack.releases()
+            except (httpx.HTTPError, ValueError, KeyError) as error:
+                self.errors.append(repr(error))
+                continue
+            at = time.time()
+            with self._lock:
+                self.snapshots.extend(
+                    Snapshot(
+                        at=at,
+                        release=name,
+                        rollout=int(release["rollout"]),
+                        phase=str(release["phase"]),
+                        step=release["step"],
+                        canary_weight=float(release["canaryWeight"]),
+                        policy_digest=release["policyDigest"],
+                        policy_edited=bool(release["policyEdited"]),
+                    )
+                    for name, release in listed.items()
+                )
