@@ -204,16 +204,20 @@ class Controller:
         cursors = self.state.cursors(SOURCE) or _first_cursors(running, self.state, now)
         poll = self.source.poll(running, cursors, now)
         report.polled = True
-        if not poll.ok:
+        if poll.ok:
+            self.last_poll_ok = now
+            self.last_poll_error = None
+            behind = now - min(poll.cursors.observations_from, poll.cursors.scores_from)
+            if behind > CAUGHT_UP_WITHIN:
+                report.catching_up = f"Langfuse read up to {behind:.0f}s before now"
+        else:
             report.poll_error = poll.error
             self.last_poll_error = poll.error
             log.warning("poll failed: %s", poll.error)
-            return
-        self.last_poll_ok = now
-        self.last_poll_error = None
-        behind = now - min(poll.cursors.observations_from, poll.cursors.scores_from)
-        if behind > CAUGHT_UP_WITHIN:
-            report.catching_up = f"Langfuse read up to {behind:.0f}s before now"
+            if not (poll.traces or poll.scores):
+                return
+        # what an incomplete poll read completely is kept (its cursors stay where they
+        # were, so the next poll reads the rest); advance and promote stay held on it
         traces, scores = self.state.store_poll(SOURCE, poll.cursors, poll.traces, poll.scores)
         report.new_traces, report.new_scores = len(traces), len(scores)
         self._feed(traces, scores)
