@@ -276,7 +276,11 @@ class Controller:
         if self._superseded(release, policy, now, report):
             self._after(name, policy, now, report)
             return
-        live.evidence.advance(max(now, live.evidence.observed_until))
+        cursors = self.state.cursors(SOURCE)
+        live.evidence.advance(
+            max(now, live.evidence.observed_until),
+            scores_read_until=None if cursors is None else cursors.scores_from,
+        )
         step = StepStatus(release.step, release.step_started_at or now)
         judgement = judge(judged, live.evidence, step, now)
         live.last = judgement

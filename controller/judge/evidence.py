@@ -500,13 +500,24 @@ class Evidence:
 
     # -- time --------------------------------------------------------------------------
 
-    def advance(self, now: float) -> None:
-        """Make visible everything the judge may use at ``now``. Time only moves forward."""
+    def advance(self, now: float, scores_read_until: float | None = None) -> None:
+        """Make visible everything the judge may use at ``now``. Time only moves forward.
+
+        ``scores_read_until``: the time up to which scores have been read completely
+        (None: all of them, as in a replay). A trace is counted as unscored only once its
+        scores were due before that time: scores that could not be read yet (Langfuse
+        failing, a poll cut short) are not missing scores.
+        """
         if now < self.observed_until:
             raise ValueError("evidence cannot go back in time")
         pending = self._pending
+        unread: list[_Pending] = []
         while pending and pending[0][0] <= now:
-            due, _, metric, trace_id, value = heapq.heappop(pending)
+            item = heapq.heappop(pending)
+            due, _, metric, trace_id, value = item
+            if value is None and scores_read_until is not None and due > scores_read_until:
+                unread.append(item)
+                continue
             info = self._traces[trace_id]
             info.pending -= 1
             if info.expired and not info.pending:
@@ -520,6 +531,8 @@ class Evidence:
                 series.coverage.add(info.cell, info.arm, unscored)
                 continue
             self._observe(series, info, trace_id, value)
+        for item in unread:
+            heapq.heappush(pending, item)
         self.observed_until = now
         self._forget(now)
 

@@ -393,6 +393,30 @@ def test_a_score_arriving_after_the_settle_time_counts_when_it_arrives() -> None
     assert observed(evidence, "helpfulness") == (0, 1)
 
 
+def unscored_share(evidence: Evidence, name: str) -> tuple[int, int]:
+    """(baseline, canary) traces whose coverage of a score metric has been counted."""
+    coverage = evidence.series[name].coverage
+    assert coverage is not None
+    return coverage.totals
+
+
+def test_scores_not_read_yet_are_not_missing_scores() -> None:
+    policy = make_policy(scoreTimeout="10m")
+    evidence = Evidence(policy, 0.0)
+    evidence.add_trace(canary("c", 0.0))
+    # Langfuse's scores could be read only up to 5 minutes: at 20 minutes the trace's
+    # scores (due at 10) are not known to be missing
+    evidence.advance(1200.0, scores_read_until=300.0)
+    assert unscored_share(evidence, "helpfulness") == (0, 0)
+    # read at last: the score was made in time, at 9 minutes, and counts as such
+    evidence.add_scores("c", {"helpfulness": 0.8}, 540.0)
+    evidence.advance(1260.0, scores_read_until=1260.0)
+    assert unscored_share(evidence, "helpfulness") == (0, 1)
+    coverage = evidence.series["helpfulness"].coverage
+    assert coverage is not None and coverage.arms[1][1] == 0.0  # not one unscored
+    assert observed(evidence, "helpfulness") == (0, 1)
+
+
 def test_scores_later_than_now_are_not_visible() -> None:
     policy = make_policy(minSamples=1)
     traces = [canary("c", 10.0), baseline("b", 10.0, scores={"helpfulness": 0.9})]
