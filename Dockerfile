@@ -30,6 +30,12 @@ RUN groupadd --system --gid 10001 coalmine \
 
 COPY --from=builder /opt/venv /opt/venv
 
+# Every server binds all interfaces (0.0.0.0), so that a published port, the kubelet's
+# probes and Prometheus reach them: the proxy (8080), the admin API and dashboard (9465,
+# every route but /healthz and /readyz needs the admin token) and /metrics (9464, no
+# authentication). Anyone who can reach the container's address can connect; bind one to
+# 127.0.0.1 (COALMINE_ADMIN_LISTEN, COALMINE_METRICS_LISTEN) when nothing outside needs
+# it. `coalmine run` logs each address at start and whether it is reachable from outside.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

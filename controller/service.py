@@ -14,6 +14,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from coalmine.shared.admin_token import weak_token
 from coalmine.shared.kube.client import KubeError, api_client
 from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
 from coalmine.shared.routing_tables.store import RoutingTableStore, SqliteRoutingStore
@@ -173,7 +174,8 @@ def admin_token(settings: ControllerSettings) -> str:
     """The admin API's token from the settings.
 
     Raises SetupError when neither COALMINE_ADMIN_TOKEN nor COALMINE_ADMIN_TOKEN_FILE is
-    set, or when the token file cannot be read or is empty."""
+    set, when the token file cannot be read or is empty, or when the token is too weak
+    (``coalmine.shared.admin_token``)."""
     try:
         token = settings.token()
     except (OSError, UnicodeDecodeError) as error:
@@ -191,6 +193,9 @@ def admin_token(settings: ControllerSettings) -> str:
         raise SetupError(
             "the admin API needs a token: set COALMINE_ADMIN_TOKEN or COALMINE_ADMIN_TOKEN_FILE"
         )
+    weakness = weak_token(settings, token)
+    if weakness is not None:
+        raise SetupError(weakness)
     return token
 
 

@@ -30,9 +30,19 @@ from policies.errors import (
     RuleError,
     format_path,
 )
+from policies.limits import (
+    MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_VALUES,
+    BoundedLoader,
+    LimitError,
+    depth_exceeded,
+    file_too_large,
+    values_exceeded,
+)
 from policies.model import PATTERN_MESSAGES, Policy
 
-__all__ = ["load_policy", "load_policy_text"]
+__all__ = ["load_policy", "load_policy_bytes", "load_policy_text", "read_policy_file"]
 
 _Position = tuple[int, int]
 """1-based line and column."""
@@ -46,15 +56,33 @@ def load_policy(path: str | Path) -> Policy:
 
     Raises PolicyError listing every problem found, sorted by line.
     """
+    return load_policy_bytes(read_policy_file(path), str(path))
+
+
+def read_policy_file(path: str | Path) -> bytes:
+    """The bytes of the policy file at `path`: at most one more than the size limit, so
+    that an oversized file is refused without being read whole.
+
+    Raises PolicyError when the file cannot be read."""
     filename = str(path)
     try:
-        data = Path(path).read_bytes()
+        with Path(path).open("rb") as file:
+            return file.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise _fail(filename, "file not found") from None
     except IsADirectoryError:
         raise _fail(filename, "is a directory, not a policy file") from None
     except OSError as error:
         raise _fail(filename, f"cannot read file: {error.strerror or error}") from None
+
+
+def load_policy_bytes(data: bytes, filename: str) -> Policy:
+    """Validate the policy in `data` (UTF-8); `filename` is only used in messages.
+
+    Raises PolicyError listing every problem found, sorted by line.
+    """
+    if len(data) > MAX_FILE_BYTES:
+        raise _fail(filename, file_too_large())
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -73,7 +101,12 @@ def load_policy_text(text: str, filename: str) -> Policy:
 
     Raises PolicyError listing every problem found, sorted by line.
     """
-    document = _compose(text, filename)
+    if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8")) > MAX_FILE_BYTES:
+        raise _fail(filename, file_too_large())
+    try:
+        document = _compose(text, filename)
+    except RecursionError:  # the limits keep within the stack; this is the last guard
+        raise _fail(filename, depth_exceeded()) from None
     issues = list(document.issues)
     policy: Policy | None = None
     try:
@@ -131,7 +164,7 @@ def _position(node: Node) -> _Position:
 def _compose(text: str, filename: str) -> _Document:
     document = _Document(filename)
     try:
-        loader = yaml.SafeLoader(text)
+        loader = BoundedLoader(text)
     except yaml.YAMLError as error:  # the reader refuses control characters up front
         raise _reader_error(error, text, filename) from None
     try:
@@ -141,6 +174,8 @@ def _compose(text: str, filename: str) -> _Document:
             raise _syntax_error(error, filename) from None
         except yaml.YAMLError as error:
             raise _reader_error(error, text, filename) from None
+        except LimitError as error:
+            raise _limit_error(error, filename) from None
         if root is None:
             raise _fail(filename, "empty file: expected a release policy (apiVersion, kind, ...)")
         if not isinstance(root, MappingNode):
@@ -152,10 +187,19 @@ def _compose(text: str, filename: str) -> _Document:
                 line,
                 column,
             )
-        document.data = _Builder(loader, document).build(root, (), frozenset())
+        try:
+            document.data = _Builder(loader, document).build(root, (), frozenset())
+        except LimitError as error:
+            raise _limit_error(error, filename) from None
     finally:
         loader.dispose()
     return document
+
+
+def _limit_error(error: LimitError, filename: str) -> PolicyError:
+    mark = error.mark
+    line, column = (mark.line + 1, mark.column + 1) if mark is not None else _START
+    return _fail(filename, error.message, line, column)
 
 
 def _syntax_error(error: yaml.MarkedYAMLError, filename: str) -> PolicyError:
@@ -190,18 +234,25 @@ def _reader_error(error: yaml.YAMLError, text: str, filename: str) -> PolicyErro
 
 
 class _Builder:
-    """Turns composed nodes into dicts, lists and scalars, recording every position."""
+    """Turns composed nodes into dicts, lists and scalars, recording every position.
+
+    An alias is expanded into a copy of what its anchor holds, so the values and the
+    depth are counted here, as they grow, against the limits of a policy file."""
 
     def __init__(self, loader: yaml.SafeLoader, document: _Document) -> None:
         self.loader = loader
         self.document = document
+        self.values = 0
 
     def build(self, node: Node, path: FieldPath, active: frozenset[int]) -> Any:
         document = self.document
+        self._count(node)
         document.values[path] = _position(node)
         if id(node) in active:
             document.issue(path, _position(node), "an alias may not refer to itself")
             return None
+        if isinstance(node, MappingNode | SequenceNode) and len(path) >= MAX_DEPTH:
+            raise LimitError(node.start_mark, depth_exceeded())
         if isinstance(node, MappingNode):
             return self._mapping(node, path, active | {id(node)})
         if isinstance(node, SequenceNode):
@@ -213,7 +264,14 @@ class _Builder:
             return self.loader.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as error:
             document.issue(path, _position(node), error.problem or "cannot read this value")
-            return None
+        except (ValueError, OverflowError) as error:  # e.g. !!int "nope"
+            document.issue(path, _position(node), f"cannot read this value: {error}")
+        return None
+
+    def _count(self, node: Node) -> None:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise LimitError(node.start_mark, values_exceeded())
 
     def _mapping(self, node: MappingNode, path: FieldPath, active: frozenset[int]) -> Any:
         document = self.document
@@ -245,6 +303,7 @@ class _Builder:
                 continue
             key = key_node.value
             child = (*path, key)
+            self._count(key_node)
             document.keys[child] = _position(key_node)
             result[key] = self.build(value_node, child, active)
         return result

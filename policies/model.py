@@ -103,6 +103,11 @@ def _check_url(value: str) -> str:
         raise ValueError(message)
     if any(character.isspace() for character in value):
         raise ValueError(message)
+    if "?" in value or "#" in value:
+        raise ValueError(
+            "must not have a query ('?') or fragment ('#'): the proxy appends each "
+            "request's path and query to it"
+        )
     return value
 
 

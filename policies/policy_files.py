@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from policies import Policy, PolicyError
-from policies.loader import load_policy_text
+from policies.errors import DOCUMENT, PolicyError, PolicyIssue
+from policies.loader import load_policy_bytes, read_policy_file
+from policies.model import Policy
 from policies.policy_set import SetProblem, check_policy_set, policy_files_in
 
 log = logging.getLogger("coalmine.controller.policies")
@@ -98,29 +99,31 @@ class PolicyFiles:
             self._good.pop(gone, None)
         for path in current:
             try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as error:
-                problems.append(self._problem(path, f"cannot read: {error}"))
+                data = read_policy_file(path)
+            except PolicyError as error:  # gone or unreadable now: not a version to count
+                problems.append(self._problem(path, str(error)))
                 continue
-            digest = hashlib.sha256(text.encode()).hexdigest()
+            digest = hashlib.sha256(data).hexdigest()
             known = self._files.get(path)
             if known is not None and known.digest == digest:
                 if known.policy is None:
                     problems.append(self._problem(path, self._last_error.get(path, "invalid")))
                 continue
             try:
-                policy = load_policy_text(text, str(path))
-            except PolicyError as error:
+                policy = load_policy_bytes(data, str(path))
+            except Exception as error:  # one file's trouble never stops the others
+                failure = error if isinstance(error, PolicyError) else _unexpected(path, error)
                 self.load_errors += 1
                 self._files[path] = _Loaded(digest, None)
-                self._last_error[path] = str(error)
-                problem = self._problem(path, str(error))
+                self._last_error[path] = str(failure)
+                problem = self._problem(path, str(failure))
                 problems.append(problem)
                 log.error(
                     "policy %s not loaded (%s): %s",
                     path,
                     f"keeping the last good version of {problem.kept}" if problem.kept else "new",
-                    error,
+                    failure,
+                    exc_info=failure is not error,
                 )
                 continue
             self._files[path] = _Loaded(digest, policy)
@@ -173,6 +176,12 @@ class PolicyFiles:
         return PolicyProblem(str(path), message, None if good is None else good.name)
 
     _last_error: dict[Path, str] = field(default_factory=dict)
+
+
+def _unexpected(path: Path, error: Exception) -> PolicyError:
+    """A failure the loader did not foresee, as the file's own PolicyError."""
+    message = f"cannot load: {type(error).__name__}: {error}"
+    return PolicyError([PolicyIssue(str(path), 1, 1, DOCUMENT, message)])
 
 
 def _clashes(

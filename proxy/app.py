@@ -29,6 +29,7 @@ from proxy.plan import Forward, PlanSettings, Refusal, RequestHead, SystemChance
 from proxy.routes import Releases
 from proxy.shadow import ShadowCopy, ShadowMirror
 from proxy.spans import SpanReporter
+from proxy.throttle import FailedAttempts
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,6 +39,11 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger("coalmine.proxy")
 
 _REQUEST_ID = REQUEST_ID_HEADER.encode()
+_CONTENT_LENGTH = b"content-length"
+# Responses that end with their headers whatever Content-Length says (RFC 9110 6.4.1). A
+# Content-Length on them would have the server in front wait for body bytes that never
+# come and close the client's connection; it is optional on a 304 and forbidden on a 204.
+_NO_CONTENT = frozenset({204, 304})
 _CHANCE = SystemChance()
 
 
@@ -55,7 +61,7 @@ class Refresher(Protocol):
 class ProxyApp:
     """The routing proxy as an ASGI application."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (the parts the server wires in)
         self,
         releases: Releases,
         *,
@@ -65,6 +71,7 @@ class ProxyApp:
         spans: SpanReporter,
         admin_token: str | None = None,
         max_header_bytes: int = 65536,
+        force_arm_attempts: FailedAttempts | None = None,
         refreshers: Sequence[Refresher] = (),
     ) -> None:
         self.releases = releases
@@ -76,6 +83,7 @@ class ProxyApp:
         self.settings = PlanSettings(
             admin_token=admin_token.encode() if admin_token else None,
             max_header_bytes=max_header_bytes,
+            force_arm_attempts=force_arm_attempts,
         )
         self.refreshers = tuple(refreshers)
         """Started in order with the server (the policies before the tables), stopped
@@ -128,7 +136,9 @@ class ProxyApp:
         plan = plan_request(RequestHead.of(scope), self.releases, self.settings, _CHANCE)
         if isinstance(plan, Refusal):
             self.metrics.refused.labels(plan.reason).inc()
-            await _answer(send, plan.status, plan.code, plan.message, plan.request_id)
+            await _answer(
+                send, plan.status, plan.code, plan.message, plan.request_id, plan.retry_after
+            )
             return
         if plan.shadow_dropped:
             self.metrics.shadow_dropped(plan.release, ShadowOutcome.DROPPED_TOO_LARGE)
@@ -277,6 +287,8 @@ class _Exchange:
         try:
             self.status = response.status_code
             headers = response_headers_for_client(response.headers.raw)
+            if self.status in _NO_CONTENT:
+                headers = [pair for pair in headers if pair[0].lower() != _CONTENT_LENGTH]
             if self.plan.set_cookie is not None:
                 headers.append((b"set-cookie", self.plan.set_cookie))
             await send({"type": "http.response.start", "status": self.status, "headers": headers})
@@ -391,13 +403,22 @@ async def _stream_body(
     on_complete(None if kept is None else bytes(kept))
 
 
-async def _answer(send: Send, status: int, code: str, message: str, rid: str | None) -> None:
+async def _answer(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    rid: str | None,
+    retry_after: int | None = None,
+) -> None:
     """A JSON error from the proxy itself."""
     payload: dict[str, Any] = {"error": {"code": code, "message": message}}
     headers: Headers = [(b"content-type", b"application/json")]
     if rid is not None:
         payload["error"]["requestId"] = rid
         headers.append((_REQUEST_ID, rid.encode()))
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     body = json.dumps(payload).encode()
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})

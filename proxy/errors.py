@@ -7,8 +7,9 @@ The tree::
           ├── ClientGoneError ........ the client went away while its request was read
           ├── BodyTooLargeError ...... a streamed request body went past the release's limit
           ├── UpstreamCutError ....... the upstream failed after the response had begun
-          └── StaleConnectionError ... a pooled upstream connection closed before any byte
-                                       of the response (raised and handled in ``transport``)
+          ├── StaleConnectionError ... an upstream connection closed before any byte of
+          │                            the response (raised and handled in ``transport``)
+          └── WorkerError ............ a worker process of ``--workers N`` could not start
 
 What reaches the client:
 
@@ -19,9 +20,13 @@ error                           client sees
 ``BodyTooLargeError``           413 ``body_too_large``
 ``UpstreamCutError``            the response already begun, cut short: the connection is
                                 closed so that the client sees it incomplete
-``StaleConnectionError``        nothing by itself: the request is sent once more on a new
-                                connection; if that one closes too, ``httpx``'s
-                                ``RemoteProtocolError``, so 502 ``upstream_failed``
+``StaleConnectionError``        nothing by itself when the request can go once more
+                                without being executed twice (none of it was sent, or
+                                the connection was reused and the request is idempotent
+                                with its body in memory): it is sent again on a new
+                                connection. Otherwise, or if that one closes too,
+                                ``httpx``'s ``RemoteProtocolError``, so 502
+                                ``upstream_failed``
 ==============================  ===========================================================
 
 Errors of the upstream call before its response begins are ``httpx``'s own and map to
@@ -55,4 +60,16 @@ class UpstreamCutError(ProxyError):
 
 
 class StaleConnectionError(ProxyError):
-    """A connection closed before any byte of the response arrived."""
+    """A connection closed before any byte of the response arrived. ``sent``: whether any
+    byte of the request may have reached the upstream (False: certainly none did)."""
+
+    def __init__(self, *, sent: bool) -> None:
+        super().__init__(
+            "the upstream connection closed before the response"
+            + (" after the request was sent" if sent else " before any of the request was sent")
+        )
+        self.sent = sent
+
+
+class WorkerError(ProxyError):
+    """A proxy worker process failed to start (``coalmine proxy --workers N``)."""

@@ -3,18 +3,19 @@
 Headers arrive from the ASGI server as lower-case byte names. Hop-by-hop headers (RFC 9110
 section 7.6.1, plus those named by ``Connection``) belong to one connection and are never
 forwarded; every ``x-coalmine-*`` header a client sends is removed so that no client can
-choose its arm or pose as a shadow copy.
+choose its arm or pose as a shadow copy; the client's ``x-request-id`` is replaced by the
+request's one id (``request_id``), so the upstream sees exactly one.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
 
-from coalmine.shared.conventions import HEADER_PREFIX
+from coalmine.shared.conventions import HEADER_PREFIX, REQUEST_ID_HEADER
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -34,11 +35,22 @@ HOP_BY_HOP = frozenset(
 _PREFIX = HEADER_PREFIX.encode()
 # Expect: the proxy reads or streams the body at once, so 100-continue is answered by
 # the server in front and never asked of the upstream.
-_DROPPED_FROM_CLIENT = HOP_BY_HOP | {b"host", b"content-length", b"traceparent", b"expect"}
+_DROPPED_FROM_CLIENT = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"traceparent",
+    b"expect",
+    REQUEST_ID_HEADER.encode(),
+}
 _DROPPED_FROM_UPSTREAM = HOP_BY_HOP
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+# RFC 3986 reg-name: unreserved, sub-delims and percent-encoded octets; port: digits
+_REG_NAME = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+_PORT = re.compile(r"[0-9]*")
+_IP_FUTURE = re.compile(r"[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+")
+_COOKIE_SPACE = " \t"
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
@@ -131,22 +143,54 @@ def trace_context(
 
 def request_id(incoming: str | None, new: Callable[[], str] = new_request_id) -> str:
     """Keep a well-formed incoming ``x-request-id``; otherwise make one with ``new``."""
-    if incoming is not None and _REQUEST_ID.match(incoming):
+    if incoming is not None and _REQUEST_ID.fullmatch(incoming):
         return incoming
     return new()
 
 
 def cookie_value(cookie_header: str, name: str) -> str | None:
-    """The value of one cookie from a ``Cookie`` header, None if absent or unparsable."""
+    """The value of the first cookie called ``name`` in a ``Cookie`` header, None if it is
+    absent or empty.
+
+    Read as user agents send it (RFC 6265 section 5.4): ``name=value`` pairs split on
+    ``;``, the first of a name winning. A pair that is not ``name=value`` is skipped and
+    never spoils the others; a value in double quotes is read without them.
+    """
     if name not in cookie_header:
         return None
-    jar: SimpleCookie = SimpleCookie()
+    for pair in cookie_header.split(";"):
+        key, separator, value = pair.partition("=")
+        if not separator or key.strip(_COOKIE_SPACE) != name:
+            continue
+        value = value.strip(_COOKIE_SPACE)
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        return value or None
+    return None
+
+
+def host_is_valid(value: bytes) -> bool:
+    """Whether a ``Host`` field value is ``uri-host [ ":" port ]`` (RFC 9110 section 7.2,
+    RFC 3986 section 3.2.2): an IP literal in brackets, or a reg-name (IPv4 addresses are
+    reg-names by their characters), then digits for the port. The empty value is valid:
+    it is what a client sends for a target without an authority."""
     try:
-        jar.load(cookie_header)
-    except CookieError:
-        return None
-    morsel = jar.get(name)
-    return morsel.value if morsel is not None and morsel.value else None
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    if text.startswith("["):
+        literal, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not (rest.startswith(":") and _PORT.fullmatch(rest[1:]))):
+            return False
+        if _IP_FUTURE.fullmatch(literal):
+            return True
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return False
+        return "%" not in literal  # a zone id has no place in a Host
+    host, _, port = text.partition(":")
+    return bool(_REG_NAME.fullmatch(host)) and bool(_PORT.fullmatch(port))
 
 
 def sticky_cookie(name: str, value: str, *, secure: bool) -> bytes:

@@ -168,6 +168,16 @@ class ProxyMetrics:
         )
         for outcome in PolicySetOutcome.ALL:
             self.policy_sets.labels(outcome)
+        self.client_timeouts = Counter(
+            "coalmine_proxy_client_timeouts",
+            "Client connections cut for time, by phase: head (a request head not whole "
+            "within the header timeout, answered 408), idle (a new connection that sent no "
+            "request within the idle timeout).",
+            ["phase"],
+            registry=r,
+        )
+        for phase in ("head", "idle"):
+            self.client_timeouts.labels(phase)
         self._request_children = lru_cache(maxsize=4096)(self._children)
 
     def _children(self, release: str, arm: Arm, code_class: str) -> tuple[Counter, Histogram]:

@@ -4,7 +4,14 @@
 the proxy's settings (and a ``Chance`` for its random draws and fresh ids) it returns either
 a ``Refusal`` (answer this status, send nothing upstream) or a ``Forward`` (this release,
 this arm, this upstream, these request headers, this shadow decision). It reads no clock
-and does no I/O; ``proxy.app`` carries the plan out.
+and does no I/O (the tries left to a client that forces its arm with wrong tokens are
+kept, with their clock, by the ``FailedAttempts`` in its settings); ``proxy.app`` carries
+the plan out.
+
+The head is held to HTTP/1.1's rules before anything is sent on (RFC 9112): the path is
+routed and sent without dot segments (``proxy.target``), ``Host`` must be there once and
+valid, ``Transfer-Encoding`` may only be ``chunked`` alone and never beside
+``Content-Length``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from proxy.headers import (
     Headers,
     TraceContext,
     cookie_value,
+    host_is_valid,
     new_request_id,
     new_span_id,
     new_trace_id,
@@ -40,6 +48,8 @@ from proxy.headers import (
     trace_context,
 )
 from proxy.routes import Release, Releases
+from proxy.target import BadPathError, target_path
+from proxy.throttle import FailedAttempts
 
 SMALL_BODY_BYTES: Final = 64 * 1024
 """A request body of known length up to this size is read whole before it is sent on
@@ -61,7 +71,6 @@ _TEXT_FIELDS: Final = {
     _TOKEN: "token",
     b"x-forwarded-for": "forwarded_for",
     b"x-forwarded-proto": "forwarded_proto",
-    b"host": "host",
 }
 
 
@@ -98,14 +107,16 @@ class RequestHead:
 
     method: str
     path: str
-    """The decoded path, matched against the releases' path prefixes."""
+    """The decoded path as the server gave it; the plan routes on ``target``'s path once
+    its dot segments are removed."""
     target: str
-    """Path and query as they are sent upstream (the raw path, read as latin-1)."""
+    """Path and query as the client sent them (the raw path, read as latin-1)."""
     scheme: str
     client: str | None
     """The client's address, when the server knows it."""
     headers: Headers
     """As ASGI gives them: lower-case byte names, in the order sent."""
+    http_version: str = "1.1"
 
     @classmethod
     def of(cls, scope: Mapping[str, Any]) -> RequestHead:
@@ -113,7 +124,8 @@ class RequestHead:
         path: str = scope["path"]
         raw_path: bytes = scope.get("raw_path") or path.encode()
         query: bytes = scope.get("query_string", b"")
-        target = raw_path.decode("latin-1")
+        # raw_path holds no query by the ASGI spec; some servers put it in all the same
+        target = raw_path.partition(b"?")[0].decode("latin-1")
         if query:
             target += "?" + query.decode("latin-1")
         client = scope.get("client")
@@ -124,6 +136,7 @@ class RequestHead:
             scheme=scope.get("scheme", "http"),
             client=client[0] if client else None,
             headers=scope["headers"],
+            http_version=scope.get("http_version", "1.1"),
         )
 
 
@@ -135,6 +148,9 @@ class PlanSettings:
     """The token a request must carry to force its arm; None: no request may."""
     max_header_bytes: int = 65536
     """Requests whose headers add up to more are refused with 431."""
+    force_arm_attempts: FailedAttempts | None = None
+    """The wrong admin tokens each client has sent, and how long it must wait once it has
+    sent too many (429); None: no limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +165,8 @@ class Refusal:
     """Echoed in the answer; None when the request was refused before it had one."""
     reason: str
     """The ``reason`` label of the refused-requests metric."""
+    retry_after: int | None = None
+    """Seconds for the answer's ``Retry-After``, when the client may try again later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +232,10 @@ class _Incoming:
     forwarded_for: str | None = None
     forwarded_proto: str | None = None
     host: str | None = None
+    hosts: int = 0
+    bad_host: bool = False
+    codings: list[str] | None = None
+    """The transfer codings of every ``Transfer-Encoding``, in order; None: none sent."""
     size: int = 0
 
     def add_cookie(self, text: str) -> None:
@@ -230,6 +252,15 @@ class _Incoming:
             self.bad_length = True
         self.content_length = length
 
+    def add_host(self, value: bytes) -> None:
+        self.hosts += 1
+        self.host = value.decode("latin-1")
+        self.bad_host = self.bad_host or not host_is_valid(value)
+
+    def add_codings(self, value: bytes) -> None:
+        codings = [part.strip(b" \t").lower().decode("latin-1") for part in value.split(b",")]
+        self.codings = [*(self.codings or []), *codings]
+
 
 def _gather(headers: Headers, sticky_header: bytes | None) -> _Incoming:
     seen = _Incoming()
@@ -244,11 +275,14 @@ def _gather(headers: Headers, sticky_header: bytes | None) -> _Incoming:
             seen.add_cookie(value.decode("latin-1"))
         elif name == b"content-length":
             seen.add_length(value)
+        elif name == b"host":
+            seen.add_host(value)
         elif name == b"transfer-encoding":
-            seen.chunked = True
+            seen.add_codings(value)
         elif name == _FORCE:
             seen.force = value.decode("latin-1").strip().lower()
     seen.size = size
+    seen.chunked = seen.codings == ["chunked"]
     return seen
 
 
@@ -256,21 +290,26 @@ def plan_request(
     head: RequestHead, releases: Releases, settings: PlanSettings, chance: Chance
 ) -> Refusal | Forward:
     """What to do with a request, from its head and the routing tables in force."""
-    release = releases.match(head.path)
+    raw_path, question, query = head.target.partition("?")
+    try:
+        path = target_path(raw_path)
+    except BadPathError as error:
+        return Refusal(400, "bad_path", str(error), None, "bad_request")
+    release = releases.match(path.decoded)
     if release is None:
-        message = f"no release serves the path {head.path!r}"
+        message = f"no release serves the path {path.decoded!r}"
         return Refusal(404, "no_release", message, None, "no_release")
     seen = _gather(head.headers, release.sticky_header)
     rid = request_id(seen.request_id, chance.new_id)
     limit = release.policy.routing.max_body_bytes
-    refused = _refused_head(seen, limit, settings, rid)
+    refused = _refused_head(seen, limit, settings, rid) or _refused_framing(head, seen, rid)
     if refused is not None:
         return refused
     table = release.table  # read once: the refresher may swap it meanwhile
     if seen.force is not None:
-        forced = _forced_arm(seen, settings.admin_token)
-        if not isinstance(forced, Arm):
-            return Refusal(403, "force_arm_refused", forced, rid, "force_arm_refused")
+        forced = _forced_arm(seen, settings, head.client or "", rid)
+        if isinstance(forced, Refusal):
+            return forced
         arm, set_cookie = forced, None
     else:
         arm, set_cookie = _assign(head, seen, release, table, chance)
@@ -297,8 +336,8 @@ def plan_request(
         arm=arm,
         upstream=releases.upstream_of(route),
         method=head.method,
-        path=head.path,
-        target=head.target,
+        path=path.decoded,
+        target=path.raw + question + query,
         headers=headers,
         request_id=rid,
         trace=trace,
@@ -348,14 +387,52 @@ def _assign(
     return arm_for_key(release.name, key, weight), sticky_cookie(cookie_name, key, secure=secure)
 
 
-def _forced_arm(seen: _Incoming, admin_token: bytes | None) -> Arm | str:
-    """The arm an operator forced, or why the force was refused."""
+def _refused_framing(head: RequestHead, seen: _Incoming, rid: str) -> Refusal | None:
+    """A refusal for a missing, repeated or bad ``Host`` (RFC 9112 section 3.2) or a
+    transfer coding the proxy does not decode (section 6.1)."""
+    if seen.hosts > 1:
+        return Refusal(400, "bad_host", "more than one Host header", rid, "bad_request")
+    if seen.hosts == 0 and head.http_version == "1.1":
+        return Refusal(
+            400, "bad_host", "an HTTP/1.1 request needs a Host header", rid, "bad_request"
+        )
+    if seen.bad_host:
+        message = f"Host {seen.host!r} is not a valid host[:port]"
+        return Refusal(400, "bad_host", message, rid, "bad_request")
+    if seen.codings is None:
+        return None
+    if seen.content_length is not None or seen.bad_length:
+        message = "Transfer-Encoding and Content-Length together"
+        return Refusal(400, "bad_framing", message, rid, "bad_request")
+    if not seen.chunked:
+        message = (
+            f"Transfer-Encoding {', '.join(seen.codings)!r}: only 'chunked' alone is supported"
+        )
+        return Refusal(
+            501, "unsupported_transfer_coding", message, rid, "unsupported_transfer_coding"
+        )
+    return None
+
+
+def _forced_arm(seen: _Incoming, settings: PlanSettings, client: str, rid: str) -> Arm | Refusal:
+    """The arm an operator forced, or the refusal: a wrong admin token costs the client a
+    try, and a client with none left is told when to come back."""
+    attempts = settings.force_arm_attempts
+    wait = attempts.wait(client) if attempts is not None else None
+    if wait is not None:
+        message = f"too many wrong {ADMIN_TOKEN_HEADER}; try again in {wait} s"
+        return Refusal(429, "force_arm_limited", message, rid, "force_arm_limited", wait)
     given = (seen.token or "").encode("latin-1")
+    admin_token = settings.admin_token
     if admin_token is None or not hmac.compare_digest(given, admin_token):
-        return f"{FORCE_ARM_HEADER} needs a valid {ADMIN_TOKEN_HEADER}"
+        if attempts is not None:
+            attempts.failed(client)
+        message = f"{FORCE_ARM_HEADER} needs a valid {ADMIN_TOKEN_HEADER}"
+        return Refusal(403, "force_arm_refused", message, rid, "force_arm_refused")
     arm = _FORCEABLE.get(seen.force or "")
     if arm is None:
-        return f"{FORCE_ARM_HEADER} must be 'baseline' or 'canary'"
+        message = f"{FORCE_ARM_HEADER} must be 'baseline' or 'canary'"
+        return Refusal(403, "force_arm_refused", message, rid, "force_arm_refused")
     return arm
 
 
@@ -373,7 +450,8 @@ def _forwarded_headers(head: RequestHead, seen: _Incoming) -> Headers:
         headers.append((b"x-forwarded-proto", head.scheme.encode()))
     if seen.host is not None:
         headers = [(n, v) for n, v in headers if n != b"x-forwarded-host"]
-        headers.append((b"x-forwarded-host", seen.host.encode("latin-1")))
+        if seen.host:
+            headers.append((b"x-forwarded-host", seen.host.encode("latin-1")))
     return headers
 
 

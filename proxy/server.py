@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Sequence
 
 import httpx
@@ -15,6 +16,7 @@ from coalmine.shared.routing_tables.store import RoutingTableStore, SqliteRoutin
 from coalmine.shared.routing_tables.table import RoutingTable
 from policies.model import Policy
 from proxy.app import ProxyApp
+from proxy.connection import ConnectionLimits, protocol_with
 from proxy.metrics import PolicySetOutcome, ProxyMetrics, SpanCounts
 from proxy.routes import (
     PolicyFeed,
@@ -25,6 +27,7 @@ from proxy.routes import (
 )
 from proxy.settings import ProxySettings
 from proxy.spans import NoopSpanReporter, OtlpSpanReporter, SpanReporter
+from proxy.throttle import FailedAttempts
 from proxy.transport import PooledTransport
 
 log = logging.getLogger("coalmine.proxy")
@@ -155,6 +158,9 @@ def build_app(
         spans=spans,
         admin_token=settings.token(),
         max_header_bytes=settings.max_header_bytes,
+        force_arm_attempts=FailedAttempts(
+            settings.force_arm_tries, settings.force_arm_refill_seconds
+        ),
         refreshers=[part for part in (policy_refresher, refresher) if part is not None],
     )
 
@@ -195,17 +201,38 @@ def _span_counts(spans: SpanReporter) -> dict[str, float]:
     }
 
 
-def serve(app: ProxyApp, settings: ProxySettings) -> None:
-    """Serve until SIGINT or SIGTERM; requests in flight get the graceful period."""
-    host, port = split_address(settings.listen, "--listen")
+def connection_limits(settings: ProxySettings, metrics: ProxyMetrics) -> ConnectionLimits:
+    """What a client connection may take (head size, head time, silence), with what it
+    overstepped counted in ``metrics``."""
+    return ConnectionLimits(
+        max_head_bytes=settings.max_header_bytes,
+        header_timeout=settings.header_timeout_seconds,
+        idle_timeout=settings.idle_timeout_seconds,
+        on_refused=lambda reason: metrics.refused.labels(reason).inc(),
+        on_timeout=lambda phase: metrics.client_timeouts.labels(phase).inc(),
+    )
+
+
+def serve(
+    app: ProxyApp, settings: ProxySettings, sockets: list[socket.socket] | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM; requests in flight get the graceful period.
+    ``sockets``: listening sockets to serve on instead of binding ``settings.listen``."""
+    config = server_config(app, settings)
     if settings.metrics_listen is not None:
         metrics_host, metrics_port = split_address(settings.metrics_listen, "--metrics-listen")
         start_http_server(metrics_port, metrics_host, registry=app.metrics.registry)
-    config = uvicorn.Config(
+    uvicorn.Server(config).run(sockets=sockets)
+
+
+def server_config(app: ProxyApp, settings: ProxySettings) -> uvicorn.Config:
+    """uvicorn's settings for the proxy: httptools held to the connection limits, uvloop."""
+    host, port = split_address(settings.listen, "--listen")
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http="httptools",
+        http=protocol_with(connection_limits(settings, app.metrics)),
         loop="uvloop",
         lifespan="on",
         access_log=False,
@@ -215,4 +242,3 @@ def serve(app: ProxyApp, settings: ProxySettings) -> None:
         timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
         log_level="warning",
     )
-    uvicorn.Server(config).run()

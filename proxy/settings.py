@@ -42,7 +42,24 @@ class ProxySettings(LangfuseConnection, AdminToken, ClusterSettings):
     """Report every request to Langfuse as the root span of its trace."""
 
     max_header_bytes: int = Field(default=65536, ge=1024)
-    """Requests whose headers add up to more are refused with 431."""
+    """Requests whose head (request line and header lines, as read) or whose headers add
+    up to more are refused with 431; the head is never read further than this. Trailers
+    of a chunked body are held to the same size."""
+
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """Seconds a client has from the first byte of a request head to its end; a head not
+    whole in time is answered 408 and its connection closed."""
+
+    idle_timeout_seconds: float = Field(default=5.0, gt=0, le=3600)
+    """Seconds a client connection may stay silent before a request, when new or between
+    two requests; then it is closed."""
+
+    force_arm_tries: int = Field(default=5, ge=1, le=1000)
+    """Wrong admin tokens a client address may send to force an arm before it has to
+    wait (429); it gets one try back every ``force_arm_refill_seconds``."""
+
+    force_arm_refill_seconds: float = Field(default=60.0, gt=0, le=86400)
+    """Seconds for a client address to get back one try at the admin token."""
 
     routing_poll_interval: float = Field(default=0.25, gt=0, le=1)
     """Seconds between two looks at the state store for new routing tables."""

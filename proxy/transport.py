@@ -1,11 +1,12 @@
 """An HTTP/1.1 client transport for the proxy's upstream calls, on asyncio Protocols.
 
-httpx's default transport asks the operating system, for every pooled connection on every
-request, whether the socket has become readable; under concurrency that check is where
-most of the proxy's CPU time goes. Here the Protocol keeps each connection's state in
-flags as the event loop reports it (data, end of stream, loss), so taking a connection
-from the pool costs no system call. Responses are parsed by httptools (llhttp) and
-their bodies streamed chunk by chunk as they arrive, with read flow control.
+httpx's default transport goes through several layers of Python, for every pooled
+connection on every request, to ask whether the socket has become readable; under
+concurrency that is where most of the proxy's CPU time goes. Here the Protocol keeps each
+connection's state in flags as the event loop reports it (data, end of stream, loss), and
+taking a connection from the pool costs one direct ``poll`` of its socket (about half a
+microsecond) for what the loop has not reported yet. Responses are parsed by httptools
+(llhttp) and their bodies streamed chunk by chunk as they arrive, with read flow control.
 
 Use it as httpx's transports are used, through ``handle_async_request``::
 
@@ -19,11 +20,34 @@ Use it as httpx's transports are used, through ``handle_async_request``::
 
 Timeouts come from ``request.extensions["timeout"]`` (``connect``, ``read``, ``write``,
 ``pool``; seconds, None for no limit), as with httpx.
+
+A request is sent again, once and on a new connection, only when that cannot execute it
+twice (RFC 9110 section 9.2.2):
+
+- nothing of it left the proxy: the connection was found closed, or the first write
+  failed at once (any method, the body not read yet);
+- a reused connection closed before any byte of the response, and the method is
+  idempotent (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) with a body held in memory.
+
+Any other request whose connection closes before its response is a
+``httpx.RemoteProtocolError``: a POST the upstream may have received is never sent twice.
+A connection that fails to open is not tried again (``httpx.ConnectError``). Before a
+pooled connection is reused, one ``poll`` of its socket checks that the upstream has
+neither closed it nor sent anything since its last response.
+
+Responses are framed by RFC 9112: interim responses (1xx) are skipped and 101 is refused,
+since the proxy never asks for an upgrade; a response to HEAD and a 204 or 304 response
+end with their headers; trailers after a chunked body are dropped, never taken as
+headers; anything but blank lines after the end of a response (a body on a 204, bytes
+past the Content-Length, a second response) closes the connection, which is never reused.
+An invalid head or framing (Content-Length and Transfer-Encoding together, a bad chunk
+size, folded header lines) is a ``httpx.RemoteProtocolError``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 import time
 from collections import deque
@@ -48,6 +72,9 @@ _CHUNK = b"%x\r\n%b\r\n"
 _TRANSFER_ENCODING = b"transfer-encoding"
 _CONTENT_LENGTH = b"content-length"
 _CHUNKED = b"chunked"
+_COMMA = b","
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_READABLE = select.POLLIN | select.POLLPRI
 # A body up to this size goes out in the same write as the head; copying a larger one
 # to join them would cost more than the second write.
 _COALESCE_LIMIT = 64 * 1024
@@ -59,6 +86,11 @@ _BUSY, _IDLE, _GONE = 0, 1, 2
 
 _CLOSED_BEFORE_RESPONSE = "the upstream closed the connection without sending a response"
 _CLOSED_MID_BODY = "the upstream closed the connection before the end of the response body"
+_SWITCHED = "the upstream answered 101 Switching Protocols, but no upgrade was asked for"
+
+
+class _OverrunError(Exception):
+    """Bytes after the end of the response: raised from a parser callback to stop it."""
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
@@ -116,7 +148,7 @@ class _HostPool:
         """The most response body bytes any one connection held unread."""
 
     def take_idle(self) -> _Connection | None:
-        """The most recently used idle connection that is still open, if any."""
+        """The most recently used idle connection that is still open and silent, if any."""
         idle = self.idle
         if not idle:
             return None
@@ -124,7 +156,7 @@ class _HostPool:
         while idle:
             conn = idle.pop()
             conn.state = _BUSY
-            if not conn.closed and conn.idle_deadline > now:
+            if not conn.closed and conn.idle_deadline > now and not conn.readable():
                 return conn
             conn.close()
             self.discard(conn)
@@ -276,10 +308,14 @@ class _Connection(asyncio.Protocol):
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.error = "the upstream switched protocols"
+            self.error = _SWITCHED
         except httptools.HttpParserError as error:
-            self.error = f"invalid HTTP response from the upstream: {error}"
-        if self.error is not None:
+            if self.complete:
+                # whatever follows a complete response is not part of it
+                self.junk = True
+            elif self.error is None:
+                self.error = f"invalid HTTP response from the upstream: {error}"
+        if self.error is not None or self.junk:
             self.close()
             self._wake()
 
@@ -307,13 +343,20 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self.headers_done:
-            self.junk = True  # a second response to one request
+            # a second response to one request, or anything else past the end of this one
+            self.junk = True
+            raise _OverrunError
+        # the head of an interim response before it is forgotten
+        self.headers = []
+        self.reason = b""
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.headers_done:
+            self.headers.append((name, value))
+        # else a trailer after a chunked body: dropped, it is no header of the response
 
     def on_headers_complete(self) -> None:
         if self.headers_done:
@@ -323,10 +366,8 @@ class _Connection(asyncio.Protocol):
         status = parser.get_status_code()
         if status < 200:
             if status == 101:
-                self.error = "the upstream switched protocols"
-            # an interim response (100 Continue, 103 Early Hints): the final one follows
-            self.headers = []
-            self.reason = b""
+                self.error = _SWITCHED
+            # else an interim response (100 Continue, 103 Early Hints): the final one follows
             return
         self.status = status
         self.keep_alive = parser.should_keep_alive()
@@ -340,8 +381,9 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.complete:
+            # a body after a response to HEAD
             self.junk = True
-            return
+            raise _OverrunError
         self.chunks.append(body)
         buffered = self.buffered + len(body)
         self.buffered = buffered
@@ -369,15 +411,27 @@ class _Connection(asyncio.Protocol):
         chunked: bool,
         timeouts: Mapping[str, float | None],
     ) -> httpx.Response:
-        """Write the request and wait for the response's headers."""
+        """Write the request and wait for the response's headers.
+
+        ``StaleConnectionError`` when the connection closed before any byte of the
+        response, saying whether any byte of the request may have reached the upstream.
+        """
         self._begin(request.method == "HEAD")
+        transport = self.transport
+        if self.closed or transport.is_closing():
+            raise StaleConnectionError(sent=False)
         if body is not None:
             self._write_bytes(head, body, chunked)
+        else:
+            transport.write(head)
+        if transport.is_closing():
+            # the socket refused the first bytes: nothing left, a streamed body is unread
+            raise StaleConnectionError(sent=False)
+        if body is not None:
             if self.write_paused:
                 await self._drain(timeouts.get("write"), request)
             self.request_sent = not self.closed
         else:
-            self.transport.write(head)
             await self._write_stream(request, chunked, timeouts.get("write"))
         read_timeout = timeouts.get("read")
         while not self.headers_done:
@@ -385,7 +439,7 @@ class _Connection(asyncio.Protocol):
                 raise httpx.RemoteProtocolError(self.error, request=request)
             if self.closed:
                 if not self.received:
-                    raise StaleConnectionError
+                    raise StaleConnectionError(sent=True)
                 raise httpx.RemoteProtocolError(_CLOSED_BEFORE_RESPONSE, request=request)
             await self._wait(read_timeout, request)
         return self._response(request, read_timeout)
@@ -435,6 +489,19 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             self.transport.abort()
 
+    def readable(self) -> bool:
+        """Whether the upstream closed the idle connection or sent bytes on it that the
+        event loop has not reported yet: either way it is not to be reused."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        fd = sock.fileno()
+        if fd < 0:
+            return True
+        poller = select.poll()
+        poller.register(fd, _READABLE)
+        return bool(poller.poll(0))
+
     def _begin(self, head: bool) -> None:
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
@@ -454,11 +521,13 @@ class _Connection(asyncio.Protocol):
     def _write_bytes(self, head: bytes, body: bytes, chunked: bool) -> None:
         if chunked:
             body = _CHUNK % (len(body), body) + _LAST_CHUNK if body else _LAST_CHUNK
+        transport = self.transport
         if len(body) <= _COALESCE_LIMIT:
-            self.transport.write(head + body)
+            transport.write(head + body)
         else:
-            self.transport.write(head)
-            self.transport.write(body)
+            transport.write(head)
+            if not transport.is_closing():
+                transport.write(body)
 
     async def _write_stream(
         self, request: httpx.Request, chunked: bool, timeout: float | None
@@ -468,13 +537,13 @@ class _Connection(asyncio.Protocol):
             raise RuntimeError("a request body for an async transport must be async")
         transport = self.transport
         async for chunk in stream:
-            if self.closed:
+            if self.closed or transport.is_closing():
                 return
             if chunk:
                 transport.write(_CHUNK % (len(chunk), chunk) if chunked else chunk)
                 if self.write_paused:
                     await self._drain(timeout, request)
-        if self.closed:
+        if self.closed or transport.is_closing():
             return
         if chunked:
             transport.write(_LAST_CHUNK)
@@ -526,14 +595,16 @@ class _Connection(asyncio.Protocol):
             self.pool.discard(self)
 
     def _close_delimited(self) -> bool:
-        """Whether the response's body ends where the connection does (no length given)."""
+        """Whether the response's body ends where the connection does: no Content-Length,
+        and chunked is not the final transfer coding (RFC 9112 section 6.3)."""
+        final_coding = b""
         for name, value in self.headers:
             lowered = name.lower()
             if lowered == _CONTENT_LENGTH:
                 return False
-            if lowered == _TRANSFER_ENCODING and _CHUNKED in value.lower():
-                return False
-        return True
+            if lowered == _TRANSFER_ENCODING:
+                final_coding = value.rsplit(_COMMA, 1)[-1].strip().lower()
+        return final_coding != _CHUNKED
 
     def _response(self, request: httpx.Request, read_timeout: float | None) -> httpx.Response:
         status, headers, reason, version = self.status, self.headers, self.reason, self.version
@@ -610,6 +681,15 @@ class _NoBody(httpx.AsyncByteStream):
 _NO_BODY = _NoBody()
 
 
+def _may_send_again(request: httpx.Request, body: bytes | None, sent: bool, reused: bool) -> bool:
+    """Whether a request whose connection closed before any byte of its response can go
+    once more without being executed twice: none of it left the proxy, or the upstream
+    closed a reused connection and the request is idempotent with its body in memory."""
+    if not sent:
+        return True
+    return reused and body is not None and request.method in _IDEMPOTENT
+
+
 def _request_head(request: httpx.Request) -> tuple[bytes, bool]:
     """The request line and headers, and whether the body goes in chunked framing."""
     headers = request.headers.raw
@@ -682,16 +762,16 @@ class PooledTransport(httpx.AsyncBaseTransport):
         conn, reused = await self._acquire(pool, request, timeouts)
         try:
             return await conn.send(request, head, body, chunked, timeouts)
-        except StaleConnectionError:
-            if not reused or body is None:
+        except StaleConnectionError as stale:
+            if not _may_send_again(request, body, stale.sent, reused):
                 conn.abandon()
                 raise httpx.RemoteProtocolError(_CLOSED_BEFORE_RESPONSE, request=request) from None
         except BaseException:
             conn.abandon()
             raise
-        # The upstream closed an idle connection just as it was taken (its keep-alive
-        # timeout ran out): it cannot have seen the request, which is sent once more
-        # on a new connection in the same slot.
+        # Most often the upstream closed an idle connection just as it was taken (its
+        # keep-alive timeout ran out). The request goes once more on a new connection in
+        # the same slot.
         conn.close()
         pool.forget(conn)
         conn = await self._open(pool, request, timeouts.get("connect"))
@@ -754,8 +834,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
             conn = await self._wait_for_slot(pool, request, timeouts.get("pool"))
             if conn is None:
                 break
-            if not conn.closed:
+            if not conn.closed and not conn.readable():
                 return conn, True
+            conn.close()
             pool.discard(conn)
         return await self._open(pool, request, timeouts.get("connect")), False
 

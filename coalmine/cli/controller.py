@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -12,8 +13,11 @@ import typer
 from pydantic import ValidationError
 
 from coalmine.cli.errors import InputError
+from coalmine.cli.listen import listening
 from coalmine.cli.proxy import (
+    PROXY_GUARD,
     AppUrlOption,
+    check_admin_token,
     load_policies,
     load_routed_policies,
     parse_weights,
@@ -78,13 +82,14 @@ def register(app: typer.Typer) -> None:
             if settings.metrics_listen is not None:
                 _serve_metrics(settings.metrics_listen, service.metrics.registry)
             admin = _uvicorn(service.admin_app(token), settings.admin_listen, "--admin-listen")
+            _listening_admin(settings.admin_listen)
             service.start()
             asyncio.run(_serve_all([admin]))
         finally:
             service.stop()
 
     @app.command("run")
-    def run(
+    def run(  # noqa: PLR0913 (a command's parameters are its flags)
         *,
         policy: PolicyOption,
         state: StateOption = None,
@@ -105,6 +110,16 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Pin a release's canary weight in the proxy: RELEASE=PCT."),
         ] = None,
         log_level: LogOption = "info",
+        proxy_workers: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                max=64,
+                help="Proxy processes sharing the listening port (SO_REUSEPORT), each "
+                "following the policy files and routing tables itself; the metrics endpoint "
+                "sums theirs. 1: the proxy runs in this process.",
+            ),
+        ] = 1,
     ) -> None:
         """Proxy and controller in one process (the sidecar default): the proxy routes the
         application's traffic by the routing tables the controller writes to the state
@@ -116,7 +131,7 @@ def register(app: typer.Typer) -> None:
         COALMINE_POLICY_RELOAD_INTERVAL seconds (5).
         """
         from proxy.routes import PolicyFeed  # noqa: PLC0415
-        from proxy.server import build_app  # noqa: PLC0415
+        from proxy.server import build_app, split_address  # noqa: PLC0415
 
         _logging(log_level)
         settings = _controller_settings(state=state, admin_listen=admin_listen)
@@ -125,6 +140,10 @@ def register(app: typer.Typer) -> None:
         )
         policies = _load_at_start(policy, routed=True)
         pins = parse_weights(weight or [])
+        check_admin_token(proxy_settings)
+        if proxy_workers > 1:
+            _run_with_workers(settings, proxy_settings, (policy, pins, log_level, proxy_workers))
+            return
         service, token = _service(settings, policy)
         try:
             try:
@@ -144,6 +163,9 @@ def register(app: typer.Typer) -> None:
                 _uvicorn(proxy_app, proxy_settings.listen, "--listen", lifespan="on"),
                 _uvicorn(service.admin_app(token), settings.admin_listen, "--admin-listen"),
             ]
+            host, _ = split_address(proxy_settings.listen, "--listen")
+            listening("proxy", f"http://{proxy_settings.listen}", host, PROXY_GUARD)
+            _listening_admin(settings.admin_listen)
             service.start()
             asyncio.run(_serve_all(servers))
         finally:
@@ -158,6 +180,60 @@ class _Merged:
 
     def collect(self) -> Any:
         return self.registry.collect()
+
+
+def _run_with_workers(
+    settings: Any, proxy_settings: Any, workers: tuple[list[Path], dict[str, float], str, int]
+) -> None:
+    """``coalmine run --proxy-workers N``: the controller in this process, the proxy in N
+    worker processes (``workers``: policy paths, pins, log level, N); a worker that ends
+    ends the command with status 1."""
+    from proxy.errors import WorkerError  # noqa: PLC0415
+    from proxy.server import split_address  # noqa: PLC0415
+    from proxy.workers import (  # noqa: PLC0415
+        STOP_MARGIN_SECONDS,
+        WorkerMetrics,
+        WorkerPool,
+        WorkerSpec,
+    )
+
+    paths, pins, log_level, count = workers
+    policies = _load_at_start(paths, routed=True)
+    pool = WorkerPool(
+        WorkerSpec(proxy_settings, tuple(policies), tuple(paths), pins, log_level), count
+    )
+    service, token = _service(settings, paths)
+    try:
+        try:
+            pool.start()
+        except (WorkerError, ValueError, OSError) as error:
+            raise InputError(str(error)) from None
+        if proxy_settings.metrics_listen is not None:
+            service.metrics.registry.register(WorkerMetrics(pool))
+            _serve_metrics(proxy_settings.metrics_listen, service.metrics.registry)
+        admin = _uvicorn(service.admin_app(token), settings.admin_listen, "--admin-listen")
+        host, _ = split_address(proxy_settings.listen, "--listen")
+        listening(f"proxy ({count} workers)", f"http://{proxy_settings.listen}", host, PROXY_GUARD)
+        _listening_admin(settings.admin_listen)
+        service.start()
+        # uvicorn raises the signal that stopped it again once it has stopped; with the
+        # default handlers that would end this process before its workers have drained
+        quiet = {sig: signal.signal(sig, _noted) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if asyncio.run(_serve_all([admin], workers=pool)):
+                raise SystemExit(1)
+        finally:
+            for sig, handler in quiet.items():
+                signal.signal(sig, handler)
+    finally:
+        pool.stop(proxy_settings.graceful_shutdown_seconds + STOP_MARGIN_SECONDS)
+        service.stop()
+
+
+def _noted(signum: int, _frame: Any) -> None:
+    logging.getLogger("coalmine.proxy.workers").info(
+        "%s: stopping the proxy workers", signal.Signals(signum).name
+    )
 
 
 def _logging(level: str) -> None:
@@ -239,6 +315,15 @@ def _serve_metrics(address: str, registry: Any) -> None:
         start_http_server(port, host, registry=registry)
     except (ValueError, OSError) as error:
         raise InputError(f"--metrics-listen: {error}") from None
+    listening("metrics", f"http://{address}/metrics", host, "no authentication")
+
+
+def _listening_admin(address: str) -> None:
+    from proxy.server import split_address  # noqa: PLC0415
+
+    host, _ = split_address(address, "--admin-listen")
+    guard = "every route but /healthz and /readyz needs the admin token"
+    listening("admin API and dashboard", f"http://{address}", host, guard)
 
 
 def _uvicorn(app: Any, address: str, flag: str, *, lifespan: Literal["on", "off"] = "off") -> Any:
@@ -266,10 +351,30 @@ def _uvicorn(app: Any, address: str, flag: str, *, lifespan: Literal["on", "off"
     return uvicorn.Server(config)
 
 
-async def _serve_all(servers: list[Any]) -> None:
-    """Serve until one server stops (a signal, a failure), then stop the others."""
+async def _serve_all(servers: list[Any], workers: Any = None) -> bool:
+    """Serve until one server stops (a signal, a failure) or one of the proxy ``workers``
+    (a ``WorkerPool``) ends, then stop the others; whether a worker ended."""
     tasks = [asyncio.create_task(server.serve()) for server in servers]
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    watch = None if workers is None else asyncio.create_task(_first_worker_end(workers))
+    await asyncio.wait(
+        [*tasks, *([] if watch is None else [watch])], return_when=asyncio.FIRST_COMPLETED
+    )
+    ended = watch is not None and watch.done()
+    if watch is not None:
+        watch.cancel()
     for server in servers:
         server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
+    return ended
+
+
+async def _first_worker_end(workers: Any) -> None:
+    while (ended := workers.first_ended(0)) is None:
+        await asyncio.sleep(0.25)
+    ended.process.join(1.0)
+    logging.getLogger("coalmine.proxy.workers").error(
+        "proxy worker %d (pid %d) ended with exit code %s: stopping",
+        ended.index,
+        ended.pid,
+        ended.process.exitcode,
+    )

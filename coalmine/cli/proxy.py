@@ -10,6 +10,9 @@ import typer
 from pydantic import ValidationError
 
 from coalmine.cli.errors import InputError
+from coalmine.cli.listen import listening
+from coalmine.shared.admin_token import weak_token
+from coalmine.shared.settings import AdminToken
 from policies import Policy, PolicyError, load_policy
 from policies.policy_files import PolicyFiles
 from policies.policy_set import check_policy_set
@@ -19,7 +22,7 @@ def register(app: typer.Typer) -> None:
     """Add the proxy command to the CLI."""
 
     @app.command("proxy")
-    def proxy(
+    def proxy(  # noqa: PLR0913 (a command's parameters are its flags)
         *,
         policy: Annotated[
             list[Path],
@@ -60,6 +63,15 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[
             str, typer.Option(help="Log level: critical, error, warning, info, debug.")
         ] = "info",
+        workers: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                max=64,
+                help="Proxy processes sharing the listening port (SO_REUSEPORT); the "
+                "metrics endpoint sums theirs. 1: one process, no supervisor.",
+            ),
+        ] = 1,
     ) -> None:
         """Route the application's traffic between the stable and canary arms of each
         release, keep each user in one arm, and mirror a sample to staging.
@@ -83,6 +95,7 @@ def register(app: typer.Typer) -> None:
             overrides=overrides,
             pins=parse_weights(weight or []),
             log_level=log_level,
+            workers=workers,
         )
 
 
@@ -150,12 +163,32 @@ def watched_paths(paths: list[Path]) -> list[Path]:
     return paths
 
 
+PROXY_GUARD = "the application's traffic; a forced arm needs the admin token"
+
+
+def check_admin_token(settings: AdminToken) -> None:
+    """Refuse to start a proxy whose admin token is too weak to guard forced arms (no
+    token is fine: every forced arm is then refused)."""
+    try:
+        token = settings.token()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise InputError(
+            f"COALMINE_ADMIN_TOKEN_FILE {settings.admin_token_file}: cannot read the admin "
+            f"token: {reason}"
+        ) from None
+    weakness = None if token is None else weak_token(settings, token)
+    if weakness is not None:
+        raise InputError(weakness)
+
+
 def run_proxy(
     *,
     policy_files: list[Path],
     overrides: dict[str, Any],
     pins: dict[str, float],
     log_level: str,
+    workers: int = 1,
 ) -> None:
     # The server stack is imported here, not for every coalmine command.
     from proxy.routes import PolicyFeed  # noqa: PLC0415
@@ -177,9 +210,25 @@ def run_proxy(
         where = ".".join(str(part) for part in first["loc"])
         raise InputError(f"setting {where}: {first['msg']}") from None
     try:
-        split_address(settings.listen, "--listen")
+        host, _ = split_address(settings.listen, "--listen")
+        metrics_host = None
         if settings.metrics_listen is not None:
-            split_address(settings.metrics_listen, "--metrics-listen")
+            metrics_host, _ = split_address(settings.metrics_listen, "--metrics-listen")
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    check_admin_token(settings)
+    listening("proxy", f"http://{settings.listen}", host, PROXY_GUARD)
+    if metrics_host is not None:
+        listening(
+            "metrics",
+            f"http://{settings.metrics_listen}/metrics",
+            metrics_host,
+            "no authentication",
+        )
+    if workers > 1:
+        _run_workers(watched, policies, settings, pins, log_level, workers)
+        return
+    try:
         app = build_app(
             settings,
             policies,
@@ -193,10 +242,32 @@ def run_proxy(
         f"{' pinned' if release.pinned else ''})"
         for release in app.releases.by_name.values()
     )
-    logging.getLogger("coalmine.proxy").info(
-        "proxy on http://%s, metrics on %s, releases: %s",
-        settings.listen,
-        f"http://{settings.metrics_listen}/metrics" if settings.metrics_listen else "off",
-        releases,
-    )
+    logging.getLogger("coalmine.proxy").info("proxy routes: %s", releases or "no release")
     serve(app, settings)
+
+
+def _run_workers(
+    watched: PolicyFiles,
+    policies: list[Policy],
+    settings: Any,
+    pins: dict[str, float],
+    log_level: str,
+    workers: int,
+) -> None:
+    """Serve with ``workers`` processes; a worker that ends ends the command with 1."""
+    from proxy.errors import WorkerError  # noqa: PLC0415
+    from proxy.workers import WorkerSpec, run_workers  # noqa: PLC0415
+
+    spec = WorkerSpec(
+        settings=settings,
+        policies=tuple(policies),
+        policy_paths=tuple(watched.paths),
+        pins=pins,
+        log_level=log_level,
+    )
+    try:
+        code = run_workers(spec, workers)
+    except (WorkerError, ValueError, OSError) as error:
+        raise InputError(str(error)) from None
+    if code:
+        raise SystemExit(code)

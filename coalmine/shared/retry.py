@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -51,28 +52,38 @@ def status_class(status: int) -> str:
     return "429" if status == 429 else f"{status // 100}xx"
 
 
+_SECONDS: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+"""Delay-seconds: ASCII digits (RFC 9110), with a fraction or a sign read as a server
+might mean them. ``float`` alone would also take ``nan``, ``inf``, ``1e3``, ``1_0`` and
+other scripts' digits."""
+
+
 def parse_retry_after(value: str | None, *, now: float, cap: float) -> float | None:
     """The wait, in seconds, that a ``Retry-After`` header asks for (RFC 9110 section
     10.2.3): delay-seconds or an HTTP date, read against ``now`` (seconds since the epoch).
+    Every caller reads the header here, so every wait is finite, ``>= 0`` and ``<= cap``.
 
-    None when the header is missing or says nothing usable (not a number or a date, or a
-    number that is not finite: ``nan`` and ``inf`` are refused, never waited on). A date in
-    the past is 0; any wait is at most ``cap``.
+    None when the header is missing or says nothing usable (neither a number of seconds
+    nor an HTTP date: ``nan``, ``inf``, ``1e3`` and ``soon`` are refused, never waited
+    on); the caller then waits its own backoff. A negative number or a date in the past
+    is 0; a number or a date too far ahead, however large, is ``cap``.
     """
-    if value is None or not value.strip():
+    if not (math.isfinite(cap) and cap >= 0):
+        raise ValueError(f"cap must be finite and >= 0, not {cap}")
+    if value is None:
         return None
     text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
+    if _SECONDS.fullmatch(text):
+        seconds = float(text)  # a number past float's range is +-inf: capped below
+    else:
         try:
             moment = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            seconds = moment.timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        seconds = moment.timestamp() - now
-    if not math.isfinite(seconds):
+    if math.isnan(seconds):
         return None
     return min(max(seconds, 0.0), cap)
 

@@ -591,6 +591,12 @@ def test_app_settings_reach_the_app_container(render: Render) -> None:
     assert rendered.one("Service")["spec"]["type"] == "LoadBalancer"
 
 
+def test_proxy_workers_reach_coalmine_run(render: Render) -> None:
+    args = render({"coalmine": {"proxyWorkers": 4}}).container("coalmine")["args"]
+    assert args == ["run", "--policy", "/etc/coalmine/policies", "--proxy-workers", "4"]
+    assert "--proxy-workers" not in render().container("coalmine")["args"]
+
+
 def test_the_coalmine_image_tag_defaults_to_the_app_version(render: Render) -> None:
     assert render().container("coalmine")["image"] == "coalmine:0.1.0"
     assert render().one("Deployment")["spec"]["replicas"] == 2
@@ -658,6 +664,7 @@ def test_bad_settings_fail_with_a_clear_message(
         ({"app": {"port": 0}}, "/app/port"),
         ({"app": {"image": {"pullPolicy": "Sometimes"}}}, "/app/image/pullPolicy"),
         ({"coalmine": {"ports": {"proxy": "8080"}}}, "/coalmine/ports/proxy"),
+        ({"coalmine": {"proxyWorkers": 0}}, "/coalmine/proxyWorkers"),
         ({"coalmine": {"resources": {"limits": None}}}, "/coalmine/resources"),
         ({"app": {"resources": {"requests": {"memory": None}}}}, "/app/resources/requests"),
         ({"langfuse": {"existingSecret": ""}}, "/langfuse/existingSecret"),

@@ -26,7 +26,7 @@ from tests.proxy.proxy_support import Upstream, serving, wait_until
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "admin-token-for-the-examples"
+TOKEN = "admin-token-for-the-examples-0123"  # 33 characters: strong enough
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
 REPO = EXAMPLES_DIR.parents[1]
 

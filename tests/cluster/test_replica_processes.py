@@ -28,7 +28,7 @@ from tests.emulator.emulator_support import LiveEmulator, emulator_with_prompt
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "admin-token-for-the-replicas"
+TOKEN = "admin-token-for-the-replicas-0123"  # 33 characters: strong enough
 PREFIX = "shop-app"
 LEASE = "shop-app-controller"
 COALMINE = Path(sys.executable).with_name("coalmine")

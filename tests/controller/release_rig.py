@@ -26,7 +26,7 @@ __all__ = ["closed_port_url", "make_rig", "serving", "wait_until"]
 
 T0 = 1_800_000_000.0
 MINUTE = 60.0
-TOKEN = "s3cret-admin-token"
+TOKEN = "s3cret-admin-token-0123456789abcdef"
 RELEASE = "support"
 
 POLICY = """\

@@ -22,7 +22,8 @@ from controller.release_store import ControllerState
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "policies" / "examples"
 REPO = EXAMPLES.parents[1]
-TOKEN = "setup-errors-token"
+TOKEN = "setup-errors-token-0123456789abcdef"  # strong enough: 35 characters
+WEAK = "short-admin-token"
 
 
 def _no_token(work: Path) -> dict[str, str]:
@@ -31,6 +32,15 @@ def _no_token(work: Path) -> dict[str, str]:
 
 def _missing_token_file(work: Path) -> dict[str, str]:
     return {"COALMINE_ADMIN_TOKEN_FILE": str(work / "no-such-token")}
+
+
+def _short_token(work: Path) -> dict[str, str]:
+    return {"COALMINE_ADMIN_TOKEN": WEAK}
+
+
+def _placeholder_token_file(work: Path) -> dict[str, str]:
+    (work / "token").write_text("0" * 40 + "\n", encoding="utf-8")
+    return {"COALMINE_ADMIN_TOKEN_FILE": str(work / "token")}
 
 
 def _garbage_state(work: Path) -> dict[str, str]:
@@ -68,6 +78,14 @@ CASES = {
     "missing token file": Case(
         _missing_token_file,
         ("COALMINE_ADMIN_TOKEN_FILE", "{work}/no-such-token", "No such file or directory"),
+    ),
+    "short token": Case(
+        _short_token,
+        ("COALMINE_ADMIN_TOKEN: ", "too weak (17 characters, 13 different)", "at least 32"),
+    ),
+    "placeholder token file": Case(
+        _placeholder_token_file,
+        ("COALMINE_ADMIN_TOKEN_FILE {work}/token: ", "too weak (40 characters, 1 different)"),
     ),
     "garbage state file": Case(
         _garbage_state, ("state file {work}/state.db", "not a coalmine state file", "not SQLite")
@@ -113,6 +131,7 @@ def _check(case: Case, work: Path, code: int, stderr: str, before: bytes | str |
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("coalmine: ")
+    assert WEAK not in lines[0]
     for piece in case.says:
         assert piece.format(work=work) in lines[0]
     assert _snapshot(work / "state.db") == before
@@ -175,6 +194,31 @@ def test_controller_refuses_a_bad_setup_with_one_line(
         ]
     )
     _check(case, tmp_path, code, capsys.readouterr().err, before)
+
+
+@pytest.mark.parametrize("name", ["short token", "placeholder token file"])
+def test_proxy_refuses_a_weak_admin_token_with_one_line(
+    name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    case = CASES[name]
+    for variable in list(os.environ):
+        if variable.startswith(("COALMINE_", "LANGFUSE_")):
+            monkeypatch.delenv(variable)
+    for variable, value in _environment(tmp_path, case.arrange(tmp_path)).items():
+        monkeypatch.setenv(variable, value)
+    code = main(
+        [
+            "proxy",
+            "--policy",
+            str(EXAMPLES / "agent-canary.yaml"),
+            "--listen",
+            "127.0.0.1:0",
+        ]
+    )
+    _check(case, tmp_path, code, capsys.readouterr().err, None)
 
 
 @pytest.mark.parametrize("name", ["garbage state file", "truncated state file"])

@@ -19,6 +19,7 @@ from policies import (
     RuleError,
     ScoreRange,
     ScoreType,
+    Shadow,
     Step,
     Stickiness,
     Target,
@@ -292,10 +293,21 @@ def test_rule_violation_from_python_names_the_field() -> None:
 
 
 def test_upstreams_accept_http_and_https_only() -> None:
-    assert Upstreams(stable="https://a.example.com/v1?x=1").stable.startswith("https://")
+    assert Upstreams(stable="https://a.example.com/v1").stable.startswith("https://")
     for bad in ("ftp://a", "a.example.com", "http://", "http://a b", "http://a:99999"):
         with pytest.raises(ValidationError, match="must be an http or https URL"):
             Upstreams(stable=bad)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://a.example.com/v1?x=1", "http://a/?", "http://a/v1#top", "http://a#"]
+)
+def test_upstreams_refuse_a_query_or_fragment(url: str) -> None:
+    # a request would reach the upstream as the URL's path with its own path lost
+    with pytest.raises(ValidationError, match=r"stable\n.*must not have a query"):
+        Upstreams(stable=url)
+    with pytest.raises(ValidationError, match=r"upstream\n.*must not have a query"):
+        Shadow(upstream=url, percent=5)
 
 
 def test_json_round_trip(minimal: Policy) -> None:

@@ -30,7 +30,7 @@ SPAN = "00f067aa0ba902b7"
 FRESH_ID = "5f1d4c0e9a8b7c6d5e4f3a2b1c0d9e8f"
 FRESH_TRACE = "0123456789abcdef0123456789abcdef"
 FRESH_SPAN = "fedcba9876543210"
-TOKEN = b"qa-token-1234567890"
+TOKEN = b"qa-token-1234567890-abcdefghijklmn"
 TIMEOUT = {"connect": 5.0, "read": 300.0, "write": 300.0, "pool": 5.0}
 TEN_MIB = 10 * 1024 * 1024
 NEW_USER_COOKIE = f"cm_user={FRESH_ID}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax".encode()
@@ -69,9 +69,14 @@ def head(
     path: str = "/v1/chat",
     scheme: str = "http",
     client: str | None = "127.0.0.5",
+    http_version: str = "1.1",
+    host: str | None = "proxy.test",
 ) -> RequestHead:
+    """A request head; ``host`` comes first unless a ``Host`` is among ``headers``."""
     raw: Headers = [(name.encode(), value.encode()) for name, value in headers]
-    return RequestHead(method, path, path, scheme, client, raw)
+    if host is not None and not any(name == b"host" for name, _ in raw):
+        raw.insert(0, (b"host", host.encode()))
+    return RequestHead(method, path, path, scheme, client, raw, http_version)
 
 
 def plan(
@@ -120,6 +125,17 @@ def forward(decided: Refusal | Forward) -> Forward:
             {"method": "POST", "path": "/v1/chat", "headers": []},
             RequestHead("POST", "/v1/chat", "/v1/chat", "http", None, []),
         ),
+        (  # a server that leaves the query in raw_path, and an HTTP/1.0 request
+            {
+                "method": "GET",
+                "path": "/x",
+                "raw_path": b"/x?a=1",
+                "query_string": b"a=1",
+                "http_version": "1.0",
+                "headers": [],
+            },
+            RequestHead("GET", "/x", "/x?a=1", "http", None, [], "1.0"),
+        ),
         (
             {
                 "method": "POST",
@@ -163,7 +179,6 @@ def test_a_plan_in_full() -> None:
         headers=[
             (b"x-user-id", b"alice"),
             (b"accept", b"*/*"),
-            (b"x-request-id", b"req-1"),
             (b"x-forwarded-for", b"127.0.0.5"),
             (b"x-forwarded-proto", b"http"),
             (b"x-forwarded-host", b"proxy.test"),
@@ -350,11 +365,12 @@ def test_a_forced_arm_needs_the_admin_token(
     ("headers", "refusal"),
     [
         (
-            [("x-padding", "a" * 1010)],  # 9 + 1010 + 4 bytes, and x-user-id's 9 + 1 + 4
+            # 9 + 1010 + 4 bytes, x-user-id's 9 + 1 + 4 and host's 4 + 10 + 4
+            [("x-padding", "a" * 1010)],
             Refusal(
                 431,
                 "headers_too_large",
-                "request headers are 1037 bytes; the limit is 1024",
+                "request headers are 1055 bytes; the limit is 1024",
                 FRESH_ID,
                 "headers_too_large",
             ),
@@ -420,14 +436,27 @@ def test_a_small_body_of_known_length_is_read_whole(
             [],
             "127.0.0.5",
             "http",
-            [(b"x-forwarded-for", b"127.0.0.5"), (b"x-forwarded-proto", b"http")],
+            [
+                (b"x-forwarded-for", b"127.0.0.5"),
+                (b"x-forwarded-proto", b"http"),
+                (b"x-forwarded-host", b"proxy.test"),
+            ],
         ),
-        ([], None, "https", [(b"x-forwarded-proto", b"https")]),
+        (
+            [],
+            None,
+            "https",
+            [(b"x-forwarded-proto", b"https"), (b"x-forwarded-host", b"proxy.test")],
+        ),
         (
             [("x-forwarded-for", "198.51.100.7"), ("x-forwarded-proto", "https")],
             "127.0.0.5",
             "http",
-            [(b"x-forwarded-proto", b"https"), (b"x-forwarded-for", b"198.51.100.7, 127.0.0.5")],
+            [
+                (b"x-forwarded-proto", b"https"),
+                (b"x-forwarded-for", b"198.51.100.7, 127.0.0.5"),
+                (b"x-forwarded-host", b"proxy.test"),
+            ],
         ),
         (
             [("x-forwarded-host", "forged.test"), ("host", "proxy.test")],
@@ -448,7 +477,11 @@ def test_a_small_body_of_known_length_is_read_whole(
             ],
             None,
             "http",
-            [(b"accept", b"*/*"), (b"x-forwarded-proto", b"http")],
+            [
+                (b"accept", b"*/*"),
+                (b"x-forwarded-proto", b"http"),
+                (b"x-forwarded-host", b"proxy.test"),
+            ],
         ),
     ],
 )
@@ -498,6 +531,7 @@ def test_the_shadow_decision(
             (b"x-user-id", b"alice"),
             (b"accept", b"*/*"),
             (b"x-forwarded-proto", b"http"),
+            (b"x-forwarded-host", b"proxy.test"),
         ],
         prompt_label="canary",  # staging runs the candidate, whatever the request's arm
     )

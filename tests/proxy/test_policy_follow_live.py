@@ -24,7 +24,7 @@ from tests.proxy.proxy_support import (
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "qa-token-1234567890"
+TOKEN = "qa-token-1234567890-abcdefghijklmn"
 
 AGENT = """\
 apiVersion: coalmine/v1

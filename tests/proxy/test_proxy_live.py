@@ -25,7 +25,7 @@ from tests.proxy.proxy_support import (
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 SPAN = "b7ad6b7169203331"
-TOKEN = "qa-token-1234567890"
+TOKEN = "qa-token-1234567890-abcdefghijklmn"
 
 
 def _policy(stable: Served, canary: Served, **kwargs: str) -> Policy:

@@ -31,7 +31,7 @@ STABLE = "http://stable.test"
 CANARY = "http://canary.test"
 OTHER = "http://other.test"
 APP = "http://app.test:8000"
-TOKEN = b"qa-token-1234567890"
+TOKEN = b"qa-token-1234567890-abcdefghijklmn"
 
 PROMPT_ONLY = """\
 apiVersion: coalmine/v1
@@ -101,7 +101,8 @@ def route(
         target=path,
         scheme="http",
         client="127.0.0.1",
-        headers=[(name.encode(), value.encode()) for name, value in headers],
+        headers=[(b"host", b"proxy.test")]
+        + [(name.encode(), value.encode()) for name, value in headers],
     )
     return plan_request(head, releases, PlanSettings(admin_token=TOKEN), Fixed(draw))
 

@@ -1,247 +1,54 @@
 """The upstream transport against real loopback servers, on both event loops: raw
-asyncio servers where the exact bytes matter, uvicorn for many concurrent requests."""
+asyncio servers where the exact bytes matter, uvicorn for many concurrent requests. The
+framing rules of RFC 9112, byte by byte, are in ``test_transport_conformance.py``."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import random
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-import uvloop
 
-from proxy.transport import PooledTransport
-
-T = TypeVar("T")
-Run = Callable[[Coroutine[Any, Any, T]], T]
-
-# generous limits that only stop a broken test from hanging; no test measures time
-TIMEOUTS = {"connect": 10.0, "read": 10.0, "write": 10.0, "pool": 10.0}
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
+from proxy.transport import PooledTransport, _Connection
+from tests.proxy.raw_upstream import (
+    LOOPS,
+    Handler,
+    Peer,
+    RawServer,
+    Received,
+    Run,
+    answer,
+    answering,
+    chunk,
+    chunks_of,
+    fetch,
+    make_request,
+    parts,
+    read_all,
+    runner,
+    wait_for,
+    within,
+)
 
 
 @pytest.fixture(params=sorted(LOOPS))
 def run(request: pytest.FixtureRequest) -> Run[Any]:
     """Runs a coroutine to completion on a fresh loop of each kind."""
-    factory = LOOPS[request.param]
-
-    def run(coroutine: Coroutine[Any, Any, T]) -> T:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coroutine)
-
-    return run
-
-
-# --------------------------------------------------------------------------- servers
-
-
-@dataclass
-class Received:
-    """A request as a raw server read it."""
-
-    method: str
-    target: str
-    headers: dict[str, str]
-    body: bytes
-    raw_body: bytes
-    connection: int
-
-
-@dataclass
-class Peer:
-    """One accepted connection on a raw server."""
-
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    index: int
-    server: RawServer
-
-    async def request(self) -> Received | None:
-        """The next request on the connection, or None once the client has closed it."""
-        try:
-            head = await self.reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        request_line, *lines = head[:-4].decode("latin-1").split("\r\n")
-        method, target, _ = request_line.split(" ")
-        headers = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        body = raw_body = b""
-        if "content-length" in headers:
-            body = raw_body = await self.reader.readexactly(int(headers["content-length"]))
-        elif headers.get("transfer-encoding") == "chunked":
-            body, raw_body = await self._read_chunked()
-        received = Received(method, target, headers, body, raw_body, self.index)
-        self.server.requests.append(received)
-        return received
-
-    async def _read_chunked(self) -> tuple[bytes, bytes]:
-        body, raw = bytearray(), bytearray()
-        while True:
-            size_line = await self.reader.readuntil(b"\r\n")
-            raw += size_line
-            size = int(size_line.strip(), 16)
-            data = await self.reader.readexactly(size + 2)
-            raw += data
-            assert data.endswith(b"\r\n")
-            if size == 0:
-                return bytes(body), bytes(raw)
-            body += data[:-2]
-
-    def send(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    async def sees_eof(self) -> bool:
-        """Read until the client closes the connection; True then."""
-        try:
-            while await self.reader.read(65536):
-                pass
-        except ConnectionError:
-            pass
-        return True
-
-
-Handler = Callable[[Peer], Awaitable[None]]
-
-
-@dataclass
-class RawServer:
-    """An asyncio server on 127.0.0.1 whose every connection runs ``handler``."""
-
-    handler: Handler
-    ssl_context: ssl.SSLContext | None = None
-    accepted: int = 0
-    finished: int = 0
-    """Connections whose handler returned: the client closed them, or the script ended."""
-    requests: list[Received] = field(default_factory=list)
-    url: str = ""
-    _server: asyncio.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
-        port = self._server.sockets[0].getsockname()[1]
-        scheme = "https" if self.ssl_context else "http"
-        self.url = f"{scheme}://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    def paths(self) -> list[str]:
-        return [request.target for request in self.requests]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.accepted += 1
-        try:
-            await self.handler(Peer(reader, writer, self.accepted, self))
-            self.finished += 1
-        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
-            # ends the task normally: asyncio's stream server reports cancelled handlers
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                await writer.wait_closed()
-
-
-def answer(body: bytes = b"ok", *, status: bytes = b"200 OK", headers: bytes = b"") -> bytes:
-    """A response with a Content-Length."""
-    return b"HTTP/1.1 %b\r\nContent-Length: %d\r\n%b\r\n" % (status, len(body), headers) + body
-
-
-def chunk(data: bytes) -> bytes:
-    """``data`` in chunked framing (empty: the last chunk)."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-def answering(reply: Callable[[Received], bytes] = lambda _: answer()) -> Handler:
-    """A keep-alive handler that answers each request with ``reply(request)``."""
-
-    async def handler(peer: Peer) -> None:
-        while (request := await peer.request()) is not None:
-            peer.send(reply(request))
-            await peer.writer.drain()
-
-    return handler
-
-
-# --------------------------------------------------------------------------- client side
-
-
-def make_request(
-    url: str,
-    method: str = "GET",
-    content: bytes | AsyncIterator[bytes] | None = None,
-    **timeouts: float,
-) -> httpx.Request:
-    return httpx.Request(
-        method, url, content=content, extensions={"timeout": {**TIMEOUTS, **timeouts}}
-    )
-
-
-def chunks_of(response: httpx.Response) -> AsyncIterator[bytes]:
-    stream = response.stream
-    assert isinstance(stream, httpx.AsyncByteStream)
-    return aiter(stream)
-
-
-async def read_all(response: httpx.Response) -> bytes:
-    try:
-        return b"".join([chunk async for chunk in chunks_of(response)])
-    finally:
-        await response.aclose()
-
-
-async def fetch(
-    transport: PooledTransport, url: str, method: str = "GET", **options: Any
-) -> tuple[httpx.Response, bytes]:
-    response = await transport.handle_async_request(make_request(url, method, **options))
-    return response, await read_all(response)
-
-
-async def parts(*pieces: bytes) -> AsyncIterator[bytes]:
-    for piece in pieces:
-        await asyncio.sleep(0)
-        yield piece
-
-
-async def wait_for(condition: Callable[[], bool]) -> None:
-    """Yield until ``condition`` holds (callers bound it with ``within``)."""
-    while not condition():
-        await asyncio.sleep(0.001)
-
-
-async def within(awaitable: Awaitable[T]) -> T:
-    """``awaitable``, failing the test instead of hanging if it never completes."""
-    async with asyncio.timeout(10):
-        return await awaitable
+    return runner(request.param)
 
 
 # --------------------------------------------------------------------------- responses
@@ -477,32 +284,72 @@ def stale_on_second_request(peer: Peer) -> Awaitable[None]:
     answer when the second arrives: the server's keep-alive timeout racing the client.
     Later connections answer normally."""
 
+    def reply(request: Received) -> bytes:
+        if request.method == "HEAD":
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+        return answer(request.body or b"again")
+
     async def handler() -> None:
         if peer.index == 1:
             await peer.request()
             peer.send(answer(b"first"))
             await peer.request()
             return
-        await answering(lambda request: answer(request.body or b"again"))(peer)
+        await answering(reply)(peer)
 
     return handler()
 
 
-def test_stale_connection_is_retried_once_for_a_bytes_body(run: Run[None]) -> None:
+@pytest.mark.parametrize(
+    ("method", "content"),
+    [
+        ("GET", None),
+        ("HEAD", None),
+        ("OPTIONS", None),
+        ("TRACE", None),
+        ("PUT", b"payload"),
+        ("DELETE", b"payload"),
+    ],
+)
+def test_stale_connection_is_retried_once_for_an_idempotent_request(
+    run: Run[None], method: str, content: bytes | None
+) -> None:
     async def scenario() -> None:
         async with RawServer(stale_on_second_request) as server:
             transport = PooledTransport()
             try:
                 assert (await fetch(transport, server.url))[1] == b"first"
-                _, body = await fetch(transport, server.url, "POST", content=b"payload")
-                assert body == b"payload"
+                response, body = await fetch(transport, server.url, method, content=content)
+                assert response.status_code == 200
+                assert body == (b"" if method == "HEAD" else content or b"again")
             finally:
                 await transport.aclose()
         assert server.accepted == 2
-        assert [(r.connection, r.body) for r in server.requests[1:]] == [
-            (1, b"payload"),
-            (2, b"payload"),
+        assert [(r.method, r.connection, r.body) for r in server.requests[1:]] == [
+            (method, 1, content or b""),
+            (method, 2, content or b""),
         ]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH", "LOCK"])
+def test_stale_connection_is_not_retried_for_a_request_that_is_not_idempotent(
+    run: Run[None], method: str
+) -> None:
+    async def scenario() -> None:
+        async with RawServer(stale_on_second_request) as server:
+            transport = PooledTransport()
+            try:
+                await fetch(transport, server.url)
+                with pytest.raises(httpx.RemoteProtocolError) as raised:
+                    await fetch(transport, server.url, method, content=b"charge the card")
+                assert raised.value.request.method == method
+            finally:
+                await transport.aclose()
+        # the upstream may have acted on it: it is sent once, never again
+        assert server.accepted == 1
+        assert [(r.method, r.body) for r in server.requests[1:]] == [(method, b"charge the card")]
 
     run(scenario())
 
@@ -514,11 +361,86 @@ def test_stale_connection_is_not_retried_for_a_streamed_body(run: Run[None]) -> 
             try:
                 await fetch(transport, server.url)
                 with pytest.raises(httpx.RemoteProtocolError) as raised:
-                    await fetch(transport, server.url, "POST", content=parts(b"once"))
-                assert raised.value.request.method == "POST"
+                    await fetch(transport, server.url, "PUT", content=parts(b"once"))
+                assert raised.value.request.method == "PUT"
             finally:
                 await transport.aclose()
         assert server.accepted == 1
+        assert [(r.method, r.body) for r in server.requests[1:]] == [("PUT", b"once")]
+
+    run(scenario())
+
+
+def reset_after_first_answer(closed: asyncio.Event) -> Handler:
+    """Answers the first connection's request, then resets it (RST, no FIN) and sets
+    ``closed``; later connections answer each request with its body."""
+
+    async def handler(peer: Peer) -> None:
+        if peer.index > 1:
+            await answering(lambda request: answer(request.body))(peer)
+            return
+        await peer.request()
+        peer.send(answer(b"first"))
+        await peer.writer.drain()
+        sock = peer.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.writer.transport.abort()
+        closed.set()
+
+    return handler
+
+
+@pytest.mark.parametrize("content", [b"charge the card", "streamed"])
+def test_request_nothing_of_which_was_sent_goes_on_a_new_connection(
+    run: Run[None], monkeypatch: pytest.MonkeyPatch, content: bytes | str
+) -> None:
+    # the reset lands after the pool's look at the socket: the first write fails
+    monkeypatch.setattr(_Connection, "readable", lambda _: False, raising=False)
+    closed = asyncio.Event()
+
+    async def scenario() -> None:
+        async with RawServer(reset_after_first_answer(closed)) as server:
+            transport = PooledTransport()
+            try:
+                assert (await fetch(transport, server.url))[1] == b"first"
+                await within(closed.wait())
+                upload = parts(b"charge ", b"the card") if content == "streamed" else content
+                _, body = await fetch(transport, server.url, "POST", content=upload)
+                assert body == b"charge the card"
+            finally:
+                await transport.aclose()
+        assert [(r.method, r.connection) for r in server.requests] == [("GET", 1), ("POST", 2)]
+
+    run(scenario())
+
+
+def test_idle_connection_with_unread_bytes_is_not_reused(run: Run[None]) -> None:
+    first_read, late_sent = asyncio.Event(), asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        if peer.index > 1:
+            await answering(lambda _: answer(b"fresh"))(peer)
+            return
+        await peer.request()
+        peer.send(answer(b"first"))
+        await first_read.wait()
+        # a late second response, there before the loop has told the pool
+        peer.send(answer(b"stale answer"))
+        await peer.writer.drain()
+        late_sent.set()
+        await peer.sees_eof()
+
+    async def scenario() -> None:
+        async with RawServer(handler) as server:
+            transport = PooledTransport()
+            try:
+                assert (await fetch(transport, server.url))[1] == b"first"
+                first_read.set()
+                await within(late_sent.wait())
+                assert (await fetch(transport, server.url + "/next"))[1] == b"fresh"
+            finally:
+                await transport.aclose()
+        assert [(r.target, r.connection) for r in server.requests] == [("/", 1), ("/next", 2)]
 
     run(scenario())
 

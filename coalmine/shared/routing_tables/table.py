@@ -16,7 +16,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from pydantic.alias_generators import to_camel
 
-from policies.model import Policy
+from policies.model import HttpUrl, Policy
 
 Percent = Annotated[float, Strict(), Field(ge=0, le=100)]
 
@@ -34,10 +34,10 @@ class _Document(BaseModel):
 class ArmRoute(_Document):
     """Where one arm's requests go."""
 
-    upstream: str | None = Field(min_length=1)
-    """Base URL of the upstream; the request path is appended to it. None (JSON ``null``):
-    the proxy's application (its ``app_url``), allowed only for a release whose policy
-    names no ``target.upstreams``."""
+    upstream: HttpUrl | None
+    """Base URL of the upstream (no query or fragment); the request path is appended to
+    it. None (JSON ``null``): the proxy's application (its ``app_url``), allowed only for
+    a release whose policy names no ``target.upstreams``."""
 
     prompt_label: str | None = None
     """Langfuse label the app should fetch, sent as ``x-coalmine-prompt-label``."""
@@ -46,8 +46,8 @@ class ArmRoute(_Document):
 class ShadowRoute(_Document):
     """The mirrored copy of a sample of requests."""
 
-    upstream: str = Field(min_length=1)
-    """Base URL of the staging upstream."""
+    upstream: HttpUrl
+    """Base URL of the staging upstream (no query or fragment)."""
 
     percent: Percent
     """Share of eligible requests mirrored, in percent."""
@@ -149,21 +149,30 @@ def policy_upstreams(policy: Policy) -> frozenset[str]:
 
 def check_upstreams(table: RoutingTable, policy: Policy) -> None:
     """Raise ValueError when the table sends traffic anywhere the policy does not name:
-    an upstream the policy does not list, or the proxy's application (None) for a policy
-    that names upstreams of its own."""
-    allowed = policy_upstreams(policy)
-    app_allowed = policy.target.upstreams is None
-    used = [("baseline", table.baseline.upstream), ("canary", table.canary.upstream)]
-    if table.shadow is not None:
-        used.append(("shadow", table.shadow.upstream))
-    for arm, upstream in used:
-        if upstream is None and not app_allowed:
+    a live arm (baseline, canary) anywhere but the policy's stable or canary upstream
+    (never to the shadow's staging upstream), shadow copies anywhere but the policy's
+    shadow upstream (never to a live arm), or an arm to the proxy's application (None)
+    for a policy that names upstreams of its own."""
+    upstreams = policy.target.upstreams
+    live = set() if upstreams is None else {upstreams.stable, upstreams.canary} - {None}
+    staging = None if policy.shadow is None else policy.shadow.upstream
+    where = f"routing table of '{table.release}' v{table.version}"
+    arms = (("baseline", table.baseline.upstream), ("canary", table.canary.upstream))
+    for arm, upstream in arms:
+        if upstream is None and upstreams is not None:
             raise ValueError(
-                f"routing table of '{table.release}' v{table.version}: {arm} goes to the "
-                "proxy's application, but the release's policy names target.upstreams"
+                f"{where}: {arm} goes to the proxy's application, but the release's policy "
+                "names target.upstreams"
             )
-        if upstream is not None and upstream not in allowed:
-            raise ValueError(
-                f"routing table of '{table.release}' v{table.version}: {arm} upstream "
-                f"{upstream!r} is not named by the release's policy"
+        if upstream is not None and upstream not in live:
+            what = (
+                "the shadow's staging upstream, not one of the release's arms"
+                if upstream == staging
+                else "not named by the release's policy"
             )
+            raise ValueError(f"{where}: {arm} upstream {upstream!r} is {what}")
+    if table.shadow is not None and table.shadow.upstream != staging:
+        raise ValueError(
+            f"{where}: shadow upstream {table.shadow.upstream!r} is not the policy's "
+            f"shadow.upstream ({'none' if staging is None else repr(staging)})"
+        )
