@@ -68,7 +68,7 @@ LABEL_PATTERN: Final = r"^[a-z0-9_.-]+$"
 TOKEN_PATTERN: Final = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 METHOD_PATTERN: Final = r"^[A-Z]+$"
 PATH_PREFIX_PATTERN: Final = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"
-URL_PATTERN: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+"
+URL_PATTERN: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+[^?#\s]*$"
 
 PATTERN_MESSAGES: Final = {
     RELEASE_NAME_PATTERN: (

@@ -159,6 +159,14 @@ def test_example_satisfies_the_schema(path: Path) -> None:
         (lambda data: data.update(name="Upper"), "does not match"),
         (lambda data: data["analysis"]["metrics"][0].update(source="dollars"), "not in"),
         (lambda data: data["target"]["prompt"].update(stableLabel="UP"), "prompt: .* matches no"),
+        (
+            lambda data: data["target"].update(upstreams={"stable": "http://app:8000/v1?x=1"}),
+            "upstreams: .* matches no",
+        ),
+        (
+            lambda data: data["target"].update(upstreams={"stable": "http://app:8000/#top"}),
+            "upstreams: .* matches no",
+        ),
     ],
 )
 def test_schema_refuses_what_the_model_refuses(change: Any, where: str) -> None:
