@@ -10,6 +10,7 @@ Langfuse without waiting on either.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -76,6 +77,9 @@ class ProxyApp:
     ) -> None:
         self.releases = releases
         self.transport = transport
+        self.by_target = bool(getattr(transport, "honours_target", False))
+        """The transport sends the ``target`` extension as the request-target, so a
+        request's URL can be its upstream's, parsed once (see ``upstream_request``)."""
         self.metrics = metrics
         self.spans = spans
         self.shadow = ShadowMirror(shadow_transport, metrics, spans)
@@ -265,13 +269,7 @@ class _Exchange:
         answered for it."""
         plan = self.plan
         try:
-            request = httpx.Request(
-                plan.method,
-                plan.url,
-                headers=plan.headers,
-                content=content,
-                extensions={"timeout": plan.timeout},
-            )
+            request = upstream_request(plan, content, by_target=self.app.by_target)
             return await self.app.transport.handle_async_request(request)
         except (httpx.HTTPError, BodyTooLargeError) as error:
             failed = _call_failed(error, plan.arm, plan.body_limit)
@@ -333,6 +331,31 @@ class _CallFailed:
     status: int
     code: str
     message: str
+
+
+@functools.lru_cache(maxsize=256)
+def _base_url(upstream: str) -> tuple[httpx.URL, bytes]:
+    """An upstream's URL, parsed once, and its path without the trailing slash."""
+    url = httpx.URL(upstream)
+    return url, url.raw_path.rstrip(b"/")
+
+
+def upstream_request(
+    plan: Forward, content: bytes | AsyncIterator[bytes], *, by_target: bool
+) -> httpx.Request:
+    """The request to send upstream. With a transport that honours the ``target``
+    extension (as httpcore's does), its URL is the upstream's own, parsed once, and the
+    path and query go in ``target``: parsing a URL for every request costs the proxy a
+    fifth of its time. Any other transport gets the whole URL."""
+    extensions: dict[str, Any] = {"timeout": plan.timeout}
+    if by_target and plan.target.isascii():
+        url, base_path = _base_url(plan.upstream)
+        extensions["target"] = base_path + plan.target.encode("ascii")
+    else:
+        url = httpx.URL(plan.url)
+    return httpx.Request(
+        plan.method, url, headers=plan.headers, content=content, extensions=extensions
+    )
 
 
 def _call_failed(error: Exception, arm: Arm, limit: int) -> _CallFailed:

@@ -47,6 +47,7 @@ size, folded header lines) is a ``httpx.RemoteProtocolError``.
 from __future__ import annotations
 
 import asyncio
+import re
 import select
 import ssl
 import time
@@ -246,6 +247,7 @@ class _Connection(asyncio.Protocol):
         "limit",
         "loop",
         "parser",
+        "poller",
         "pool",
         "reading_paused",
         "reason",
@@ -271,6 +273,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_deadline = 0.0
         self.parser: httptools.HttpResponseParser | None = None
+        self.poller: select.poll | None = None
+        """Registered once with the connection's socket: the check before reuse."""
         self.write_paused = False
         self.drain_waiter: asyncio.Future[bool] | None = None
         self.waiter: asyncio.Future[bool] | None = None
@@ -295,6 +299,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.fileno() >= 0:
+            self.poller = select.poll()
+            self.poller.register(sock.fileno(), _READABLE)
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
@@ -492,15 +500,12 @@ class _Connection(asyncio.Protocol):
     def readable(self) -> bool:
         """Whether the upstream closed the idle connection or sent bytes on it that the
         event loop has not reported yet: either way it is not to be reused."""
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
+        if self.poller is None:
             return False
-        fd = sock.fileno()
-        if fd < 0:
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or sock.fileno() < 0:
             return True
-        poller = select.poll()
-        poller.register(fd, _READABLE)
-        return bool(poller.poll(0))
+        return bool(self.poller.poll(0))
 
     def _begin(self, head: bool) -> None:
         if self.parser is None:
@@ -690,15 +695,25 @@ def _may_send_again(request: httpx.Request, body: bytes | None, sent: bool, reus
     return reused and body is not None and request.method in _IDEMPOTENT
 
 
+_TARGET = re.compile(rb"/[\x21-\x7e]*")
+"""An origin-form request-target (RFC 9112 3.2.1) of visible ASCII: no space, control
+character or byte past 0x7e can end the request line early or add a line."""
+
+
 def _request_head(request: httpx.Request) -> tuple[bytes, bool]:
     """The request line and headers, and whether the body goes in chunked framing."""
     headers = request.headers.raw
     lines = _CRLF.join(map(_HEADER_SEPARATOR.join, headers))
+    target = request.extensions.get("target")
+    if target is None:
+        target = request.url.raw_path
+    elif not isinstance(target, bytes) or not _TARGET.fullmatch(target):
+        raise httpx.LocalProtocolError(f"not a request-target: {target!r}", request=request)
     head = b"".join(
         (
             request.method.encode("ascii"),
             b" ",
-            request.url.raw_path,
+            target,
             _REQUEST_VERSION,
             lines,
             _END_OF_HEAD if headers else _CRLF,
@@ -724,7 +739,12 @@ class PooledTransport(httpx.AsyncBaseTransport):
     ``max_idle_per_host`` connections are kept idle, each for at most ``idle_timeout``
     seconds. A response body is held in memory up to ``read_buffer_limit`` bytes
     before reading from the upstream pauses until the consumer catches up.
+
+    The request's ``target`` extension, when given, is the request-target sent (as
+    with httpcore): the URL then only says where to connect.
     """
+
+    honours_target = True
 
     def __init__(
         self,

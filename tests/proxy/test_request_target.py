@@ -1,0 +1,121 @@
+"""The request-target: the proxy's upstream request carries its upstream's URL, parsed
+once, and the path and query in the ``target`` extension; the transport sends exactly
+that target, and refuses one that could end the request line early."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy.app import upstream_request
+from proxy.headers import _RandomBytes, new_request_id
+from proxy.transport import PooledTransport
+from tests.proxy.raw_upstream import LOOPS, RawServer, Run, answer, answering, read_all, runner
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request: pytest.FixtureRequest) -> Run[Any]:
+    return runner(request.param)
+
+
+class _Plan:
+    """The parts of a forward plan ``upstream_request`` reads."""
+
+    def __init__(self, upstream: str, target: str) -> None:
+        self.method = "POST"
+        self.upstream = upstream
+        self.target = target
+        self.headers = [(b"x-tag", b"a")]
+        self.timeout = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
+
+    @property
+    def url(self) -> str:
+        return self.upstream.rstrip("/") + self.target
+
+
+@pytest.mark.parametrize(
+    ("upstream", "target", "sent"),
+    [
+        ("http://app:8000", "/v1/chat?x=1", b"/v1/chat?x=1"),
+        ("http://app:8000/", "/v1/chat", b"/v1/chat"),
+        ("http://app:8000/base/", "/v1/chat?x=%20", b"/base/v1/chat?x=%20"),
+        ("http://app:8000/base", "/", b"/base/"),
+    ],
+)
+def test_the_target_joins_the_upstreams_path_and_the_requests(
+    upstream: str, target: str, sent: bytes
+) -> None:
+    by_target = upstream_request(_Plan(upstream, target), b"{}", by_target=True)  # type: ignore[arg-type]
+    whole = upstream_request(_Plan(upstream, target), b"{}", by_target=False)  # type: ignore[arg-type]
+    assert by_target.extensions["target"] == sent
+    assert whole.url.raw_path == sent  # the same request as with the whole URL
+    assert by_target.url.netloc == whole.url.netloc == b"app:8000"
+    assert by_target.headers["host"] == whole.headers["host"] == "app:8000"
+    assert by_target.headers["content-length"] == "2"
+
+
+def test_a_target_that_is_not_ascii_falls_back_to_the_whole_url() -> None:
+    request = upstream_request(_Plan("http://app:8000", "/caf\u00e9"), b"", by_target=True)  # type: ignore[arg-type]
+    assert "target" not in request.extensions
+    assert request.url.raw_path == b"/caf%C3%A9"
+
+
+def test_the_transport_sends_the_target_as_given(run: Run[None]) -> None:
+    async def scenario() -> None:
+        async with RawServer(answering(lambda _: answer(b"ok"))) as server:
+            transport = PooledTransport()
+            try:
+                request = httpx.Request(
+                    "GET",
+                    server.url + "/ignored",
+                    extensions={"timeout": {}, "target": b"/v1/chat?x=1&y=%2F"},
+                )
+                response = await transport.handle_async_request(request)
+                assert await read_all(response) == b"ok"
+            finally:
+                await transport.aclose()
+        (received,) = server.requests
+        assert received.target == "/v1/chat?x=1&y=%2F"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"/a b", b"/a\r\nX-Injected: 1", b"/a\x00", b"a", b"", b"/\x7f", b"/\xc3\xa9", "/str"],
+)
+def test_a_target_that_could_break_the_request_line_is_refused(run: Run[None], target: Any) -> None:
+    async def scenario() -> None:
+        async with RawServer(answering(lambda _: answer(b"ok"))) as server:
+            transport = PooledTransport()
+            try:
+                request = httpx.Request(
+                    "GET", server.url, extensions={"timeout": {}, "target": target}
+                )
+                with pytest.raises(httpx.LocalProtocolError, match="not a request-target"):
+                    await transport.handle_async_request(request)
+            finally:
+                await transport.aclose()
+        assert server.requests == []
+
+    run(scenario())
+
+
+def test_ids_are_distinct_and_a_forked_child_draws_its_own() -> None:
+    ids = {new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000 and all(len(value) == 32 for value in ids)
+    source = _RandomBytes()
+    source.take(16)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what it draws next must not be what the parent draws next
+        os.write(write, source.take(16))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 16)
+    os.close(read)
+    os.close(write)
+    assert child != source.take(16)
