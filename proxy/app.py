@@ -22,6 +22,7 @@ import httpx
 
 from coalmine.shared.conventions import REQUEST_ID_HEADER
 from policies.domain import Arm
+from proxy.client_gone import CLIENT_GONE, ClientGone
 from proxy.errors import BodyTooLargeError, ClientGoneError, UpstreamCutError
 from proxy.headers import Headers, response_headers_for_client
 from proxy.metrics import ProxyMetrics, ShadowOutcome
@@ -146,7 +147,9 @@ class ProxyApp:
             return
         if plan.shadow_dropped:
             self.metrics.shadow_dropped(plan.release, ShadowOutcome.DROPPED_TOO_LARGE)
-        await _Exchange(self, plan, receive, send).run(start_ns)
+        gone = scope.get("extensions", {}).get(CLIENT_GONE, {}).get("gone")
+        watch = gone if isinstance(gone, ClientGone) else None
+        await _Exchange(self, plan, receive, send, watch).run(start_ns)
 
 
 class _Exchange:
@@ -161,6 +164,7 @@ class _Exchange:
 
     __slots__ = (
         "app",
+        "client_gone",
         "failure",
         "gone",
         "plan",
@@ -172,8 +176,18 @@ class _Exchange:
         "watcher",
     )
 
-    def __init__(self, app: ProxyApp, plan: Forward, receive: Receive, send: Send) -> None:
+    def __init__(
+        self,
+        app: ProxyApp,
+        plan: Forward,
+        receive: Receive,
+        send: Send,
+        client_gone: ClientGone | None = None,
+    ) -> None:
         self.app = app
+        self.client_gone = client_gone
+        """The server's word that the client went (coalmine's protocol gives one);
+        without it a task waits on ``receive()`` for ``http.disconnect``."""
         self.plan = plan
         self.receive = receive
         self.send = send
@@ -201,6 +215,8 @@ class _Exchange:
                 self.task.uncancel()
             self.failure = Failure.CLIENT_GONE
         finally:
+            if self.client_gone is not None:
+                self.client_gone.then = None
             if self.watcher is not None:
                 self.watcher.cancel()
             metrics.in_flight.dec()
@@ -251,7 +267,9 @@ class _Exchange:
 
     def _watch_disconnect(self) -> None:
         # only once the body is read: until then the body reader owns receive()
-        if self.watcher is None:
+        if self.client_gone is not None:
+            self.client_gone.then = self._gone
+        elif self.watcher is None:
             loop = asyncio.get_running_loop()
             self.watcher = loop.create_task(self._wait_for_disconnect())
 
@@ -259,10 +277,13 @@ class _Exchange:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                self.gone = True
-                if self.task is not None:
-                    self.task.cancel()
+                self._gone()
                 return
+
+    def _gone(self) -> None:
+        self.gone = True
+        if self.task is not None:
+            self.task.cancel()
 
     async def _call_upstream(self, content: bytes | AsyncIterator[bytes]) -> httpx.Response | None:
         """The upstream's response, or None when the call failed and the client has been

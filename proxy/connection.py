@@ -13,6 +13,11 @@ is sent on it, and adds a chunked body's trailers to the request's headers.
   (else 408 and close); a connection on which nothing arrives for ``idle_timeout``
   seconds, new or between two requests, is closed.
 - **trailers** are read and dropped: they never join the request's headers.
+
+It also tells the application when a client goes while its request is answered: each
+request's scope carries a ``ClientGone`` under the ``coalmine.client_gone`` extension,
+fired by ``connection_lost``, which spares the application a task per request that
+waits on ``receive()`` for ``http.disconnect``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import Any, ClassVar
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
+
+from proxy.client_gone import CLIENT_GONE, ClientGone
 
 
 class TimeoutPhase:
@@ -88,6 +95,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Armed once and re-armed only while a head is being read: one timer a
         connection, not one a request."""
         self._requests = 0
+        self._client_gone: ClientGone | None = None
 
     # connection
 
@@ -99,7 +107,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        cycle = self.cycle
+        answering = cycle is not None and not cycle.response_complete
         super().connection_lost(exc)
+        if answering and self._client_gone is not None:
+            self._client_gone.fire()
 
     def data_received(self, data: bytes) -> None:
         if self._in_head and self._head_started is None:
@@ -145,6 +157,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._bounded = self._in_head = False
         self._requests += 1
         self._head_started = None
+        self._client_gone = ClientGone()
+        self.scope.setdefault("extensions", {})[CLIENT_GONE] = {"gone": self._client_gone}
         super().on_headers_complete()
 
     def on_chunk_header(self) -> None:

@@ -163,3 +163,24 @@ def test_a_request_whole_in_time_is_served_and_its_connection_kept(
     with httpx.Client(base_url=proxy.url) as client:
         for _ in range(3):
             assert client.get("/v1/chat", headers={"x-user-id": "u"}).status_code == 200
+
+
+def test_a_client_going_away_cancels_the_upstream_call_without_a_watcher_task(
+    proxy: RunningProxy, stable: UpstreamServed
+) -> None:
+    # the production protocol says when the client goes (``proxy/client_gone.py``)
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(b"GET /hang HTTP/1.1\r\nHost: proxy.test\r\n\r\n")
+        wait_until(lambda: proxy.metric("coalmine_proxy_in_flight_requests") == 1.0)
+    wait_until(stable[0].cancelled.is_set, what="the upstream to see the disconnect")
+    wait_until(
+        lambda: (
+            proxy.metric(
+                "coalmine_proxy_client_disconnects_total", release="support", arm="baseline"
+            )
+            == 1.0
+        ),
+        what="the disconnect to be counted",
+    )
+    assert proxy.metric("coalmine_proxy_in_flight_requests") == 0.0
