@@ -57,6 +57,28 @@ def test_the_target_joins_the_upstreams_path_and_the_requests(
     assert by_target.headers["content-length"] == "2"
 
 
+@pytest.mark.parametrize(
+    ("method", "body", "headers"),
+    [
+        ("GET", b"", []),
+        ("POST", b"", []),
+        ("DELETE", b"", []),
+        ("POST", b'{"q": 1}', []),
+        ("POST", b'{"q": 1}', [(b"content-length", b"8")]),
+        ("PUT", b"", [(b"content-length", b"0"), (b"x-a", b"1")]),
+    ],
+)
+def test_the_framing_headers_are_the_ones_httpx_would_set(
+    method: str, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    plan = _Plan("http://app:8000/base", "/v1?x=1")
+    plan.method, plan.headers = method, headers
+    fast = upstream_request(plan, body, by_target=True)  # type: ignore[arg-type]
+    whole = upstream_request(plan, body, by_target=False)  # type: ignore[arg-type]
+    assert fast.headers.raw == whole.headers.raw
+    assert fast.read() == whole.read() == body
+
+
 def test_a_target_that_is_not_ascii_falls_back_to_the_whole_url() -> None:
     request = upstream_request(_Plan("http://app:8000", "/caf\u00e9"), b"", by_target=True)  # type: ignore[arg-type]
     assert "target" not in request.extensions
