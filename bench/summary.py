@@ -197,6 +197,8 @@ def render(out: Path) -> str:
     for report in (
         "emulator_speed.md",
         "proxy_speed.md",
+        "proxy_capacity.md",
+        "transport_choice.md",
         "controller_speed.md",
         "cluster_speed.md",
         "span_export.md",

@@ -3,9 +3,10 @@
 # replay throughput, emulator speed and proxy speed (next to nginx; scripts/bench-deps.sh
 # installs nginx and wrk with apt-get when they are missing), controller and cluster
 # speed, and the span exporter and the notification queue against the libraries that
-# could replace them (about 7 minutes of the total). Raw results go to bench/out/, the
-# tables to docs/benchmarks.md.
-# Takes about 25 minutes on 2 cores; RUNS=300 scripts/bench.sh for a quicker look.
+# could replace them (about 7 minutes of the total), the proxy's capacity on one core and
+# its upstream transport against httpx, httpcore and aiohttp (about 12 minutes). Raw
+# results go to bench/out/, the tables to docs/benchmarks.md.
+# Takes about 40 minutes on 2 cores; RUNS=300 scripts/bench.sh for a quicker look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -17,6 +18,8 @@ python -m bench.replay_speed --lines 1000000 --out bench/out
 python -m bench.emulator_speed --out bench/out
 scripts/bench-deps.sh
 python -m bench.proxy_speed --out bench/out
+python -m bench.proxy_capacity --out bench/out
+python -m bench.transport_choice --out bench/out
 python -m bench.controller_speed --out bench/out
 python -m bench.cluster_speed --out bench/out
 python -m bench.span_export --out bench/out
