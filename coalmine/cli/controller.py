@@ -4,8 +4,10 @@ in one process, the sidecar default)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -131,7 +133,7 @@ def register(app: typer.Typer) -> None:
         COALMINE_POLICY_RELOAD_INTERVAL seconds (5).
         """
         from proxy.routes import PolicyFeed  # noqa: PLC0415
-        from proxy.server import build_app, split_address  # noqa: PLC0415
+        from proxy.server import build_app, server_config, split_address  # noqa: PLC0415
 
         _logging(log_level)
         settings = _controller_settings(state=state, admin_listen=admin_listen)
@@ -160,7 +162,8 @@ def register(app: typer.Typer) -> None:
                 service.metrics.registry.register(_Merged(proxy_app.metrics.registry))
                 _serve_metrics(proxy_settings.metrics_listen, service.metrics.registry)
             servers = [
-                _uvicorn(proxy_app, proxy_settings.listen, "--listen", lifespan="on"),
+                # the proxy's own server settings: heads bounded, head and idle timeouts
+                _signal_free(server_config(proxy_app, proxy_settings)),
                 _uvicorn(service.admin_app(token), settings.admin_listen, "--admin-listen"),
             ]
             host, _ = split_address(proxy_settings.listen, "--listen")
@@ -216,24 +219,11 @@ def _run_with_workers(
         listening(f"proxy ({count} workers)", f"http://{proxy_settings.listen}", host, PROXY_GUARD)
         _listening_admin(settings.admin_listen)
         service.start()
-        # uvicorn raises the signal that stopped it again once it has stopped; with the
-        # default handlers that would end this process before its workers have drained
-        quiet = {sig: signal.signal(sig, _noted) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            if asyncio.run(_serve_all([admin], workers=pool)):
-                raise SystemExit(1)
-        finally:
-            for sig, handler in quiet.items():
-                signal.signal(sig, handler)
+        if asyncio.run(_serve_all([admin], workers=pool)):
+            raise SystemExit(1)
     finally:
         pool.stop(proxy_settings.graceful_shutdown_seconds + STOP_MARGIN_SECONDS)
         service.stop()
-
-
-def _noted(signum: int, _frame: Any) -> None:
-    logging.getLogger("coalmine.proxy.workers").info(
-        "%s: stopping the proxy workers", signal.Signals(signum).name
-    )
 
 
 def _logging(level: str) -> None:
@@ -348,12 +338,38 @@ def _uvicorn(app: Any, address: str, flag: str, *, lifespan: Literal["on", "off"
         log_level="warning",
         timeout_graceful_shutdown=30,
     )
-    return uvicorn.Server(config)
+    return _signal_free(config)
+
+
+def _signal_free(config: Any) -> Any:
+    """A uvicorn server that leaves SIGINT and SIGTERM to ``_serve_all``. uvicorn's own
+    handling raises the signal again once it has served, which ends the process before
+    the controller stops: the state file left locked, the Lease held until it runs
+    out, notifications in the queue lost."""
+    import uvicorn  # noqa: PLC0415
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server(config)
 
 
 async def _serve_all(servers: list[Any], workers: Any = None) -> bool:
     """Serve until one server stops (a signal, a failure) or one of the proxy ``workers``
     (a ``WorkerPool``) ends, then stop the others; whether a worker ended."""
+    loop = asyncio.get_running_loop()
+
+    def stop(sig: signal.Signals) -> None:
+        logging.getLogger("coalmine").info("%s: stopping", sig.name)
+        for server in servers:
+            if server.should_exit and sig is signal.SIGINT:
+                server.force_exit = True  # a second Ctrl-C: no more waiting
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
     tasks = [asyncio.create_task(server.serve()) for server in servers]
     watch = None if workers is None else asyncio.create_task(_first_worker_end(workers))
     await asyncio.wait(

@@ -194,3 +194,26 @@ def test_a_policy_added_to_the_watched_directory_is_routed_while_running(
             run.answer("/v1/chat", status=404)
         finally:
             run.stop()
+
+
+def test_run_serves_the_proxy_with_its_limits_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, app: tuple[Upstream, str]
+) -> None:
+    example = EXAMPLES_DIR / "prompt-canary.yaml"
+    _, app_url = app
+    with emulator_for(load_policy(example)) as emulator:
+        run = Run(example, tmp_path, app_url, emulator)
+        try:
+            run.answer("/v1/chat")
+            host, port = run.listen.split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as connection:
+                line = b"x-filler: " + b"a" * 70_000 + b"\r\n"
+                connection.sendall(b"GET /v1/chat HTTP/1.1\r\nHost: proxy.test\r\n" + line)
+                answer = connection.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        finally:
+            run.stop()
+        # the controller stopped in turn (scheduler, notifier, state), not killed by the
+        # signal raised again
+        assert run.process.returncode == 0, run.log_path.read_text()[-2000:]
+        assert "SIGTERM: stopping" in run.log_path.read_text()
