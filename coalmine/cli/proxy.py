@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -217,6 +218,7 @@ def run_proxy(
     except ValueError as error:
         raise InputError(str(error)) from None
     check_admin_token(settings)
+    check_state_file(settings)
     listening("proxy", f"http://{settings.listen}", host, PROXY_GUARD)
     if metrics_host is not None:
         listening(
@@ -271,3 +273,29 @@ def _run_workers(
         raise InputError(str(error)) from None
     if code:
         raise SystemExit(code)
+
+
+def check_state_file(settings: Any) -> None:
+    """Refuse at start a state file that is there but is not coalmine's (not SQLite, or
+    damaged): read as it is, it would only give a routing error on every look. A file not
+    there yet is fine: the controller creates it, and the proxy routes by its policies'
+    initial tables until then."""
+    from coalmine.shared.routing_tables.store import (  # noqa: PLC0415
+        BadStoreFileError,
+        SqliteRoutingStore,
+    )
+
+    path = settings.state
+    if settings.cluster or path is None or not Path(path).exists():
+        return
+    if Path(path).is_dir():
+        raise InputError(f"state file {path}: is a directory, not a file")
+    store = SqliteRoutingStore(Path(path), readonly=True)
+    try:
+        store.versions()
+    except BadStoreFileError as error:
+        raise InputError(f"state file {error}") from None
+    except sqlite3.OperationalError:
+        pass  # no routing table written yet, or the file busy: the refresher reads on
+    finally:
+        store.close()

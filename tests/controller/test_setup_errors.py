@@ -245,3 +245,46 @@ def test_routing_store_raises_a_typed_error_and_leaves_the_file(
     with pytest.raises(BadStoreFileError, match="not a SQLite state file"):
         store.versions()
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("garbage state file", "not a SQLite state file, or damaged"),
+        ("truncated state file", "not a SQLite state file, or damaged"),
+        ("state path is a directory", "is a directory"),
+    ],
+)
+def test_proxy_refuses_a_state_file_that_is_not_coalmines_with_one_line(
+    name: str,
+    says: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    case = CASES[name]
+    for variable in list(os.environ):
+        if variable.startswith(("COALMINE_", "LANGFUSE_")):
+            monkeypatch.delenv(variable)
+    for variable, value in _environment(tmp_path, case.arrange(tmp_path)).items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("COALMINE_ADMIN_TOKEN", "0123456789abcdef" * 3)
+    before = _snapshot(tmp_path / "state.db")
+    code = main(
+        [
+            "proxy",
+            "--policy",
+            str(EXAMPLES / "agent-canary.yaml"),
+            "--state",
+            str(tmp_path / "state.db"),
+            "--listen",
+            "127.0.0.1:0",
+            "--no-spans",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"coalmine: state file {tmp_path / 'state.db'}")
+    assert says in line
+    assert _snapshot(tmp_path / "state.db") == before
