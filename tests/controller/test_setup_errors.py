@@ -125,6 +125,16 @@ def _environment(work: Path, settings: dict[str, str]) -> dict[str, str]:
     return environment
 
 
+def _use_environment(monkeypatch: pytest.MonkeyPatch, work: Path, case: Case) -> None:
+    """This process's environment as ``case`` arranges it in ``work``, and nothing else of
+    coalmine's or Langfuse's."""
+    for variable in list(os.environ):
+        if variable.startswith(("COALMINE_", "LANGFUSE_")):
+            monkeypatch.delenv(variable)
+    for variable, value in _environment(work, case.arrange(work)).items():
+        monkeypatch.setenv(variable, value)
+
+
 def _check(case: Case, work: Path, code: int, stderr: str, before: bytes | str | None) -> None:
     assert code == 2, stderr
     assert "Traceback" not in stderr
@@ -176,11 +186,7 @@ def test_controller_refuses_a_bad_setup_with_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     case = CASES[name]
-    for variable in list(os.environ):
-        if variable.startswith(("COALMINE_", "LANGFUSE_")):
-            monkeypatch.delenv(variable)
-    for variable, value in _environment(tmp_path, case.arrange(tmp_path)).items():
-        monkeypatch.setenv(variable, value)
+    _use_environment(monkeypatch, tmp_path, case)
     before = _snapshot(tmp_path / "state.db")
     code = main(
         [
@@ -204,11 +210,7 @@ def test_proxy_refuses_a_weak_admin_token_with_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     case = CASES[name]
-    for variable in list(os.environ):
-        if variable.startswith(("COALMINE_", "LANGFUSE_")):
-            monkeypatch.delenv(variable)
-    for variable, value in _environment(tmp_path, case.arrange(tmp_path)).items():
-        monkeypatch.setenv(variable, value)
+    _use_environment(monkeypatch, tmp_path, case)
     code = main(
         [
             "proxy",
@@ -263,11 +265,7 @@ def test_proxy_refuses_a_state_file_that_is_not_coalmines_with_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     case = CASES[name]
-    for variable in list(os.environ):
-        if variable.startswith(("COALMINE_", "LANGFUSE_")):
-            monkeypatch.delenv(variable)
-    for variable, value in _environment(tmp_path, case.arrange(tmp_path)).items():
-        monkeypatch.setenv(variable, value)
+    _use_environment(monkeypatch, tmp_path, case)
     monkeypatch.setenv("COALMINE_ADMIN_TOKEN", "0123456789abcdef" * 3)
     before = _snapshot(tmp_path / "state.db")
     code = main(
