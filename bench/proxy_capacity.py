@@ -25,6 +25,11 @@ A fresh proxy serves each figure.
    the gap between consecutive events (20 ms when nothing stalls), stream duration, the
    proxy's CPU time per event and its peak RSS.
 
+``--baseline DIR`` adds a ``coalmine-baseline`` row to the first two figures: the
+proxy of another coalmine source tree (``git worktree add DIR REV``), run by this
+Python with DIR first on its import path, so that a change is measured against the
+code before it in the same run.
+
 Results: Markdown (stdout and ``<out>/proxy_capacity.md``, with the command, the load
 average before and after each figure) and ``<out>/proxy_capacity.json``. Needs nginx
 and wrk (``scripts/bench-deps.sh``); without nginx its rows are skipped with a note.
@@ -115,10 +120,32 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def _launch(name: str, workers: int, tmp: Path, arms: Sequence[int]) -> tuple[int, Launched]:
+_FROM_TREE = """
+import sys
+tree = sys.argv.pop(1)
+sys.meta_path[:] = [finder for finder in sys.meta_path if "editable" not in repr(finder)]
+sys.path.insert(0, tree)
+from coalmine.cli.main import main
+sys.argv[0] = "coalmine"
+main()
+"""
+"""Runs ``coalmine`` from the source tree given first: the editable install's finder
+would otherwise import this tree's packages."""
+
+
+def baseline_command(tree: Path) -> list[str]:
+    return [sys.executable, "-c", _FROM_TREE, str(tree), "proxy", "--no-spans", "--workers", "1"]
+
+
+def _launch(
+    name: str, workers: int, tmp: Path, arms: Sequence[int], baseline: Path | None = None
+) -> tuple[int, Launched]:
     port = _free_port()
     if name == "nginx":
         return port, nginx(tmp, port, arms)
+    if name == BASELINE:
+        assert baseline is not None
+        return port, coalmine(tmp, baseline_command(baseline), port, arms)
     base = coalmine_command()
     assert base is not None
     base = [part for part in base if part not in ("--workers", "1")] + ["--workers", str(workers)]
@@ -127,13 +154,19 @@ def _launch(name: str, workers: int, tmp: Path, arms: Sequence[int]) -> tuple[in
 
 @contextmanager
 def serving(
-    name: str, workers: int, tmp: Path, arms: Sequence[int], direct_pid: int, pinned: bool
+    name: str,
+    workers: int,
+    tmp: Path,
+    arms: Sequence[int],
+    direct_pid: int,
+    pinned: bool,
+    baseline: Path | None = None,
 ) -> Iterator[Target]:
     """A fresh proxy (or the upstream itself for ``direct``), pinned to ``PROXY_CPU``."""
     if name == "direct":
         yield Target("direct", arms[0], direct_pid, 1)
         return
-    port, launched = _launch(name, workers, tmp, arms)
+    port, launched = _launch(name, workers, tmp, arms, baseline)
     with launched as process:
         if pinned:
             pin(process.pid, PROXY_CPU)
@@ -348,8 +381,16 @@ class Results:
     wall_s: float = 0.0
 
 
-def _paths(has_nginx: bool) -> list[str]:
-    return ["direct", *(["nginx"] if has_nginx else []), "coalmine"]
+BASELINE = "coalmine-baseline"
+
+
+def _paths(has_nginx: bool, baseline: Path | None = None) -> list[str]:
+    return [
+        "direct",
+        *(["nginx"] if has_nginx else []),
+        "coalmine",
+        *([BASELINE] if baseline is not None else []),
+    ]
 
 
 FIGURES = ("throughput", "bursts", "streams")
@@ -364,11 +405,13 @@ class Plan:
     stream_counts: tuple[int, ...]
     wrk_seconds: int
     has_nginx: bool
+    baseline: Path | None = None
+    """Another coalmine source tree, measured beside this one."""
 
 
 def _throughput(plan: Plan, rig: Rig, results: Results) -> None:
-    for name in _paths(plan.has_nginx):
-        with serving(name, 1, rig.tmp, rig.arms, rig.upstream_pid, True) as target:
+    for name in _paths(plan.has_nginx, plan.baseline):
+        with serving(name, 1, rig.tmp, rig.arms, rig.upstream_pid, True, plan.baseline) as target:
             results.throughput.append(wrk(target, rig.script, True, plan.wrk_seconds))
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     _unpin(rig.upstream_pid)
@@ -383,8 +426,8 @@ def _throughput(plan: Plan, rig: Rig, results: Results) -> None:
 
 
 def _bursts_figure(plan: Plan, rig: Rig, results: Results) -> None:
-    for name in _paths(plan.has_nginx):
-        with serving(name, 1, rig.tmp, rig.arms, rig.upstream_pid, True) as target:
+    for name in _paths(plan.has_nginx, plan.baseline):
+        with serving(name, 1, rig.tmp, rig.arms, rig.upstream_pid, True, plan.baseline) as target:
             results.bursts.append(bursts(target, plan.seconds))
 
 
@@ -677,7 +720,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--figures", default=",".join(FIGURES), help="comma-separated")
     parser.add_argument("--wrk-seconds", type=int, default=WRK_SECONDS)
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
+    parser.add_argument(
+        "--baseline", type=Path, help="another coalmine source tree to measure beside this one"
+    )
     args = parser.parse_args(argv)
+    if args.baseline is not None and not (args.baseline / "proxy" / "app.py").is_file():
+        parser.error(f"--baseline: {args.baseline} is not a coalmine source tree")
     if (os.cpu_count() or 1) < 2:
         parser.error("needs 2 CPUs: one for the proxy, one for the load")
     if shutil.which("wrk") is None:
@@ -700,6 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tuple(int(count) for count in args.streams.split(",")),
         args.wrk_seconds,
         has_nginx,
+        args.baseline,
     )
     results = run(plan)
     text = markdown(command.strip(), results, plan)

@@ -1,38 +1,62 @@
-"""Client connections held to limits while their requests are read.
+"""The proxy's client connections: HTTP/1.1 on httptools, held to limits, serving one
+ASGI application.
 
-uvicorn's httptools protocol buffers a request head without bound until it is whole (the
-parser keeps each header line in memory however long it grows), waits for a head as
-long as a client cares to trickle it, keeps a new connection open for good when nothing
-is sent on it, and adds a chunked body's trailers to the request's headers.
-``BoundedHttpToolsProtocol`` is that protocol with limits, keeping httptools' parser:
+uvicorn's own httptools protocol is general: it serves any ASGI application, and pays
+for that on every request (a fresh event per request, header checks by regular
+expression, a write for the response head and another for each body part). This
+protocol serves the proxy alone (``ProxyApp``, or any ASGI app that answers with
+``http.response.start`` then ``http.response.body`` messages), under uvicorn's
+``Server`` (sockets, workers, signals, lifespan and graceful shutdown stay uvicorn's):
 
 - **size**: a request head (request line and header lines) is fed to the parser no
   further than ``max_head_bytes``; past it the client gets 431 and the connection is
   closed. Trailers are held to the same size (past it the connection is closed).
 - **time**: a head must be whole within ``header_timeout`` seconds of its first byte
-  (else 408 and close); a connection on which nothing arrives for ``idle_timeout``
-  seconds, new or between two requests, is closed.
+  (else 408 and close); a request body may not stall (no byte) for ``body_timeout``
+  seconds (else 408, or a plain close once the response has begun); a connection on
+  which nothing arrives for ``idle_timeout`` seconds, new or between two requests, is
+  closed.
 - **trailers** are read and dropped: they never join the request's headers.
+- **framing** (RFC 9112): the response head goes out with the first part of its body, in
+  one write; a response without a length goes chunked to an HTTP/1.1 client and ends the
+  connection for an HTTP/1.0 one; a response to HEAD, and a 204 or 304, carries no body.
+  Pipelined requests are answered in order, one at a time. A request asking for an
+  upgrade is answered as any other, and its connection closed after the response (the
+  proxy upgrades nothing). A head the parser refuses gets 400 and the connection closed.
+- **flow**: reading pauses while a request body waits unread beyond 64 KiB, and a
+  response body waits while the client's write buffer is full.
 
 It also tells the application when a client goes while its request is answered: each
 request's scope carries a ``ClientGone`` under the ``coalmine.client_gone`` extension,
 fired by ``connection_lost``, which spares the application a task per request that
 waits on ``receive()`` for ``http.disconnect``.
+
+Not supported, since the proxy is not configured with them: uvicorn's
+``limit_concurrency``, ``root_path``, access log and WebSocket upgrades.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import unquote
 
+import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from proxy.client_gone import CLIENT_GONE, ClientGone
+from proxy.flow import WriteFlow
+
+log = logging.getLogger("coalmine.proxy")
+
+BODY_BUFFER_BYTES = 65536
+"""Request body bytes held unread before reading from the client pauses."""
 
 
 class TimeoutPhase:
@@ -42,6 +66,8 @@ class TimeoutPhase:
     """A request head not whole in time: 408."""
     IDLE = "idle"
     """A new connection on which no request began in time."""
+    BODY = "body"
+    """A request body that stalled: 408 (or closed once the response had begun)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,24 +77,88 @@ class ConnectionLimits:
     max_head_bytes: int = 65536
     header_timeout: float = 10.0
     idle_timeout: float = 5.0
+    body_timeout: float = 60.0
     on_refused: Callable[[str], None] = lambda _reason: None
-    """Called with the refused-requests reason (``headers_too_large``, ``header_timeout``)."""
+    """Called with the refused-requests reason (``headers_too_large``, ``header_timeout``,
+    ``body_timeout``)."""
     on_timeout: Callable[[str], None] = lambda _phase: None
     """Called with a ``TimeoutPhase`` when a connection is cut for time."""
 
 
-def protocol_with(limits: ConnectionLimits) -> type[BoundedHttpToolsProtocol]:
+def protocol_with(limits: ConnectionLimits) -> type[ProxyHttpProtocol]:
     """The protocol class to give uvicorn (``Config(http=...)``), bound to ``limits``."""
 
-    class Bounded(BoundedHttpToolsProtocol):
+    class Bounded(ProxyHttpProtocol):
         pass
 
     Bounded.limits = limits
     return Bounded
 
 
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with bounded heads, trailers and waits."""
+def _status_line(status: int) -> bytes:
+    from http import HTTPStatus  # noqa: PLC0415 (only while the table is built)
+
+    try:
+        phrase = HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_NO_BODY_STATUS = frozenset({204, 304})
+_DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
+_CONNECTION_CLOSE = b"connection: close\r\n"
+_CHUNKED_HEADER = b"transfer-encoding: chunked\r\n"
+
+
+class _Cycle:
+    """One request on the connection and its response, as far as each has gone."""
+
+    __slots__ = (
+        "body",
+        "chunked",
+        "continue_expected",
+        "delivered",
+        "disconnected",
+        "gone",
+        "head_only",
+        "keep_alive",
+        "left",
+        "more_body",
+        "pending",
+        "response_complete",
+        "response_started",
+        "scope",
+        "waiter",
+    )
+
+    def __init__(self, scope: dict[str, Any], keep_alive: bool, continue_expected: bool) -> None:
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.continue_expected = continue_expected
+        self.head_only = scope["method"] == "HEAD"
+        self.body = bytearray()
+        self.more_body = True
+        self.delivered = False
+        """The request's last body message went to the application."""
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.chunked = False
+        self.left: int | None = None
+        """Body bytes the response's Content-Length still expects; None: no length."""
+        self.pending = b""
+        """The response head, held until the first body part goes with it."""
+        self.waiter: asyncio.Future[None] | None = None
+        self.gone = ClientGone()
+
+
+class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
+    """An HTTP/1.1 server connection for one ASGI application, with bounded heads,
+    trailers and waits."""
 
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
 
@@ -79,8 +169,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self.timeout_keep_alive = self.limits.idle_timeout  # type: ignore[assignment]
+        if not config.loaded:
+            config.load()
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.server_state = server_state
+        self.app_state = app_state
+        self.parser = httptools.HttpRequestParser(self)
+        # answer a request that came before the client's close (RFC 9112 9.6)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.server: tuple[str, int] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.cycle: _Cycle | None = None
+        """The request being answered (or whose body is being read)."""
+        self.reading: _Cycle | None = None
+        """The request whose head or body the parser is in."""
+        self.pipeline: deque[_Cycle] = deque()
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.continue_expected = False
+        self.upgrade = False
+        self.read_paused = False
+        WriteFlow.__init__(self)
+        self.idle_timer: asyncio.TimerHandle | None = None
+        """Armed once and re-armed only when it fires early, as the head timer is."""
+        self.idle_from: float | None = None
+        """Since when nothing has been asked of the connection (loop time); None while a
+        request is read or answered."""
+        self.closing = False
         self._bounded = True
         """Reading a head, or a chunked body's trailers: what the parser keeps whole."""
         self._in_head = True
@@ -95,25 +213,58 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Armed once and re-armed only while a head is being read: one timer a
         connection, not one a request."""
         self._requests = 0
-        self._client_gone: ClientGone | None = None
+        self.refusal = b""
+        """A refusal held until the responses on their way have gone out."""
+        self._body_timer: asyncio.TimerHandle | None = None
+        """Armed while a request body is read, re-armed only when it fires early."""
+        self._body_from = 0.0
+        """When the last byte of the request body being read arrived (loop time)."""
 
-    # connection
+    # -- connection ----------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.limits.idle_timeout, self._idle_too_long
-        )
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server_state.connections.add(self)  # type: ignore[arg-type]
+        self.server = _address(transport.get_extra_info("sockname"))
+        self.client = _address(transport.get_extra_info("peername"))
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        self._idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)
+        self.closing = True
         self._stop_head_timer()
+        self._stop_idle_timer()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        for cycle in (self.cycle, *self.pipeline):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                _wake(cycle)
         cycle = self.cycle
-        answering = cycle is not None and not cycle.response_complete
-        super().connection_lost(exc)
-        if answering and self._client_gone is not None:
-            self._client_gone.fire()
+        if cycle is not None and not cycle.response_complete:
+            cycle.gone.fire()
+        self.release_writer()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def write_lost(self) -> bool:
+        return self.closing
+
+    def shutdown(self) -> None:
+        """The server stops: close now when idle, else after the response on its way."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.close()
+        else:
+            cycle.keep_alive = False
+            self.pipeline.clear()
 
     def data_received(self, data: bytes) -> None:
+        self.idle_from = None
         if self._in_head and self._head_started is None:
             self._head_started = self.loop.time()
             if self._head_timer is None:
@@ -133,33 +284,88 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             data = data[len(piece) :]
             counted = self._bounded
             self._entered = False
-            super().data_received(piece)
-            if self.parser is None or self.transport.is_closing():
+            if not self._feed(piece):
                 return
-            if self.transport.get_protocol() is not self:
-                return  # upgraded: the new protocol reads the rest
             if counted and self._bounded and not self._entered:
                 self._bounded_bytes += len(piece)
+        if self.reading is not None:
+            self._watch_body()
 
-    # parser callbacks
+    def _feed(self, data: bytes) -> bool:
+        """Parse ``data``; False when the connection is done reading."""
+        if self.closing or self.upgrade or self.refusal or self.transport.is_closing():
+            return False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # the rest of the stream would be another protocol's: read no further
+            self.upgrade = True
+            self._stop_head_timer()
+            return False
+        except (httptools.HttpParserError, httptools.HttpParserInvalidURLError) as error:
+            self._refuse(400, "bad_request", f"invalid HTTP request: {error}")
+            return False
+        return not self.transport.is_closing() and not self.refusal
+
+    # -- parser callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._head_done = False
-        super().on_message_begin()
+        self.url = b""
+        self.headers = []
+        self.continue_expected = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._head_done:
             return  # a trailer: read, never forwarded
-        super().on_header(name, value)
+        name = name.lower()
+        # llhttp keeps trailing whitespace, which is no part of the value (RFC 9110 5.5)
+        value = value.rstrip(b" \t")
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.continue_expected = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._head_done = True
         self._bounded = self._in_head = False
         self._requests += 1
         self._head_started = None
-        self._client_gone = ClientGone()
-        self.scope.setdefault("extensions", {})[CLIENT_GONE] = {"gone": self._client_gone}
-        super().on_headers_complete()
+        parser = self.parser
+        version = parser.get_http_version()
+        parsed = httptools.parse_url(self.url)
+        raw_path: bytes = parsed.path
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path, encoding="latin-1") if not path.isascii() else unquote(path)
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": "",
+            "method": parser.get_method().decode("ascii"),
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": parsed.query or b"",
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
+        # the proxy upgrades nothing: an upgrade asked for ends the connection, and says so
+        keep_alive = version != "1.0" and parser.should_keep_alive() and not parser.should_upgrade()
+        # an HTTP/1.0 client's expectation is ignored (RFC 9110 10.1.1)
+        cycle = _Cycle(scope, keep_alive, self.continue_expected and version != "1.0")
+        scope["extensions"] = {CLIENT_GONE: {"gone": cycle.gone}}
+        self.reading = cycle
+        if self.cycle is None or self.cycle.response_complete:
+            self._start(cycle)
+        else:
+            self.pipeline.append(cycle)
+            self._pause_reading()
 
     def on_chunk_header(self) -> None:
         # the last chunk's header is followed by the trailers, kept whole by the parser
@@ -167,16 +373,211 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._bounded = False
-        super().on_body(body)
+        cycle = self.reading
+        if cycle is None or cycle.response_complete:
+            return
+        cycle.body += body
+        if len(cycle.body) > BODY_BUFFER_BYTES:
+            self._pause_reading()
+        _wake(cycle)
 
     def on_chunk_complete(self) -> None:
         self._bounded = False
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        cycle = self.reading
+        if cycle is not None:
+            cycle.more_body = False
+            _wake(cycle)
+            self.reading = None
         self._enter_bounded(head=True)
 
-    # limits
+    # -- requests and responses --------------------------------------------------------
+
+    def _start(self, cycle: _Cycle) -> None:
+        self.cycle = cycle
+        task = self.loop.create_task(self._run(cycle))
+        tasks = self.server_state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _run(self, cycle: _Cycle) -> None:
+        async def receive() -> dict[str, Any]:
+            return await self._receive(cycle)
+
+        async def send(message: dict[str, Any]) -> None:
+            await self._send(cycle, message)
+
+        try:
+            await self.app(cycle.scope, receive, send)
+        except BaseException as error:
+            if not isinstance(error, asyncio.CancelledError):
+                log.error("the proxy failed on a request", exc_info=error)
+            self._unanswered(cycle)
+            if not isinstance(error, Exception):
+                raise
+        else:
+            self._unanswered(cycle)
+
+    def _unanswered(self, cycle: _Cycle) -> None:
+        """The application is done with a request: a response it did not begin is a
+        500; one it began and did not end is cut, and so is the connection."""
+        if cycle.response_complete or cycle.disconnected:
+            return
+        if cycle.response_started:
+            self.transport.close()
+        else:
+            self._answer_500(cycle)
+
+    async def _receive(self, cycle: _Cycle) -> dict[str, Any]:
+        if cycle.continue_expected:
+            cycle.continue_expected = False
+            if not cycle.response_started and not self.transport.is_closing():
+                self.transport.write(_CONTINUE)
+        # once the whole body is delivered, receive() waits for http.disconnect (ASGI)
+        while (
+            not cycle.disconnected
+            and not cycle.response_complete
+            and (cycle.delivered or (not cycle.body and cycle.more_body))
+        ):
+            self._resume_reading()
+            waiter = asyncio.get_running_loop().create_future()
+            cycle.waiter = waiter
+            try:
+                await waiter
+            finally:
+                cycle.waiter = None
+        if cycle.disconnected or cycle.response_complete:
+            return _DISCONNECT
+        body = bytes(cycle.body)
+        cycle.body.clear()
+        if self.read_paused and cycle is self.reading:
+            self._resume_reading()
+        cycle.delivered = not cycle.more_body
+        return {"type": "http.request", "body": body, "more_body": cycle.more_body}
+
+    async def _send(self, cycle: _Cycle, message: dict[str, Any]) -> None:
+        if self.write_paused and not cycle.disconnected:
+            await self.wait_writable()
+        if cycle.disconnected:
+            return
+        kind = message["type"]
+        if not cycle.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"expected http.response.start, got {kind!r}")
+            cycle.response_started = True
+            cycle.continue_expected = False
+            cycle.pending = self._response_head(cycle, message["status"], message["headers"])
+            return
+        if cycle.response_complete or kind != "http.response.body":
+            raise RuntimeError(f"unexpected {kind!r} after the response")
+        more = message.get("more_body", False)
+        body = self._framed(cycle, message.get("body", b""), more)
+        if cycle.pending:
+            body = cycle.pending + body
+            cycle.pending = b""
+        if body:
+            self.transport.write(body)
+        if not more:
+            if cycle.left and not cycle.head_only:
+                raise RuntimeError("response body shorter than its Content-Length")
+            self._complete(cycle)
+
+    @staticmethod
+    def _framed(cycle: _Cycle, body: bytes, more: bool) -> bytes:
+        """A part of the response body as it goes on the wire."""
+        if cycle.head_only:
+            body = b""
+        elif cycle.chunked:
+            if body:
+                body = b"%x\r\n%b\r\n" % (len(body), body)
+            if not more:
+                body += _LAST_CHUNK
+        elif cycle.left is not None:
+            cycle.left -= len(body)
+            if cycle.left < 0:
+                raise RuntimeError("response body longer than its Content-Length")
+        return body
+
+    def _response_head(self, cycle: _Cycle, status: int, headers: Any) -> bytes:
+        lines = [_STATUS_LINES[status]]
+        length: int | None = None
+        chunked = close = False
+        for name, value in (*self.server_state.default_headers, *headers):
+            lowered = name.lower()
+            if lowered == b"content-length":
+                length = int(value)
+            elif lowered == b"transfer-encoding":
+                chunked = value.lower() == b"chunked"
+                if cycle.scope["http_version"] != "1.1":
+                    continue  # never sent to an HTTP/1.0 client (RFC 9112 6.1)
+            elif lowered == b"connection":
+                close = b"close" in value.lower()
+            lines.append(b"%b: %b\r\n" % (lowered, value))
+        if close:
+            cycle.keep_alive = False
+        if _frame(cycle, status, length, chunked):
+            lines.append(_CHUNKED_HEADER)
+        if not cycle.keep_alive and not close:
+            lines.append(_CONNECTION_CLOSE)
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        # one CR and one LF a line: more would be lines injected by a header's value
+        ends = len(lines)
+        if head.count(b"\n") != ends or head.count(b"\r") != ends or b"\0" in head:
+            raise RuntimeError("a response header contains a line break or NUL")
+        return head
+
+    def _complete(self, cycle: _Cycle) -> None:
+        cycle.response_complete = True
+        _wake(cycle)
+        self.server_state.total_requests += 1
+        if not cycle.keep_alive or self.upgrade:
+            self.transport.close()
+            return
+        if self.transport.is_closing():
+            return
+        if self.pipeline:
+            self._start(self.pipeline.popleft())
+            if not self.pipeline:
+                self._resume_reading()
+        elif self.refusal:
+            self.transport.write(self.refusal)
+            self.transport.close()
+        else:
+            self._resume_reading()
+            self._idle()
+
+    def _answer_500(self, cycle: _Cycle) -> None:
+        body = json.dumps(
+            {"error": {"code": "internal_error", "message": "the proxy failed"}}
+        ).encode()
+        self.transport.write(
+            b"".join(
+                (
+                    _STATUS_LINES[500],
+                    b"content-type: application/json\r\n",
+                    b"content-length: %d\r\n" % len(body),
+                    _CONNECTION_CLOSE,
+                    b"\r\n",
+                    body,
+                )
+            )
+        )
+        cycle.response_started = cycle.response_complete = True
+        self.transport.close()
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and not self.pipeline and not self.refusal:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    # -- limits ------------------------------------------------------------------------
 
     def _enter_bounded(self, *, head: bool) -> None:
         self._bounded = self._entered = True
@@ -187,6 +588,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _stop_idle_timer(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
 
     def _answering(self) -> bool:
         """A response is being sent on this connection now (a pipelined request's)."""
@@ -219,27 +625,115 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         seconds = f"{self.limits.header_timeout:g}"
         self._refuse(408, "header_timeout", f"the request head took over {seconds} s")
 
+    def _watch_body(self) -> None:
+        """A request body is being read: its time counts from now."""
+        self._body_from = self.loop.time()
+        if self._body_timer is None:
+            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_too_slow)
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        cycle = self.reading
+        if cycle is None or self.transport.is_closing():
+            return  # no body being read: armed again for the next one
+        left = self._body_from + self.limits.body_timeout - self.loop.time()
+        if left > 0:
+            self._body_timer = self.loop.call_later(left, self._body_too_slow)
+            return
+        self.limits.on_timeout(TimeoutPhase.BODY)
+        self.limits.on_refused("body_timeout")
+        answered = cycle.response_started
+        cycle.response_started = cycle.disconnected = True
+        _wake(cycle)  # the application reads a disconnect
+        if answered or cycle is not self.cycle:
+            self.transport.close()
+            return
+        seconds = f"{self.limits.body_timeout:g}"
+        message = f"the request body stalled for over {seconds} s"
+        self._refuse(408, "body_timeout", message, own=True)
+
+    def _idle(self) -> None:
+        self.idle_from = self.loop.time()
+        if self.idle_timer is None:
+            self.idle_timer = self.loop.call_later(self.limits.idle_timeout, self._idle_too_long)
+
     def _idle_too_long(self) -> None:
-        self.timeout_keep_alive_task = None
-        if self.transport.is_closing():
+        self.idle_timer = None
+        idle_from = self.idle_from
+        if idle_from is None or self.transport.is_closing():
+            return  # busy: armed again once idle
+        left = idle_from + self.limits.idle_timeout - self.loop.time()
+        if left > 0:  # armed for an earlier wait; this one has time left
+            self.idle_timer = self.loop.call_later(left, self._idle_too_long)
             return
         if self._requests == 0:
             self.limits.on_timeout(TimeoutPhase.IDLE)
         self.transport.close()
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer with the proxy's JSON error and close; only close when another
-        request's response is on its way (the two would mix)."""
+    def _refuse(self, status: int, code: str, message: str, *, own: bool = False) -> None:
+        """Answer with the proxy's JSON error and close: at once when no response is on
+        its way, else once those on their way have gone out (the two would mix).
+        ``own``: the response on its way is this request's, not begun: answer all the
+        same."""
         self._stop_head_timer()
-        if not self._answering():
-            body = json.dumps({"error": {"code": code, "message": message}}).encode()
-            head = [STATUS_LINE[status]]
-            for name, value in self.server_state.default_headers:
-                head += [name, b": ", value, b"\r\n"]
-            head += [
-                b"content-type: application/json\r\n",
-                b"content-length: %d\r\n" % len(body),
-                b"connection: close\r\n\r\n",
-            ]
-            self.transport.write(b"".join(head) + body)
+        cycle, reading = self.cycle, self.reading
+        if not own and cycle is not None and cycle is reading:
+            if cycle.response_started:
+                self.transport.close()  # the request answered is cut: so is its response
+                return
+            # its answer has not begun: the refusal is its answer, and its application
+            # reads a disconnect
+            cycle.disconnected = True
+            _wake(cycle)
+            own = True
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        head = [_STATUS_LINES[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            _CONNECTION_CLOSE,
+            b"\r\n",
+        ]
+        refusal = b"".join(head) + body
+        if not own and self._answering():
+            # another request's response is on its way: the refusal follows the last one
+            if reading is not None and reading in self.pipeline:
+                self.pipeline.remove(reading)  # cut in its body: never answered
+            self.refusal = refusal
+            self._pause_reading()
+            return
+        self.transport.write(refusal)
         self.transport.close()
+
+
+def _frame(cycle: _Cycle, status: int, length: int | None, chunked: bool) -> bool:
+    """Sets how the response's body goes on the wire (RFC 9112 6.3); True when the
+    proxy chunks a body that came without a length."""
+    no_body = cycle.head_only or status in _NO_BODY_STATUS or status < 200
+    http11 = cycle.scope["http_version"] == "1.1"
+    if no_body:
+        cycle.left = 0  # whatever its fields say
+    elif chunked and http11:
+        cycle.chunked = True
+    elif length is not None:
+        cycle.left = length
+    elif http11:
+        cycle.chunked = True
+        return True
+    else:
+        cycle.keep_alive = False  # the body ends where the connection does
+    return False
+
+
+def _wake(cycle: _Cycle) -> None:
+    waiter = cycle.waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+def _address(info: Any) -> tuple[str, int] | None:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return str(info[0]), int(info[1])
+    return None

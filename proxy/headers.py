@@ -9,6 +9,7 @@ request's one id (``request_id``), so the upstream sees exactly one.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -64,13 +65,18 @@ def connection_tokens(headers: Headers) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
-def request_headers_for_upstream(headers: Headers) -> Headers:
-    """The client's headers minus hop-by-hop, Host, length, trace and ``x-coalmine-*``.
+def request_headers_for_upstream(
+    headers: Headers, replaced: frozenset[bytes] = frozenset()
+) -> Headers:
+    """The client's headers minus hop-by-hop, Host, length, trace, ``x-coalmine-*`` and
+    the ``replaced`` names.
 
     Content length and trace context are set again by the proxy; Host comes from the
     upstream URL.
     """
     named = connection_tokens(headers)
+    if replaced:
+        named = named | replaced
     return [
         (name, value)
         for name, value in headers
@@ -195,6 +201,7 @@ def cookie_value(cookie_header: str, name: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def host_is_valid(value: bytes) -> bool:
     """Whether a ``Host`` field value is ``uri-host [ ":" port ]`` (RFC 9110 section 7.2,
     RFC 3986 section 3.2.2): an IP literal in brackets, or a reg-name (IPv4 addresses are

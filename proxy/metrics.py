@@ -171,12 +171,13 @@ class ProxyMetrics:
         self.client_timeouts = Counter(
             "coalmine_proxy_client_timeouts",
             "Client connections cut for time, by phase: head (a request head not whole "
-            "within the header timeout, answered 408), idle (a new connection that sent no "
-            "request within the idle timeout).",
+            "within the header timeout, answered 408), body (a request body that stalled "
+            "for the body timeout), idle (a new connection that sent no request within the "
+            "idle timeout).",
             ["phase"],
             registry=r,
         )
-        for phase in ("head", "idle"):
+        for phase in ("head", "body", "idle"):
             self.client_timeouts.labels(phase)
         self._request_children = lru_cache(maxsize=4096)(self._children)
 

@@ -27,7 +27,9 @@ class Failure(StrEnum):
     """The request body was over the limit (answered 413)."""
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: one is made for every request, and a frozen dataclass sets each of
+# its fields through object.__setattr__
+@dataclass(slots=True)
 class RequestOutcome:
     """One request as the proxy saw it. Times are nanoseconds since the epoch."""
 

@@ -101,7 +101,9 @@ class SystemChance:
     new_span_id = staticmethod(new_span_id)
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: one is made for every request, and a frozen dataclass sets each of
+# its fields through object.__setattr__
+@dataclass(slots=True)
 class RequestHead:
     """What the plan reads of a request: everything that arrives before its body."""
 
@@ -180,7 +182,9 @@ class ShadowPlan:
     """The canary's prompt label: staging runs the candidate."""
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: one is made for every request, and a frozen dataclass sets each of
+# its fields through object.__setattr__
+@dataclass(slots=True)
 class Forward:
     """Send the request to one arm's upstream, and maybe a copy to staging."""
 
@@ -194,6 +198,8 @@ class Forward:
     """Path and query, appended to the upstream's base URL."""
     headers: Headers
     """The request headers sent upstream, in order."""
+    content_length: int | None
+    """The body's length as the client declared it (its header is in ``headers``)."""
     request_id: str
     trace: TraceContext
     prompt_label: str | None
@@ -339,6 +345,7 @@ def plan_request(
         path=path.decoded,
         target=path.raw + question + query,
         headers=headers,
+        content_length=seen.content_length,
         request_id=rid,
         trace=trace,
         prompt_label=route.prompt_label,
@@ -436,22 +443,31 @@ def _forced_arm(seen: _Incoming, settings: PlanSettings, client: str, rid: str) 
     return arm
 
 
+_REPLACED_FOR: Final = frozenset({b"x-forwarded-for"})
+_REPLACED_HOST: Final = frozenset({b"x-forwarded-host"})
+_REPLACED_BOTH: Final = _REPLACED_FOR | _REPLACED_HOST
+_REPLACED: Final = {
+    (False, False): frozenset[bytes](),
+    (True, False): _REPLACED_FOR,
+    (False, True): _REPLACED_HOST,
+    (True, True): _REPLACED_BOTH,
+}
+
+
 def _forwarded_headers(head: RequestHead, seen: _Incoming) -> Headers:
     """The client's headers as any upstream gets them, with the ``X-Forwarded-*`` the
     proxy adds."""
-    headers = request_headers_for_upstream(head.headers)
+    replaced = _REPLACED[head.client is not None, seen.host is not None]
+    headers = request_headers_for_upstream(head.headers, replaced)
     if head.client is not None:
         forwarded = head.client
         if seen.forwarded_for:
             forwarded = f"{seen.forwarded_for}, {forwarded}"
-        headers = [(n, v) for n, v in headers if n != b"x-forwarded-for"]
         headers.append((b"x-forwarded-for", forwarded.encode("latin-1")))
     if seen.forwarded_proto is None:
         headers.append((b"x-forwarded-proto", head.scheme.encode()))
-    if seen.host is not None:
-        headers = [(n, v) for n, v in headers if n != b"x-forwarded-host"]
-        if seen.host:
-            headers.append((b"x-forwarded-host", seen.host.encode("latin-1")))
+    if seen.host:
+        headers.append((b"x-forwarded-host", seen.host.encode("latin-1")))
     return headers
 
 

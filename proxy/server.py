@@ -207,6 +207,7 @@ def connection_limits(settings: ProxySettings, metrics: ProxyMetrics) -> Connect
     return ConnectionLimits(
         max_head_bytes=settings.max_header_bytes,
         header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
         idle_timeout=settings.idle_timeout_seconds,
         on_refused=lambda reason: metrics.refused.labels(reason).inc(),
         on_timeout=lambda phase: metrics.client_timeouts.labels(phase).inc(),

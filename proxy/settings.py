@@ -50,6 +50,10 @@ class ProxySettings(LangfuseConnection, AdminToken, ClusterSettings):
     """Seconds a client has from the first byte of a request head to its end; a head not
     whole in time is answered 408 and its connection closed."""
 
+    body_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """Seconds a request body may stall (no byte arriving) while it is read; then the
+    client gets 408 (or, once the response has begun, the connection is closed)."""
+
     idle_timeout_seconds: float = Field(default=5.0, gt=0, le=3600)
     """Seconds a client connection may stay silent before a request, when new or between
     two requests; then it is closed."""

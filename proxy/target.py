@@ -64,6 +64,8 @@ def target_path(raw: str) -> TargetPath:
 
     Raises BadPathError for a path that is refused.
     """
+    if "." not in raw and "%" not in raw and raw.startswith("/"):
+        return TargetPath(raw, raw)  # nothing to resolve or decode
     resolved = remove_dot_segments(raw)
     decoded = unquote(resolved, errors="replace") if "%" in resolved else resolved
     if decoded != resolved and any(segment in (".", "..") for segment in decoded.split("/")):

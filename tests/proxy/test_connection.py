@@ -14,7 +14,7 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from proxy.connection import BoundedHttpToolsProtocol, ConnectionLimits, protocol_with
+from proxy.connection import ConnectionLimits, ProxyHttpProtocol, protocol_with
 
 LIMIT = 4096
 HEADER_TIMEOUT = 10.0
@@ -111,7 +111,7 @@ class Reported:
 
 @dataclass
 class Connection:
-    protocol: BoundedHttpToolsProtocol
+    protocol: ProxyHttpProtocol
     transport: Transport
     timers: Timers
     seen: list[dict[str, Any]]
@@ -162,7 +162,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def connect() -> Iterator[Callable[..., Connection]]:
     loop = asyncio.new_event_loop()
 
-    def make(protocol_class: type[BoundedHttpToolsProtocol] | None = None) -> Connection:
+    def make(protocol_class: type[ProxyHttpProtocol] | None = None) -> Connection:
         reported = Reported()
         limits = ConnectionLimits(
             max_head_bytes=LIMIT,
@@ -325,7 +325,8 @@ def test_each_head_has_the_whole_header_timeout(connect: Callable[..., Connectio
     connection.send(b"GET / HTTP/1.1\r\n")  # a second head, begun late in the first's time
     connection.timers.fire(HEADER_TIMEOUT)  # the first head's timer: this head has time left
     assert (connection.answers(), connection.transport.closed) == ([200], False)
-    assert connection.timers.armed() == [HEADER_TIMEOUT - 1]
+    head_timers = [delay for delay in connection.timers.armed() if delay != IDLE_TIMEOUT]
+    assert head_timers == [HEADER_TIMEOUT - 1]
     connection.timers.fire(HEADER_TIMEOUT - 1)
     assert connection.answers() == [200, 408]
     assert connection.transport.closed
@@ -365,4 +366,69 @@ def test_a_connection_idle_between_requests_is_closed_uncounted(
     assert IDLE_TIMEOUT in connection.timers.armed()
     connection.timers.fire(IDLE_TIMEOUT)
     assert connection.transport.closed
+    assert connection.reported.timeouts == []
+
+
+def test_a_connection_busy_when_its_idle_timer_fires_is_kept(
+    connect: Callable[..., Connection],
+) -> None:
+    connection = connect()
+    connection.send(b"GET /slow HTTP/1.1\r\nHost: proxy.test\r\n\r\n")
+    connection.timers.fire(IDLE_TIMEOUT)  # armed when the connection was made
+    assert not connection.transport.closed
+    connection.timers.now += 3
+    answered = connection.timers.now
+    connection.answer.set()
+    connection.settle()
+    assert connection.answers() == [200]
+    connection.timers.fire(IDLE_TIMEOUT)
+    assert connection.transport.closed
+    assert connection.timers.now == answered + IDLE_TIMEOUT
+
+
+def test_the_idle_time_counts_from_the_last_response(connect: Callable[..., Connection]) -> None:
+    connection = connect()
+    connection.timers.now += IDLE_TIMEOUT - 1
+    connection.send(head_of(200))
+    assert connection.answers() == [200]
+    connection.timers.fire(IDLE_TIMEOUT)  # armed at the start: 1 s after the response
+    assert not connection.transport.closed
+    assert IDLE_TIMEOUT - 1 in connection.timers.armed()
+    connection.timers.fire(IDLE_TIMEOUT - 1)
+    assert connection.transport.closed
+
+
+# --------------------------------------------------------------------------- body time
+
+BODY_TIMEOUT = 60.0  # the limits' default
+
+
+def test_a_stalled_body_is_answered_408(connect: Callable[..., Connection]) -> None:
+    connection = connect()
+    connection.send(b"POST / HTTP/1.1\r\nHost: proxy.test\r\ncontent-length: 10\r\n\r\nabc")
+    assert BODY_TIMEOUT in connection.timers.armed()
+    connection.timers.fire(BODY_TIMEOUT)
+    connection.settle()
+    assert connection.answers() == [408]
+    assert connection.error() == {
+        "code": "body_timeout",
+        "message": "the request body stalled for over 60 s",
+    }
+    assert connection.transport.closed
+    assert connection.reported.timeouts == ["body"]
+    assert connection.reported.refused == ["body_timeout"]
+
+
+def test_a_body_that_keeps_coming_is_not_cut(connect: Callable[..., Connection]) -> None:
+    connection = connect()
+    connection.send(b"POST / HTTP/1.1\r\nHost: proxy.test\r\ncontent-length: 3\r\n\r\na")
+    connection.timers.now += BODY_TIMEOUT - 1
+    connection.send(b"b")
+    connection.timers.fire(BODY_TIMEOUT)  # armed at the first byte: this one has time left
+    assert (connection.answers(), connection.transport.closed) == ([], False)
+    connection.send(b"c")
+    assert connection.answers() == [200]
+    assert connection.seen[0]["body"] == b"abc"
+    connection.timers.fire(BODY_TIMEOUT - 1)  # re-armed for the stalled wait, now moot
+    assert not connection.transport.closed
     assert connection.reported.timeouts == []

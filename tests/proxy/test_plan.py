@@ -189,6 +189,7 @@ def test_a_plan_in_full() -> None:
             (b"x-coalmine-prompt-label", b"canary"),
             (b"content-length", b"2"),
         ],
+        content_length=2,
         request_id="req-1",
         trace=TraceContext(TRACE, SPAN, FRESH_SPAN, "01"),
         prompt_label="canary",

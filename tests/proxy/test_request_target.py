@@ -1,6 +1,7 @@
-"""The request-target: the proxy's upstream request carries its upstream's URL, parsed
-once, and the path and query in the ``target`` extension; the transport sends exactly
-that target, and refuses one that could end the request line early."""
+"""The request-target: for the pooled transport the proxy makes the upstream request's
+head itself, its upstream's URL parsed once, and the transport sends exactly that
+target; it refuses one that could end the request line early. The head is the one the
+whole URL would give through httpx."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.app import upstream_request
+from proxy.app import upstream_head, upstream_request
 from proxy.headers import _RandomBytes, new_request_id
-from proxy.transport import PooledTransport
+from proxy.transport import PooledTransport, request_head
 from tests.proxy.raw_upstream import LOOPS, RawServer, Run, answer, answering, read_all, runner
 
 
@@ -22,18 +23,24 @@ def run(request: pytest.FixtureRequest) -> Run[Any]:
 
 
 class _Plan:
-    """The parts of a forward plan ``upstream_request`` reads."""
+    """The parts of a forward plan ``upstream_head`` and ``upstream_request`` read."""
 
     def __init__(self, upstream: str, target: str) -> None:
         self.method = "POST"
         self.upstream = upstream
         self.target = target
         self.headers = [(b"x-tag", b"a")]
+        self.content_length: int | None = None
         self.timeout = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
 
     @property
     def url(self) -> str:
         return self.upstream.rstrip("/") + self.target
+
+
+def _httpx_head(request: httpx.Request) -> bytes:
+    """The head httpx's request would be sent with."""
+    return request_head(request.method, request.url.raw_path, request.headers.raw)[0]
 
 
 @pytest.mark.parametrize(
@@ -48,13 +55,14 @@ class _Plan:
 def test_the_target_joins_the_upstreams_path_and_the_requests(
     upstream: str, target: str, sent: bytes
 ) -> None:
-    by_target = upstream_request(_Plan(upstream, target), b"{}", by_target=True)  # type: ignore[arg-type]
-    whole = upstream_request(_Plan(upstream, target), b"{}", by_target=False)  # type: ignore[arg-type]
-    assert by_target.extensions["target"] == sent
+    origin, head, chunked = upstream_head(_Plan(upstream, target), b"{}")  # type: ignore[arg-type]
+    whole = upstream_request(_Plan(upstream, target), b"{}")  # type: ignore[arg-type]
+    assert head.startswith(b"POST " + sent + b" HTTP/1.1\r\nHost: app:8000\r\n")
     assert whole.url.raw_path == sent  # the same request as with the whole URL
-    assert by_target.url.netloc == whole.url.netloc == b"app:8000"
-    assert by_target.headers["host"] == whole.headers["host"] == "app:8000"
-    assert by_target.headers["content-length"] == "2"
+    assert head == _httpx_head(whole)
+    assert origin == (b"http", b"app", 8000)
+    assert b"\r\nContent-Length: 2\r\n" in head
+    assert not chunked
 
 
 @pytest.mark.parametrize(
@@ -73,16 +81,19 @@ def test_the_framing_headers_are_the_ones_httpx_would_set(
 ) -> None:
     plan = _Plan("http://app:8000/base", "/v1?x=1")
     plan.method, plan.headers = method, headers
-    fast = upstream_request(plan, body, by_target=True)  # type: ignore[arg-type]
-    whole = upstream_request(plan, body, by_target=False)  # type: ignore[arg-type]
-    assert fast.headers.raw == whole.headers.raw
-    assert fast.read() == whole.read() == body
+    plan.content_length = next((int(v) for n, v in headers if n == b"content-length"), None)
+    _, head, _ = upstream_head(plan, body)  # type: ignore[arg-type]
+    assert head == _httpx_head(upstream_request(plan, body))  # type: ignore[arg-type]
 
 
-def test_a_target_that_is_not_ascii_falls_back_to_the_whole_url() -> None:
-    request = upstream_request(_Plan("http://app:8000", "/caf\u00e9"), b"", by_target=True)  # type: ignore[arg-type]
-    assert "target" not in request.extensions
-    assert request.url.raw_path == b"/caf%C3%A9"
+def test_a_streamed_body_of_unknown_length_goes_chunked_as_with_httpx() -> None:
+    async def chunks() -> Any:
+        yield b"a"
+
+    plan = _Plan("http://app:8000", "/v1")
+    _, head, chunked = upstream_head(plan, chunks())  # type: ignore[arg-type]
+    assert chunked
+    assert head == _httpx_head(upstream_request(plan, chunks()))  # type: ignore[arg-type]
 
 
 def test_the_transport_sends_the_target_as_given(run: Run[None]) -> None:

@@ -1029,3 +1029,50 @@ def test_two_hundred_concurrent_requests_over_ten_connections(
 
     run(scenario())
     assert 0 < uvicorn_upstream.peak_connections <= 10
+
+
+# --------------------------------------------------------------------------- head size
+
+
+def test_a_response_head_over_the_limit_fails_and_closes(run: Run[None]) -> None:
+    limit = 4096
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        peer.send(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        for _ in range(200):  # 200 KiB of one header line, never ended
+            peer.send(b"a" * 1024)
+        await peer.sees_eof()
+
+    async def scenario() -> None:
+        async with RawServer(handler) as server:
+            transport = PooledTransport(max_head_bytes=limit)
+            try:
+                with pytest.raises(httpx.RemoteProtocolError, match="head is over 4096 bytes"):
+                    await within(transport.handle_async_request(make_request(server.url)))
+            finally:
+                await transport.aclose()
+
+    run(scenario())
+
+
+def test_a_response_head_at_the_limit_with_interim_heads_is_read(run: Run[None]) -> None:
+    limit = 4096
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+    final = answer(b"body" * 5000, headers=b"X-Pad: " + b"p" * 3000 + b"\r\n")
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        peer.send(interim + final)  # the head and a long body in one write
+        await peer.sees_eof()
+
+    async def scenario() -> None:
+        async with RawServer(handler) as server:
+            transport = PooledTransport(max_head_bytes=limit)
+            try:
+                response, body = await fetch(transport, server.url)
+            finally:
+                await transport.aclose()
+        assert (response.status_code, body) == (200, b"body" * 5000)
+
+    run(scenario())
