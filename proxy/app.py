@@ -22,6 +22,7 @@ import httpx
 
 from coalmine.shared.conventions import REQUEST_ID_HEADER
 from policies.domain import Arm
+from proxy.aggregates import AggregateRecorder
 from proxy.client_gone import CLIENT_GONE, ClientGone
 from proxy.errors import BodyTooLargeError, ClientGoneError, UpstreamCutError
 from proxy.headers import Headers, response_headers_for_client
@@ -76,6 +77,7 @@ class ProxyApp:
         max_header_bytes: int = 65536,
         force_arm_attempts: FailedAttempts | None = None,
         refreshers: Sequence[Refresher] = (),
+        aggregates: AggregateRecorder | None = None,
     ) -> None:
         self.releases = releases
         self.transport = transport
@@ -94,6 +96,9 @@ class ProxyApp:
         self.refreshers = tuple(refreshers)
         """Started in order with the server (the policies before the tables), stopped
         with it."""
+        self.aggregates = aggregates
+        """Counts every forwarded request per release, arm and minute (None: no store
+        to write them to); started and stopped among the ``refreshers``."""
         self.in_flight = 0
         """Requests being served; read by the in-flight gauge when it is scraped."""
         metrics.in_flight.set_function(lambda: self.in_flight)
@@ -226,6 +231,8 @@ class _Exchange:
             app.in_flight -= 1
             outcome = self._outcome(start_ns, time.time_ns())
             app.metrics.observe(outcome)
+            if app.aggregates is not None:
+                app.aggregates.record(outcome)
             app.spans.record(outcome)
 
     async def _body(self) -> bytes | AsyncIterator[bytes]:
@@ -337,7 +344,8 @@ class _Exchange:
             self.failure = Failure.UPSTREAM
             raise UpstreamCutError(self.plan.request_id) from None
         finally:
-            await response.aclose()
+            if response.body is None:
+                await response.aclose()
 
     def _outcome(self, start_ns: int, end_ns: int) -> RequestOutcome:
         plan = self.plan
@@ -392,11 +400,13 @@ def upstream_head(
     and making httpx's objects for every request cost the proxy a fifth of its time."""
     origin, base_path, host = _origin(plan.upstream)
     headers = [(b"Host", host)]
+    chunked = False  # the client's framing is hop-by-hop: never among plan.headers
     if plan.content_length is not None:
         headers += plan.headers
     elif not isinstance(content, bytes):
         headers += plan.headers
         headers.append((b"Transfer-Encoding", b"chunked"))
+        chunked = True
     elif content:
         headers += plan.headers
         headers.append((b"Content-Length", str(len(content)).encode("ascii")))
@@ -405,7 +415,7 @@ def upstream_head(
             headers.append((b"Content-Length", b"0"))
         headers += plan.headers
     target = base_path + plan.target.encode("ascii")
-    head, chunked = request_head(plan.method, target, headers)
+    head, chunked = request_head(plan.method, target, headers, chunked)
     return origin, head, chunked
 
 

@@ -43,6 +43,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
@@ -112,6 +113,7 @@ _NO_BODY_STATUS = frozenset({204, 304})
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
 _CONNECTION_CLOSE = b"connection: close\r\n"
 _CHUNKED_HEADER = b"transfer-encoding: chunked\r\n"
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 class _Cycle:
@@ -402,14 +404,9 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
         task.add_done_callback(tasks.discard)
 
     async def _run(self, cycle: _Cycle) -> None:
-        async def receive() -> dict[str, Any]:
-            return await self._receive(cycle)
-
-        async def send(message: dict[str, Any]) -> None:
-            await self._send(cycle, message)
-
         try:
-            await self.app(cycle.scope, receive, send)
+            # partials, not closures: the application's await reaches them directly
+            await self.app(cycle.scope, partial(self._receive, cycle), partial(self._send, cycle))
         except BaseException as error:
             if not isinstance(error, asyncio.CancelledError):
                 log.error("the proxy failed on a request", exc_info=error)
@@ -500,30 +497,34 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
         return body
 
     def _response_head(self, cycle: _Cycle, status: int, headers: Any) -> bytes:
-        lines = [_STATUS_LINES[status]]
+        pieces = [_STATUS_LINES[status]]
+        ends = 2  # the status line's and the head's
         length: int | None = None
         chunked = close = False
         for name, value in (*self.server_state.default_headers, *headers):
             lowered = name.lower()
-            if lowered == b"content-length":
-                length = int(value)
-            elif lowered == b"transfer-encoding":
-                chunked = value.lower() == b"chunked"
-                if cycle.scope["http_version"] != "1.1":
-                    continue  # never sent to an HTTP/1.0 client (RFC 9112 6.1)
-            elif lowered == b"connection":
-                close = b"close" in value.lower()
-            lines.append(b"%b: %b\r\n" % (lowered, value))
+            if lowered in _FRAMING:
+                if lowered == b"content-length":
+                    length = int(value)
+                elif lowered == b"transfer-encoding":
+                    chunked = value.lower() == b"chunked"
+                    if cycle.scope["http_version"] != "1.1":
+                        continue  # never sent to an HTTP/1.0 client (RFC 9112 6.1)
+                else:
+                    close = b"close" in value.lower()
+            pieces += (lowered, b": ", value, b"\r\n")
+            ends += 1
         if close:
             cycle.keep_alive = False
         if _frame(cycle, status, length, chunked):
-            lines.append(_CHUNKED_HEADER)
+            pieces.append(_CHUNKED_HEADER)
+            ends += 1
         if not cycle.keep_alive and not close:
-            lines.append(_CONNECTION_CLOSE)
-        lines.append(b"\r\n")
-        head = b"".join(lines)
+            pieces.append(_CONNECTION_CLOSE)
+            ends += 1
+        pieces.append(b"\r\n")
+        head = b"".join(pieces)
         # one CR and one LF a line: more would be lines injected by a header's value
-        ends = len(lines)
         if head.count(b"\n") != ends or head.count(b"\r") != ends or b"\0" in head:
             raise RuntimeError("a response header contains a line break or NUL")
         return head

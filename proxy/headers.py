@@ -74,25 +74,35 @@ def request_headers_for_upstream(
     Content length and trace context are set again by the proxy; Host comes from the
     upstream URL.
     """
-    named = connection_tokens(headers)
-    if replaced:
-        named = named | replaced
-    return [
+    kept = [
         (name, value)
         for name, value in headers
-        if name not in _DROPPED_FROM_CLIENT and name not in named and not name.startswith(_PREFIX)
+        if name not in _DROPPED_FROM_CLIENT
+        and name not in replaced
+        and not name.startswith(_PREFIX)
     ]
+    if len(kept) < len(headers) and any(name == b"connection" for name, _ in headers):
+        named = connection_tokens(headers)
+        kept = [(name, value) for name, value in kept if name not in named]
+    return kept
 
 
 def response_headers_for_client(raw: list[tuple[bytes, bytes]]) -> Headers:
     """The upstream's response headers minus hop-by-hop ones; names lower-cased."""
-    lowered = [(name.lower(), value) for name, value in raw]
-    named = connection_tokens(lowered)
-    return [
-        (name, value)
-        for name, value in lowered
-        if name not in _DROPPED_FROM_UPSTREAM and name not in named
-    ]
+    kept: Headers = []
+    dropped = False
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in _DROPPED_FROM_UPSTREAM:
+            dropped = True
+        else:
+            kept.append((lowered, value))
+    if dropped:
+        # Connection (itself hop-by-hop) may name more headers to drop
+        named = connection_tokens([(name.lower(), value) for name, value in raw])
+        if named:
+            kept = [(name, value) for name, value in kept if name not in named]
+    return kept
 
 
 @dataclass(frozen=True, slots=True)

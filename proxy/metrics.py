@@ -8,14 +8,14 @@ pays for no label lookup.
 from __future__ import annotations
 
 import contextlib
+import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from functools import lru_cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from policies.domain import Arm
 from proxy.outcome import Failure, RequestOutcome
 
 LATENCY_BUCKETS = (
@@ -75,25 +75,74 @@ class SpanCounts(Collector):
         yield queued
 
 
+def _le(bound: float) -> str:
+    """A bucket's ``le`` label as Prometheus's clients write it."""
+    return "+Inf" if bound == math.inf else repr(float(bound))
+
+
+_CODE_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
+"""Status class labels by the status's first digit; none for no status (0)."""
+
+
+class RequestTally(Collector):
+    """Requests answered (by release, arm and status class) and their durations (by
+    release and arm), counted in plain dicts and exported at scrape time as
+    ``coalmine_proxy_requests_total`` and the histogram
+    ``coalmine_proxy_request_duration_seconds``. The request path pays a dict lookup and
+    a bisection, no lock: it runs on the event loop alone, and a scrape (another thread)
+    copies the dicts in one step before reading them."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.bounds = buckets
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self._les = [_le(bound) for bound in (*buckets, math.inf)]
+        self.durations: dict[tuple[str, str], list[float]] = {}
+        """Per (release, arm): the count in each bucket (one past the last bound for
+        +Inf), then the sum of the durations."""
+
+    def add(self, release: str, arm: str, code_class: str, seconds: float) -> None:
+        key = (release, arm, code_class)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+        cells = self.durations.get((release, arm))
+        if cells is None:
+            cells = self.durations[release, arm] = [0.0] * (len(self.bounds) + 2)
+        cells[bisect_left(self.bounds, seconds)] += 1
+        cells[-1] += seconds
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        requests = CounterMetricFamily(
+            "coalmine_proxy_requests",
+            "Requests answered, by release, arm and status class (2xx...5xx).",
+            labels=["release", "arm", "code_class"],
+        )
+        for labels, count in list(self.counts.items()):
+            requests.add_metric(list(labels), count)
+        yield requests
+        durations = HistogramMetricFamily(
+            "coalmine_proxy_request_duration_seconds",
+            "Time from the request's arrival to the end of its response, by release and arm.",
+            labels=["release", "arm"],
+        )
+        for pair, live in list(self.durations.items()):
+            cells = list(live)
+            cumulative = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, in_bucket in zip(self._les, cells[:-1], strict=True):
+                cumulative += in_bucket
+                buckets.append((bound, cumulative))
+            durations.add_metric(list(pair), buckets, cells[-1])
+        yield durations
+
+
 class ProxyMetrics:
     """Every metric the proxy exports."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "coalmine_proxy_requests",
-            "Requests answered, by release, arm and status class (2xx...5xx).",
-            ["release", "arm", "code_class"],
-            registry=r,
-        )
-        self.duration = Histogram(
-            "coalmine_proxy_request_duration_seconds",
-            "Time from the request's arrival to the end of its response, by release and arm.",
-            ["release", "arm"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.answered = RequestTally(LATENCY_BUCKETS)
+        r.register(self.answered)
         self.upstream_errors = Counter(
             "coalmine_proxy_upstream_errors",
             "Upstream failures (connect, timeout, broken response), by release, arm and kind.",
@@ -179,20 +228,30 @@ class ProxyMetrics:
         )
         for phase in ("head", "body", "idle"):
             self.client_timeouts.labels(phase)
-        self._request_children = lru_cache(maxsize=4096)(self._children)
-
-    def _children(self, release: str, arm: Arm, code_class: str) -> tuple[Counter, Histogram]:
-        return (
-            self.requests.labels(release, arm.value, code_class),
-            self.duration.labels(release, arm.value),
+        self.aggregate_writes = Counter(
+            "coalmine_proxy_aggregate_writes",
+            "Writes of the proxy's per-minute request counts to the state store, by "
+            "outcome: ok, failed (the counts are kept and written at the next flush).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("ok", "failed"):
+            self.aggregate_writes.labels(outcome)
+        self.aggregate_cells_dropped = Counter(
+            "coalmine_proxy_aggregate_cells_dropped",
+            "Per-minute request counts (one release, arm and minute each) never written: "
+            "past the retention while the store failed, or over a ConfigMap's size.",
+            registry=r,
         )
 
     def observe(self, outcome: RequestOutcome) -> None:
         """Count one primary request."""
-        code_class = f"{outcome.status // 100}xx" if outcome.status else "none"
-        counter, histogram = self._request_children(outcome.release, outcome.arm, code_class)
-        counter.inc()
-        histogram.observe(outcome.duration_seconds)
+        self.answered.add(
+            outcome.release,
+            outcome.arm.value,
+            _CODE_CLASSES.get(outcome.status // 100, "none"),
+            (outcome.end_ns - outcome.start_ns) / 1e9,
+        )
         failure = outcome.failure
         if failure is Failure.CLIENT_GONE:
             self.client_gone.labels(outcome.release, outcome.arm.value).inc()

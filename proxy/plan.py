@@ -27,7 +27,6 @@ from coalmine.shared.conventions import (
     ARM_HEADER,
     FORCE_ARM_HEADER,
     PROMPT_LABEL_HEADER,
-    RELEASE_HEADER,
     REQUEST_ID_HEADER,
     TRACEPARENT_HEADER,
 )
@@ -59,10 +58,10 @@ _FORCE: Final = FORCE_ARM_HEADER.encode()
 _TOKEN: Final = ADMIN_TOKEN_HEADER.encode()
 _TRACEPARENT: Final = TRACEPARENT_HEADER.encode()
 _REQUEST_ID: Final = REQUEST_ID_HEADER.encode()
-_RELEASE: Final = RELEASE_HEADER.encode()
 _ARM: Final = ARM_HEADER.encode()
 _LABEL: Final = PROMPT_LABEL_HEADER.encode()
 _FORCEABLE: Final = {Arm.BASELINE.value: Arm.BASELINE, Arm.CANARY.value: Arm.CANARY}
+_ARM_HEADERS: Final = {arm: (_ARM, arm.value.encode()) for arm in Arm}
 
 # headers read as text into the field of the same meaning, the last one sent winning
 _TEXT_FIELDS: Final = {
@@ -307,7 +306,7 @@ def plan_request(
         return Refusal(404, "no_release", message, None, "no_release")
     seen = _gather(head.headers, release.sticky_header)
     rid = request_id(seen.request_id, chance.new_id)
-    limit = release.policy.routing.max_body_bytes
+    limit = release.body_limit
     refused = _refused_head(seen, limit, settings, rid) or _refused_framing(head, seen, rid)
     if refused is not None:
         return refused
@@ -326,8 +325,8 @@ def plan_request(
     forwarded = _forwarded_headers(head, seen)
     headers = [
         *forwarded,
-        (_RELEASE, release.name.encode()),
-        (_ARM, arm.value.encode()),
+        release.release_header,
+        _ARM_HEADERS[arm],
         (_REQUEST_ID, rid.encode()),
         (_TRACEPARENT, trace.traceparent().encode()),
     ]

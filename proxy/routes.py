@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from coalmine.shared.conventions import RELEASE_HEADER
 from coalmine.shared.routing_tables.store import BadRoutingTableError, RoutingTableStore
 from coalmine.shared.routing_tables.table import (
     ArmRoute,
@@ -40,9 +41,21 @@ class Release:
     """The stickiness header as ASGI spells header names (lower-case bytes), if any."""
     timeout: dict[str, float] = field(init=False, default_factory=dict)
     """The per-request timeouts in the form transports read from request extensions."""
+    name: str = field(init=False, default="")
+    """The release's name (its policy's)."""
+    prefix: str = field(init=False, default="/")
+    """The path prefix the release serves."""
+    body_limit: int = field(init=False, default=0)
+    """Bytes of request body past which a request is refused."""
+    release_header: tuple[bytes, bytes] = field(init=False, default=(b"", b""))
+    """The ``x-coalmine-release`` header its requests carry upstream."""
 
     def __post_init__(self) -> None:
         routing = self.policy.routing
+        self.name = self.policy.name
+        self.prefix = routing.path_prefix
+        self.body_limit = routing.max_body_bytes
+        self.release_header = (RELEASE_HEADER.encode(), self.policy.name.encode())
         stickiness = routing.stickiness
         if stickiness is not None and stickiness.header is not None:
             self.sticky_header = stickiness.header.lower().encode()
@@ -52,14 +65,6 @@ class Release:
             "write": routing.read_timeout,
             "pool": routing.connect_timeout,
         }
-
-    @property
-    def name(self) -> str:
-        return self.policy.name
-
-    @property
-    def prefix(self) -> str:
-        return self.policy.routing.path_prefix
 
 
 @dataclass(frozen=True, slots=True)

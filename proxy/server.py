@@ -5,16 +5,21 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import httpx
 import uvicorn
 from prometheus_client import disable_created_metrics, start_http_server
 
+from coalmine.shared.aggregates.configmap import ConfigMapAggregateStore
+from coalmine.shared.aggregates.sqlite import SqliteAggregateStore
+from coalmine.shared.aggregates.store import AggregateWriter
 from coalmine.shared.kube.client import KubeError, api_client
 from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
 from coalmine.shared.routing_tables.store import RoutingTableStore, SqliteRoutingStore
 from coalmine.shared.routing_tables.table import RoutingTable
 from policies.model import Policy
+from proxy.aggregates import AggregateRecorder, proxy_id
 from proxy.app import ProxyApp
 from proxy.connection import ConnectionLimits, protocol_with
 from proxy.metrics import PolicySetOutcome, ProxyMetrics, SpanCounts
@@ -87,15 +92,14 @@ def build_app(
     """The proxy application. ``store`` overrides the settings' state file; ``transport``
     replaces the network for the upstream clients (tests chain ASGI apps with it);
     ``policy_feed``, polled every ``policy_reload_interval``, gives the policies in force
-    while the proxy runs (None: ``policies`` for good)."""
+    while the proxy runs (None: ``policies`` for good). Requests are counted per minute
+    into the ConfigMaps in cluster mode, else into the state file (neither: not
+    counted)."""
     releases = Releases(policies, pins, app_url=settings.app_url)
     metrics = metrics or ProxyMetrics()
     spans = spans or span_reporter(settings)
-    if store is None and settings.cluster:
-        try:
-            client = api_client(settings)
-        except KubeError as error:
-            raise ValueError(str(error)) from None
+    client = _cluster_client(settings) if settings.cluster else None
+    if store is None and client is not None:
         store = ConfigMapRoutingStore(
             client,
             settings.resolved_namespace(),
@@ -136,6 +140,7 @@ def build_app(
             on_update=lambda update: _count_update(update, releases, metrics),
             on_failed=lambda _message: metrics.policy_sets.labels(PolicySetOutcome.FAILED).inc(),
         )
+    recorder = _recorder(settings, metrics, client)
     metrics.registry.register(SpanCounts(lambda: _span_counts(spans)))
     if transport is None:
         primary = upstream_transport()
@@ -161,8 +166,37 @@ def build_app(
         force_arm_attempts=FailedAttempts(
             settings.force_arm_tries, settings.force_arm_refill_seconds
         ),
-        refreshers=[part for part in (policy_refresher, refresher) if part is not None],
+        refreshers=[part for part in (policy_refresher, refresher, recorder) if part is not None],
+        aggregates=recorder,
     )
+
+
+def _recorder(
+    settings: ProxySettings, metrics: ProxyMetrics, client: Any
+) -> AggregateRecorder | None:
+    """The per-minute request counts: to this proxy's ConfigMap in cluster mode, else to
+    the state file; None when there is neither."""
+    store: AggregateWriter
+    if not settings.aggregates:
+        return None
+    if client is not None:
+        namespace = settings.resolved_namespace()
+        store = ConfigMapAggregateStore(
+            client, namespace, settings.configmap_prefix, proxy_id(settings)
+        )
+    elif settings.state is not None:
+        store = SqliteAggregateStore(settings.state, proxy_id(settings))
+    else:
+        return None
+    return AggregateRecorder(store, metrics, interval=settings.aggregates_flush_seconds)
+
+
+def _cluster_client(settings: ProxySettings) -> Any:
+    """The API client of cluster mode; ValueError when it cannot be configured."""
+    try:
+        return api_client(settings)
+    except KubeError as error:
+        raise ValueError(str(error)) from None
 
 
 def _table_reader(store: RoutingTableStore) -> Callable[[str], RoutingTable | None]:

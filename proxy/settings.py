@@ -72,5 +72,14 @@ class ProxySettings(LangfuseConnection, AdminToken, ClusterSettings):
     """Seconds between two looks at the policy files: a release added, removed or edited
     is routed by its new policy within this time."""
 
+    aggregates: bool = True
+    """Count every forwarded request per release, arm and minute into the state file
+    (local mode) or a ConfigMap of this proxy's own (cluster mode, where it needs RBAC
+    on ConfigMaps it cannot name: the chart's ``coalmine.proxyAggregates``)."""
+
+    aggregates_flush_seconds: float = Field(default=10.0, gt=0, le=300)
+    """Seconds between two writes of the proxy's per-minute request counts to the state
+    file (local mode) or its ConfigMap (cluster mode)."""
+
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long requests in flight may take to finish."""

@@ -746,11 +746,12 @@ def _request_head(request: httpx.Request) -> tuple[bytes, bool]:
 
 
 def request_head(
-    method: str, target: object, headers: list[tuple[bytes, bytes]]
+    method: str, target: object, headers: list[tuple[bytes, bytes]], chunked: bool | None = None
 ) -> tuple[bytes, bool]:
-    """The request line and header lines, and whether the body goes in chunked framing:
-    ``httpx.LocalProtocolError`` for a target that is not origin-form visible ASCII, or a
-    header that would end its line early."""
+    """The request line and header lines, and whether the body goes in chunked framing
+    (read from the headers unless ``chunked`` says): ``httpx.LocalProtocolError`` for a
+    target that is not origin-form visible ASCII, or a header that would end its line
+    early."""
     if not isinstance(target, bytes) or not _TARGET.fullmatch(target):
         raise httpx.LocalProtocolError(f"not a request-target: {target!r}")
     lines = _CRLF.join(map(_HEADER_SEPARATOR.join, headers))
@@ -768,9 +769,11 @@ def request_head(
     line_ends = len(headers) + 2
     if head.count(b"\n") != line_ends or head.count(b"\r") != line_ends or b"\0" in head:
         raise httpx.LocalProtocolError("a request header contains a line break or NUL")
-    chunked = _TRANSFER_ENCODING in lines.lower() and any(
-        name.lower() == _TRANSFER_ENCODING and _CHUNKED in value.lower() for name, value in headers
-    )
+    if chunked is None:
+        chunked = _TRANSFER_ENCODING in lines.lower() and any(
+            name.lower() == _TRANSFER_ENCODING and _CHUNKED in value.lower()
+            for name, value in headers
+        )
     return head, chunked
 
 

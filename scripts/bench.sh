@@ -19,6 +19,7 @@ python -m bench.emulator_speed --out bench/out
 scripts/bench-deps.sh
 python -m bench.proxy_speed --out bench/out
 python -m bench.proxy_capacity --out bench/out
+python -m bench.proxy_instructions --out bench/out
 python -m bench.transport_choice --out bench/out
 python -m bench.controller_speed --out bench/out
 python -m bench.cluster_speed --out bench/out

@@ -63,6 +63,7 @@ EXISTING_POLICIES = {
 }
 EXISTING_SECRET = {"adminToken": {"existingSecret": "my-admin", "key": "admin-token"}}
 PDB = {"podDisruptionBudget": {"enabled": True}}
+PROXY_AGGREGATES = {"coalmine": {"proxyAggregates": True}}
 SERVICE_MONITOR = {
     "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}
 }
@@ -180,7 +181,13 @@ COMBINATIONS: dict[str, tuple[dict[str, Any], Counter[str], list[str]]] = {
     "app-extras": (APP_EXTRAS, kinds(), ["support-agent"]),
     "all-switches": (
         merged(
-            PDB, SERVICE_MONITOR, PROMETHEUS_RULE, DASHBOARD, EXISTING_POLICIES, EXISTING_SECRET
+            PDB,
+            SERVICE_MONITOR,
+            PROMETHEUS_RULE,
+            DASHBOARD,
+            EXISTING_POLICIES,
+            EXISTING_SECRET,
+            PROXY_AGGREGATES,
         ),
         kinds(add=("PodDisruptionBudget", "ServiceMonitor", "PrometheusRule"), drop=("Secret",)),
         ["alpha", "beta"],
@@ -403,6 +410,9 @@ def test_the_role_grants_least_privilege(combination: str, rendered: Rendered, t
                 if "create" in rule["verbs"]:
                     # resourceNames cannot restrict create: it would forbid it instead.
                     assert "resourceNames" not in rule, rule
+                elif key == ("", "configmaps") and rule["verbs"] == ["get", "update", "list"]:
+                    # the proxies' per-minute counts, named after pods: no names to give
+                    assert "resourceNames" not in rule, rule
                 elif resource != "events":
                     assert rule.get("resourceNames"), f"{key} {rule['verbs']} without resourceNames"
                     names.setdefault(key, set()).update(rule["resourceNames"])
@@ -536,7 +546,7 @@ def exported_metric_names() -> set[str]:
         for kind, name in re.findall(r"(\w+)\(\s*\"(coalmine_\w+)\"", source):
             if kind.lower().startswith("counter"):
                 names.add(f"{name}_total")
-            elif kind == "Histogram":
+            elif kind in ("Histogram", "HistogramMetricFamily"):
                 names.update(f"{name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
             else:
                 names.add(name)
@@ -761,3 +771,29 @@ def test_every_coalmine_setting_the_chart_sets_is_one_coalmine_reads(rendered: R
     }
     set_by_chart = {name for name in rendered.env("coalmine") if name.startswith("COALMINE_")}
     assert set_by_chart - known == set(), "the chart sets settings coalmine does not have"
+
+
+def test_proxy_aggregates_widen_the_role_only_when_asked(render: Render) -> None:
+    def unnamed_configmap_rules(values: dict[str, Any]) -> list[dict[str, Any]]:
+        (role,) = render(values).kinds("Role")
+        return [
+            rule
+            for rule in role["rules"]
+            if "configmaps" in rule["resources"]
+            and "create" not in rule["verbs"]
+            and not rule.get("resourceNames")
+        ]
+
+    def aggregates_env(values: dict[str, Any]) -> str:
+        (deployment,) = render(values).kinds("Deployment")
+        containers = deployment["spec"]["template"]["spec"]["containers"]
+        (coalmine,) = [c for c in containers if c["name"] == "coalmine"]
+        (value,) = [e["value"] for e in coalmine["env"] if e["name"] == "COALMINE_AGGREGATES"]
+        return str(value)
+
+    assert unnamed_configmap_rules({}) == []
+    assert aggregates_env({}) == "false"
+    assert unnamed_configmap_rules(PROXY_AGGREGATES) == [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "update", "list"]}
+    ]
+    assert aggregates_env(PROXY_AGGREGATES) == "true"

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 from pydantic import ValidationError
 
 from coalmine.shared.routing_tables.table import RoutingTable
+from coalmine.shared.sqlite_file import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS routing_tables (
@@ -87,37 +87,31 @@ def parse_table(document: str, release: str, version: int, *, where: str) -> Rou
     return table
 
 
-class SqliteRoutingStore:
+class SqliteRoutingStore(SqliteFile):
     """Routing tables in one SQLite file, safe to share between processes."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
-        self.path = path
+        super().__init__(path)
         self.readonly = readonly
-        self._lock = threading.Lock()
-        self._connection: sqlite3.Connection | None = None
 
-    def _connect(self) -> sqlite3.Connection:
-        """The open connection, opened on first use.
-
-        Raises BadStoreFileError when the file is not SQLite or is damaged."""
-        if self._connection is None:
-            if self.readonly:
-                uri = f"file:{self.path}?mode=ro"
-                connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                connection = sqlite3.connect(self.path, check_same_thread=False)
-            try:
-                self._prepare(connection)
-            except sqlite3.DatabaseError as error:
-                connection.close()
-                if isinstance(error, sqlite3.OperationalError):
-                    raise
-                raise BadStoreFileError(
-                    f"{self.path}: not a SQLite state file, or damaged: {error}"
-                ) from None
-            self._connection = connection
-        return self._connection
+    def _open(self) -> sqlite3.Connection:
+        """Raises BadStoreFileError when the file is not SQLite or is damaged."""
+        if self.readonly:
+            uri = f"file:{self.path}?mode=ro"
+            connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            self._prepare(connection)
+        except sqlite3.DatabaseError as error:
+            connection.close()
+            if isinstance(error, sqlite3.OperationalError):
+                raise
+            raise BadStoreFileError(
+                f"{self.path}: not a SQLite state file, or damaged: {error}"
+            ) from None
+        return connection
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         connection.execute("PRAGMA busy_timeout=5000")
@@ -127,15 +121,6 @@ class SqliteRoutingStore:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(_SCHEMA)
             connection.commit()
-
-    @contextmanager
-    def _cursor(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._connect()
-            except sqlite3.DatabaseError:
-                self._close_locked()
-                raise
 
     def versions(self) -> dict[str, int]:
         if self.readonly and not self.path.exists():
@@ -182,15 +167,6 @@ class SqliteRoutingStore:
                 (stored.release, stored.version, document),
             )
         return stored
-
-    def close(self) -> None:
-        with self._lock:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
 
 
 class StaticRoutingStore:
