@@ -14,7 +14,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from coalmine.shared.conventions import HEADER_PREFIX, REQUEST_ID_HEADER
 
@@ -105,9 +105,10 @@ def response_headers_for_client(raw: list[tuple[bytes, bytes]]) -> Headers:
     return kept
 
 
-@dataclass(frozen=True, slots=True)
-class TraceContext:
-    """W3C trace context: the trace, the caller's span (if any) and the proxy's span."""
+class TraceContext(NamedTuple):
+    """W3C trace context: the trace, the caller's span (if any) and the proxy's span
+    (a named tuple: one is made for every request, where a frozen dataclass would set
+    each field through object.__setattr__)."""
 
     trace_id: str
     parent_span_id: str | None

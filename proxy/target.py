@@ -9,14 +9,13 @@ could resolve again), is refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote
 
 
-@dataclass(frozen=True, slots=True)
-class TargetPath:
+class TargetPath(NamedTuple):
     """A request path without dot segments: ``raw`` as sent upstream, ``decoded`` as
-    routed."""
+    routed (a named tuple: one is made for every request)."""
 
     raw: str
     decoded: str
