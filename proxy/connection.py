@@ -114,6 +114,7 @@ _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
 _CONNECTION_CLOSE = b"connection: close\r\n"
 _CHUNKED_HEADER = b"transfer-encoding: chunked\r\n"
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_LINE_ENDS_AND_NUL = b"\r\n\x00"
 
 
 class _Cycle:
@@ -548,8 +549,9 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
             ends += 1
         pieces.append(b"\r\n")
         head = b"".join(pieces)
-        # one CR and one LF a line: more would be lines injected by a header's value
-        if head.count(b"\n") != ends or head.count(b"\r") != ends or b"\0" in head:
+        # one CR and one LF a line, no NUL: more would be lines injected by a header's
+        # value (counted in one pass: the bytes that deleting them takes away)
+        if len(head) - len(head.translate(None, _LINE_ENDS_AND_NUL)) != 2 * ends:
             raise RuntimeError("a response header contains a line break or NUL")
         return head
 

@@ -75,6 +75,8 @@ _TRANSFER_ENCODING = b"transfer-encoding"
 _CONTENT_LENGTH = b"content-length"
 _CHUNKED = b"chunked"
 _COMMA = b","
+_LINE_ENDS_AND_NUL = b"\r\n\x00"
+"""Deleted from a head to count them in one pass."""
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _READABLE = select.POLLIN | select.POLLPRI
 # A body up to this size goes out in the same write as the head; copying a larger one
@@ -258,6 +260,8 @@ class _Connection(WriteFlow, asyncio.Protocol):
         "parser",
         "poller",
         "pool",
+        "read_deadline",
+        "read_timer",
         "reading_paused",
         "reason",
         "received",
@@ -294,6 +298,9 @@ class _Connection(WriteFlow, asyncio.Protocol):
         """Registered once with the connection's socket: the check before reuse."""
         WriteFlow.__init__(self)
         self.waiter: asyncio.Future[bool] | None = None
+        self.read_timer: asyncio.TimerHandle | None = None
+        self.read_deadline: float | None = None
+        """When the wait in progress times out (loop time); None: it has no limit."""
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.reading_paused = False
@@ -511,6 +518,9 @@ class _Connection(WriteFlow, asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.transport.abort()
+        if self.read_timer is not None:
+            self.read_timer.cancel()
+            self.read_timer = None
 
     def readable(self) -> bool:
         """Whether the upstream closed the idle connection or sent bytes on it that the
@@ -582,14 +592,31 @@ class _Connection(WriteFlow, asyncio.Protocol):
     async def _wait(self, timeout: float | None, request: httpx.Request | None) -> None:
         waiter = self.loop.create_future()
         self.waiter = waiter
-        timer = None if timeout is None else self.loop.call_later(timeout, _expire, waiter)
+        if timeout is None:
+            self.read_deadline = None
+        else:
+            self.read_deadline = self.loop.time() + timeout
+            if self.read_timer is None:
+                self.read_timer = self.loop.call_later(timeout, self._read_too_slow)
         try:
             if not await waiter:
                 raise httpx.ReadTimeout("the upstream did not answer in time", request=request)
         finally:
             self.waiter = None
-            if timer is not None:
-                timer.cancel()
+
+    def _read_too_slow(self) -> None:
+        """The read timer: armed by a wait and left armed after it (a timer made and
+        cancelled for every wait cost more than the rest of the wait); when it fires
+        early for the wait in progress, it is armed again for what that wait has left."""
+        self.read_timer = None
+        waiter, deadline = self.waiter, self.read_deadline
+        if waiter is None or waiter.done() or deadline is None or self.closed:
+            return  # no wait with a limit now: the next one arms it again
+        left = deadline - self.loop.time()
+        if left > 0:
+            self.read_timer = self.loop.call_later(left, self._read_too_slow)
+        else:
+            waiter.set_result(False)
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -767,7 +794,7 @@ def request_head(
     )
     # Each header line adds exactly one CR and one LF; more would be injected lines.
     line_ends = len(headers) + 2
-    if head.count(b"\n") != line_ends or head.count(b"\r") != line_ends or b"\0" in head:
+    if len(head) - len(head.translate(None, _LINE_ENDS_AND_NUL)) != 2 * line_ends:
         raise httpx.LocalProtocolError("a request header contains a line break or NUL")
     if chunked is None:
         chunked = _TRANSFER_ENCODING in lines.lower() and any(

@@ -654,6 +654,48 @@ def test_server_that_stalls_is_a_read_timeout(run: Run[None]) -> None:
     run(scenario())
 
 
+def test_each_wait_on_a_connection_has_its_own_read_limit(run: Run[None]) -> None:
+    """The read timer stays armed between waits on a connection: a wait after a short
+    one runs to its own limit (or none), and a later short one still times out."""
+    release = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        while (request := await peer.request()) is not None:
+            if request.target == "/late":
+                await asyncio.sleep(0.4)  # past the first wait's limit, within this one's
+            elif request.target == "/stall":
+                await release.wait()
+            peer.send(answer(request.target.encode()))
+
+    async def scenario() -> None:
+        async with RawServer(handler) as server:
+            transport = PooledTransport()
+            try:
+                assert (await fetch(transport, server.url + "/a", read=0.2))[1] == b"/a"
+                assert (await fetch(transport, server.url + "/late", read=5.0))[1] == b"/late"
+                assert (await fetch(transport, server.url + "/b", read=0.2))[1] == b"/b"
+                request = make_request(server.url + "/late")
+                request.extensions["timeout"]["read"] = None  # no limit at all
+                _, body = await within(fetch_request(transport, request))
+                assert body == b"/late"
+                with pytest.raises(httpx.ReadTimeout):
+                    await within(fetch(transport, server.url + "/stall", read=0.2))
+                release.set()
+            finally:
+                await transport.aclose()
+        # one connection for all: no wait before the last timed out (which closes it)
+        assert server.accepted == 1
+
+    run(scenario())
+
+
+async def fetch_request(
+    transport: PooledTransport, request: httpx.Request
+) -> tuple[httpx.Response, bytes]:
+    response = await transport.handle_async_request(request)
+    return response, await read_all(response)
+
+
 @pytest.mark.parametrize(
     "reply",
     [
