@@ -7,6 +7,12 @@ left pending (by a crash or a temporary error), starts pending releases whose ca
 exists, judges running ones when their interval is due, and carries out what the judge
 decided. Every decision is logged with its evidence and its actions journalled in the
 same transaction, before anything is done; every action is idempotent and verified.
+
+Memory and the state file stay flat while a release runs: the evidence drops what no
+score can change any more (``controller.judge.evidence``), the judgements kept for the
+dashboard are a compact ring, and every ``CHECKPOINT_EVERY`` seconds each running
+release's evidence is stored as a checkpoint, so the samples it holds are forgotten
+(``ControllerState.save_checkpoint``); a restart resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from controller.errors import (
     NotLeaderError,
     StaleStateError,
 )
-from controller.evidence_log import judgement_summary
+from controller.evidence_log import JudgementRing, judgement_summary
 from controller.judge import Decision, Evidence, Judgement, StepStatus, Trace, judge
+from controller.judge.checkpoint import restore, snapshot
 from controller.labels import PromptLabels
 from controller.lifecycle import (
     Change,
@@ -40,7 +47,7 @@ from controller.lifecycle import (
     policy_digest,
 )
 from controller.release_store import ControllerState
-from controller.samples import Cursors, ScoreSample, TraceSample
+from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source import SampleSource
 from policies.domain import FINISHED, Phase
 from policies.model import Policy
@@ -49,14 +56,25 @@ log = logging.getLogger("coalmine.controller")
 
 SOURCE = "langfuse"
 JUDGEMENTS_KEPT = 1440
-"""Judgements kept per running release for the dashboard's charts."""
+"""Judgements kept per release for the dashboard's charts (a day at one a minute), in a
+compact ring (``controller.evidence_log.JudgementRing``): a few hundred bytes each."""
 HELD_WHILE_BLIND = frozenset({Decision.ADVANCE, Decision.PROMOTE})
 """Decisions never taken on a tick whose poll of Langfuse failed, or that has not read
 Langfuse up to now (a new leader reading a release's history again)."""
 CAUGHT_UP_WITHIN = 60.0
 """A poll whose cursors stop further than this before now is still catching up."""
+READ_SPAN_FLOOR = 10.0
+"""Seconds past its cursors that a poll reads at least, however often polls were cut."""
 PRUNE_EVERY = 3600.0
 """Seconds between two clean-ups of stored samples."""
+CHECKPOINT_EVERY = 600.0
+"""Seconds between two checkpoints of a running release's evidence: the samples stored
+before one are forgotten, but for those a poll may read again."""
+READ_AGAIN = 600.0
+"""Seconds before the read cursors (beyond the longest ``routing.readTimeout``) whose
+stored traces a checkpoint keeps: more than a poll reads again before its cursor (the
+source's lookback: ``readTimeout`` plus a minute and the settle time, at least 2
+minutes), so a trace read again is known, not taken for a new one."""
 EVENT_REASONS = {
     "start": "Started",
     "advance": "Advanced",
@@ -133,11 +151,14 @@ class Controller:
         self.notify = notify
         self.lock = threading.RLock()
         self.live: dict[str, _Live] = {}
-        self.histories: dict[str, tuple[Judgement, ...]] = {}
-        """The latest judgements per release, oldest first, kept after it ends (tuples:
-        replaced, never changed in place, so the admin API's threads read them without
-        the lock)."""
+        self.histories: dict[str, JudgementRing] = {}
+        """The latest judgements per release, kept after it ends (rings are thread-safe:
+        the admin API's threads read them without the controller's lock)."""
         self._next_prune = 0.0
+        self._next_checkpoint = 0.0
+        self._read_span: float | None = None
+        """Seconds past the cursors the next poll reads (None: up to now); halved after
+        a poll cut short, doubled after a complete one (see ``_poll``)."""
         self.last_poll_ok: float | None = None
         self.last_poll_error: str | None = None
 
@@ -175,9 +196,35 @@ class Controller:
             for release in self.state.releases():
                 if release.name not in policies and release.phase not in FINISHED:
                     self._abort_orphan(release, now, report)
+            if now >= self._next_checkpoint:
+                self._checkpoint(policies, now)
             if now >= self._next_prune:
                 self._prune(policies, now)
             return report
+
+    def _checkpoint(self, policies: Mapping[str, Policy], now: float) -> None:
+        """Store the evidence of every running release and forget the samples it holds."""
+        self._next_checkpoint = now + CHECKPOINT_EVERY
+        cursors = self.state.cursors(SOURCE)
+        if cursors is None:
+            return
+        longest = max((policy.routing.read_timeout for policy in policies.values()), default=0.0)
+        read_from = min(cursors.observations_from, cursors.scores_from)
+        keep_from = read_from - longest - READ_AGAIN
+        deleted = 0
+        for name, live in list(self.live.items()):
+            release = self.state.release(name)
+            if release is None or not release.running or release.started_at != live.started_at:
+                continue
+            deleted += self.state.save_checkpoint(
+                name,
+                started_at=live.started_at,
+                at=now,
+                document=snapshot(live.evidence),
+                keep_from=keep_from,
+            )
+        if deleted:
+            log.info("checkpointed running releases; forgot %d stored samples", deleted)
 
     def _prune(self, policies: Mapping[str, Policy], now: float) -> None:
         """Forget stored samples that no running release can use any more."""
@@ -202,7 +249,14 @@ class Controller:
         if not running:
             return
         cursors = self.state.cursors(SOURCE) or _first_cursors(running, self.state, now)
-        poll = self.source.poll(running, cursors, now)
+        read_from = min(cursors.observations_from, cursors.scores_from)
+        upto = now if self._read_span is None else min(now, read_from + self._read_span)
+        # Pages come newest first: a poll cut short keeps the cursors where they were,
+        # and one that keeps being cut over the same window would read the same newest
+        # rows forever. So the next poll reads a shorter window past the cursors (its
+        # "now" earlier), until one completes and the cursors move on to it.
+        poll = self.source.poll(running, cursors, upto)
+        self._pace(poll, upto - read_from, upto >= now)
         report.polled = True
         if poll.ok:
             self.last_poll_ok = now
@@ -222,6 +276,14 @@ class Controller:
         report.new_traces, report.new_scores = len(traces), len(scores)
         self._feed(traces, scores)
 
+    def _pace(self, poll: Poll, span: float, to_now: bool) -> None:
+        """How far past its cursors the next poll reads, after one that read ``span``."""
+        if poll.ok:
+            if self._read_span is not None:
+                self._read_span = None if to_now else 2 * self._read_span
+        elif poll.requests:  # cut short after reading: the same window would be again
+            self._read_span = max(READ_SPAN_FLOOR, span / 2)
+
     def _feed(self, traces: list[TraceSample], scores: list[ScoreSample]) -> None:
         """Give new samples to the evidence of running releases."""
         by_trace: dict[str, str] = {}
@@ -239,9 +301,17 @@ class Controller:
         fresh = {score.trace_id for score in scores} - set(by_trace)
         owners = self.state.release_of_traces(sorted(fresh)) if fresh else {}
         for score in scores:
-            release = owners.get(score.trace_id)
+            release = owners.get(score.trace_id) or self._holder(score.trace_id)
             if release is not None:
                 self._add_score(release, score)
+
+    def _holder(self, trace_id: str) -> str | None:
+        """The release whose evidence holds a trace whose stored sample a checkpoint
+        let go."""
+        for name, live in self.live.items():
+            if live.evidence.holds(trace_id):
+                return name
+        return None
 
     def _add_score(self, release: str, score: ScoreSample) -> None:
         live = self.live.get(release)
@@ -284,8 +354,7 @@ class Controller:
         step = StepStatus(release.step, release.step_started_at or now)
         judgement = judge(judged, live.evidence, step, now)
         live.last = judgement
-        kept = self.histories.get(release.name, ())
-        self.histories[release.name] = (*kept[-(JUDGEMENTS_KEPT - 1) :], judgement)
+        self._remember(release.name, judgement)
         live.next_look = now + judged.analysis.interval
         if judgement.decision is Decision.CONTINUE:
             return
@@ -302,6 +371,12 @@ class Controller:
             return
         self._carry_out(release, judged, judgement, now, report)
         self._after(name, policy, now, report)
+
+    def _remember(self, name: str, judgement: Judgement) -> None:
+        ring = self.histories.get(name)
+        if ring is None:
+            ring = self.histories[name] = JudgementRing(JUDGEMENTS_KEPT)
+        ring.append(judgement)
 
     def _after(self, name: str, policy: Policy, now: float, report: TickReport) -> None:
         """Once a rollout has ended, what the release waits for (or its next rollout)."""
@@ -378,17 +453,45 @@ class Controller:
         assert started_at is not None
         if live is not None and live.started_at == started_at:
             return live
-        evidence = Evidence(policy, started_at)
-        for index, at in enumerate(release.step_starts[1:], start=1):
-            evidence.open_step(index, at)
+        evidence = self._resumed(release, policy)
+        if evidence is None:
+            evidence = Evidence(policy, started_at)
+            for index, at in enumerate(release.step_starts[1:], start=1):
+                evidence.open_step(index, at)
+            for trace in self.state.traces(release.name, started_at):
+                evidence.add_trace(_trace(trace))
+            for score in self.state.scores_for_release(release.name, started_at):
+                evidence.add_scores(score.trace_id, {score.name: score.value}, score.at)
         live = _Live(evidence, started_at, next_look=started_at + policy.analysis.interval)
         self.live[release.name] = live
-        traces = self.state.traces(release.name, started_at)
+        return live
+
+    def _resumed(self, release: ReleaseState, policy: Policy) -> Evidence | None:
+        """The release's evidence from its checkpoint and the samples stored after it;
+        None without a checkpoint of this rollout that fits the policy."""
+        started_at = release.started_at
+        assert started_at is not None
+        found = self.state.checkpoint(release.name)
+        if found is None or found.started_at != started_at:
+            return None
+        evidence = restore(policy, found.document)
+        if evidence is None or evidence.step_count > len(release.step_starts):
+            log.warning("release %s: its evidence checkpoint does not fit; not used", release.name)
+            return None
+        for index in range(evidence.step_count, len(release.step_starts)):
+            evidence.open_step(index, release.step_starts[index])
+        traces = self.state.traces_after(release.name, started_at, found.traces_through)
         for trace in traces:
             evidence.add_trace(_trace(trace))
-        for score in self.state.scores_for_release(release.name, started_at):
-            evidence.add_scores(score.trace_id, {score.name: score.value}, score.at)
-        return live
+        new = {trace.trace_id for trace in traces}
+        # scores of the new traces (also those stored before the checkpoint, while their
+        # trace was not read yet), and later scores of the traces the checkpoint holds
+        early = self.state.scores_of(sorted(new))
+        later = [s for s in self.state.scores_after(found.scores_through) if s.trace_id not in new]
+        for score in sorted([*early, *later], key=lambda score: score.at):
+            if evidence.holds(score.trace_id):
+                evidence.add_scores(score.trace_id, {score.name: score.value}, score.at)
+        return evidence
 
     # -- deciding and acting ---------------------------------------------------------------
 
@@ -577,8 +680,10 @@ class Controller:
         return lifecycle.abort(release, now=now, reason=reason)
 
     def judgements(self, name: str) -> tuple[Judgement, ...]:
-        """The latest judgements of a release, oldest first."""
-        return self.histories.get(name, ())
+        """The latest judgements of a release, oldest first (all but the newest without
+        reasons, guards and worst traces: see ``JudgementRing``)."""
+        ring = self.histories.get(name)
+        return () if ring is None else ring.judgements()
 
     def last_judgement(self, name: str) -> Judgement | None:
         live = self.live.get(name)

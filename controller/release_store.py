@@ -7,8 +7,11 @@ requires it and completed after it is carried out, so a crash at any point leave
 pending actions that the next start finishes; the label history Langfuse does not keep
 (``label_moves``); the samples read from Langfuse with the cursors of the read that
 returned them (``traces``, ``scores``, ``cursors``), so a restart rebuilds the judge's
-evidence without reading Langfuse's history again. Routing tables live in the same file
-(``coalmine.shared.routing_tables.store``) so the proxy reads what the controller writes.
+evidence without reading Langfuse's history again; and per running release a checkpoint
+of its evidence (``checkpoints``): the samples it holds are forgotten, except those a
+poll may read again, so the file does not grow with a release's age. Routing tables live
+in the same file (``coalmine.shared.routing_tables.store``) so the proxy reads what the
+controller writes.
 
 An exclusive lock on ``<file>.lock`` makes one controller process the single writer.
 """
@@ -101,10 +104,24 @@ CREATE TABLE IF NOT EXISTS cursors (
     observations_from REAL NOT NULL,
     scores_from REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    release TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    at REAL NOT NULL,
+    traces_through INTEGER NOT NULL,
+    scores_through INTEGER NOT NULL,
+    observations_from REAL,
+    scores_from REAL,
+    document TEXT NOT NULL
+);
 """
+
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
+"""Bytes the write-ahead log is cut back to once its pages are in the file."""
 
 _COALMINE_TABLES = frozenset(
     {"releases", "decisions", "actions", "label_moves", "traces", "scores", "cursors"}
+    | {"checkpoints"}
     | {"routing_tables"}  # coalmine.shared.routing_tables.store, in the same file
 )
 
@@ -144,6 +161,21 @@ class DecisionRecord:
     evidence: dict[str, Any] = field(default_factory=dict)
     rollout: int = 0
     """The rollout the decision belongs to (0: the release had none yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A running release's evidence as it was once every sample stored until then was
+    in it: samples stored later have larger row ids than ``traces_through`` and
+    ``scores_through``."""
+
+    release: str
+    started_at: float
+    at: float
+    traces_through: int
+    scores_through: int
+    cursors: Cursors | None
+    document: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +266,7 @@ class ControllerState:
         with self.transaction() as db:
             db.execute("DELETE FROM releases WHERE name = ?", (name,))
             db.execute("DELETE FROM traces WHERE release = ?", (name,))
+            db.execute("DELETE FROM checkpoints WHERE release = ?", (name,))
 
     # -- decisions and actions -------------------------------------------------------------
 
@@ -455,19 +488,7 @@ class ControllerState:
             "FROM traces WHERE release = ? AND ts >= ? ORDER BY ts",
             (release, since),
         )
-        return [
-            TraceSample(
-                release=row[0],
-                trace_id=row[1],
-                arm=Arm(row[2]),
-                ts=row[3],
-                error=bool(row[4]),
-                latency_ms=row[5],
-                cost_usd=row[6],
-                prompt_version=row[7],
-            )
-            for row in rows
-        ]
+        return [_trace(row) for row in rows]
 
     def scores_for_release(self, release: str, since: float) -> list[ScoreSample]:
         rows = self._query(
@@ -513,12 +534,129 @@ class ControllerState:
         marks = ",".join("?" * len(running))
         keep = f"release NOT IN ({marks})" if running else "1"
         with self.transaction() as db:
+            db.execute(f"DELETE FROM checkpoints WHERE {keep}", list(running))
             traces = db.execute(f"DELETE FROM traces WHERE {keep}", list(running)).rowcount
             scores = db.execute(
                 "DELETE FROM scores WHERE at < ? AND trace_id NOT IN (SELECT trace_id FROM traces)",
                 (scores_before,),
             ).rowcount
         return int(traces) + int(scores)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def save_checkpoint(
+        self,
+        release: str,
+        *,
+        started_at: float,
+        at: float,
+        document: dict[str, Any],
+        keep_from: float,
+    ) -> int:
+        """Store a release's checkpoint, made when its evidence held every sample stored,
+        and forget, in the same transaction, the samples it holds: the release's traces
+        that started before ``keep_from`` (later ones stay, so a poll reading them again
+        finds them known) with their scores, and scores before ``keep_from`` whose trace
+        is not stored and that every release's checkpoint holds (their trace will not
+        come any more, or was forgotten here). The
+        newest row of each table stays, so row ids only grow. Returns rows deleted."""
+        with self.transaction() as db:
+            traces_through = _last_row(db, "traces")
+            scores_through = _last_row(db, "scores")
+            cursors = db.execute(
+                "SELECT observations_from, scores_from FROM cursors ORDER BY source LIMIT 1"
+            ).fetchone()
+            db.execute(
+                "INSERT INTO checkpoints (release, started_at, at, traces_through, "
+                "scores_through, observations_from, scores_from, document) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(release) DO UPDATE SET "
+                "started_at = excluded.started_at, at = excluded.at, "
+                "traces_through = excluded.traces_through, "
+                "scores_through = excluded.scores_through, "
+                "observations_from = excluded.observations_from, "
+                "scores_from = excluded.scores_from, document = excluded.document",
+                (
+                    release,
+                    started_at,
+                    at,
+                    traces_through,
+                    scores_through,
+                    None if cursors is None else cursors[0],
+                    None if cursors is None else cursors[1],
+                    json.dumps(document, separators=(",", ":")),
+                ),
+            )
+            covered = (release, traces_through, keep_from)
+            scores = db.execute(
+                "DELETE FROM scores WHERE rowid < ? AND trace_id IN (SELECT trace_id FROM "
+                "traces WHERE release = ? AND rowid < ? AND ts < ?)",
+                (scores_through, *covered),
+            ).rowcount
+            traces = db.execute(
+                "DELETE FROM traces WHERE release = ? AND rowid < ? AND ts < ?", covered
+            ).rowcount
+            # a score of a forgotten trace that came after another release's checkpoint
+            # is in none yet: only what every checkpoint holds goes
+            strays = db.execute(
+                "DELETE FROM scores WHERE rowid < (SELECT MIN(scores_through) FROM "
+                "checkpoints) AND at < ? AND trace_id NOT IN (SELECT trace_id FROM traces)",
+                (keep_from,),
+            ).rowcount
+        return int(scores) + int(traces) + int(strays)
+
+    def checkpoint(self, release: str) -> Checkpoint | None:
+        rows = self._query(
+            "SELECT release, started_at, at, traces_through, scores_through, "
+            "observations_from, scores_from, document FROM checkpoints WHERE release = ?",
+            (release,),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        cursors = None if row[5] is None else Cursors(row[5], row[6])
+        return Checkpoint(row[0], row[1], row[2], row[3], row[4], cursors, json.loads(row[7]))
+
+    def traces_after(self, release: str, since: float, row: int) -> list[TraceSample]:
+        """The release's traces stored after row ``row`` that started at ``since`` or
+        later, by start time."""
+        rows = self._query(
+            "SELECT release, trace_id, arm, ts, error, latency_ms, cost_usd, prompt_version "
+            "FROM traces WHERE release = ? AND ts >= ? AND rowid > ? ORDER BY ts",
+            (release, since, row),
+        )
+        return [_trace(found) for found in rows]
+
+    def scores_after(self, row: int) -> list[ScoreSample]:
+        """Every score stored after row ``row``, by creation time."""
+        rows = self._query(
+            "SELECT score_id, trace_id, name, value, at FROM scores WHERE rowid > ? ORDER BY at",
+            (row,),
+        )
+        return [_score(found) for found in rows]
+
+    def sample_counts(self) -> tuple[int, int]:
+        """(traces, scores) stored."""
+        traces = self._query("SELECT COUNT(*) FROM traces")[0][0]
+        scores = self._query("SELECT COUNT(*) FROM scores")[0][0]
+        return int(traces), int(scores)
+
+
+def _last_row(db: sqlite3.Connection, table: str) -> int:
+    found = db.execute(f"SELECT MAX(rowid) FROM {table}").fetchone()
+    return 0 if found is None or found[0] is None else int(found[0])
+
+
+def _trace(row: tuple[Any, ...]) -> TraceSample:
+    return TraceSample(
+        release=row[0],
+        trace_id=row[1],
+        arm=Arm(row[2]),
+        ts=row[3],
+        error=bool(row[4]),
+        latency_ms=row[5],
+        cost_usd=row[6],
+        prompt_version=row[7],
+    )
 
 
 def _action(row: tuple[Any, ...]) -> Action:
@@ -555,6 +693,9 @@ def _open(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
+        # a checkpoint rewrites a large row: without a limit the WAL file keeps the size
+        # of the largest transaction since the file was opened
+        db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         db.executescript(_SCHEMA)
         _add_columns(db)
     except sqlite3.DatabaseError as error:

@@ -12,6 +12,18 @@ The per-trace record that late scores need is forgotten once a trace is older th
 twice ``scoreTimeout`` (plus ``scoreSettle``), so a release judged for days holds
 memory for that window, not for its whole history; a score later than that is counted
 as an orphan.
+
+Cells close too. A cell can only change while a trace in it can still get a score: once
+its block ended ``2 × scoreTimeout + scoreSettle`` before the evidence's time and no
+trace record of the block is held any more, the block is closed and its cells are
+dropped. The judge reads only the running sums each cell has already added to (the
+stratified sums, the pooled within-cell squares, the per-step counts), never the cells
+themselves, so dropping them leaves every judgement bit for bit the same; cells are
+never merged (that would change the stratified weights). A trace that starts in a closed
+block comes too late to be judged: it is counted in ``late_traces`` and not used, with
+or without the dropping (``keep_closed_cells`` keeps closed cells, to show that). Error
+counts per block are kept for the last ``ERROR_BLOCKS_KEPT`` blocks, more than the
+circuit breaker reads.
 """
 
 from __future__ import annotations
@@ -29,6 +41,9 @@ from policies.model import Direction, Metric, MetricSource, Policy, ScoreType
 
 COST_FLOOR_USD = 1e-6  # zero-cost traces (cache hits) are counted as this on the log scale
 WORST_KEPT = 5  # canary traces kept per metric as "regressed most"
+ERROR_BLOCKS_KEPT = 10
+"""Blocks of per-block error counts kept before the evidence's time (the circuit breaker
+reads the last five)."""
 
 Cell = tuple[int, int]  # (step, block)
 
@@ -198,6 +213,12 @@ class MeanSeries:
     def totals(self) -> tuple[int, int]:
         return int(self.arms[0][0]), int(self.arms[1][0])
 
+    def drop_block(self, block: int, steps: int) -> None:
+        """Forget the cells of a closed block (its share of the sums stays in them)."""
+        cells = self.cells
+        for step in range(steps):
+            cells.pop((step, block), None)
+
 
 LOG_BIN_BASE = math.log(1.01)  # quantile sketch: values within 1% share a bin
 
@@ -289,7 +310,7 @@ class _TraceInfo:
     ts: float
     cell: Cell
     error: bool
-    scored: dict[str, float] = field(default_factory=dict)  # score name -> arrived at
+    scored: dict[str, float] | None = None  # score name -> arrived at (None: none yet)
     pending: int = 0  # entries of the pending heap that still refer to this trace
     expired: bool = False  # old enough to forget once ``pending`` is 0
 
@@ -302,7 +323,9 @@ _Pending = tuple[float, int, str, str, float | None]
 class Evidence:
     """Everything the judge may use about one release, built incrementally."""
 
-    def __init__(self, policy: Policy, started_at: float) -> None:
+    def __init__(
+        self, policy: Policy, started_at: float, *, keep_closed_cells: bool = False
+    ) -> None:
         self.policy = policy
         self.started_at = started_at
         self.block_seconds = policy.analysis.interval
@@ -311,6 +334,12 @@ class Evidence:
         self._traces: dict[str, _TraceInfo] = {}
         self._arrivals: deque[tuple[float, str]] = deque()  # (ts, trace id), to forget
         self.forgotten_traces = 0
+        self.keep_closed_cells = keep_closed_cells
+        self.closed_blocks = 0
+        """Blocks before this one (counted from ``started_at``) are closed."""
+        self._held: dict[int, int] = {}  # block -> trace records held
+        self._last_cell: Cell = (0, 0)
+        self.late_traces = 0
         self._pending: list[_Pending] = []
         self._seq = 0
         self.series: dict[str, MetricSeries] = {}
@@ -354,8 +383,14 @@ class Evidence:
         return max(bisect.bisect_right(self._step_starts, ts) - 1, 0)
 
     def cell_of(self, ts: float) -> Cell:
-        block = math.floor((ts - self.started_at) / self.block_seconds)
-        return self.step_of(ts), block
+        cell = (self.step_of(ts), math.floor((ts - self.started_at) / self.block_seconds))
+        # traces come about in time order: the records of one block share one cell
+        # object (a block number past 256 is an object of its own in every new tuple)
+        last = self._last_cell
+        if cell == last:
+            return last
+        self._last_cell = cell
+        return cell
 
     # -- input -------------------------------------------------------------------------
 
@@ -368,9 +403,13 @@ class Evidence:
             self.duplicate_traces += 1
             return False
         cell = self.cell_of(trace.ts)
+        if 0 <= cell[1] < self.closed_blocks:
+            self.late_traces += 1
+            return False
         error = trace.error is True
         info = _TraceInfo(arm=trace.arm, ts=trace.ts, cell=cell, error=error)
         self._traces[trace.trace_id] = info
+        self._held[cell[1]] = self._held.get(cell[1], 0) + 1
         self._arrivals.append((trace.ts, trace.trace_id))
         self._count_traffic(cell, trace.arm, error)
         self._observe_trace_metrics(trace)
@@ -416,7 +455,11 @@ class Evidence:
         settle = self.policy.analysis.score_settle
         for name, raw in scores.items():
             group = self._by_score.get(name)
-            if not group or name in info.scored:
+            if not group:
+                continue
+            if info.scored is None:
+                info.scored = {}
+            elif name in info.scored:
                 continue
             info.scored[name] = at
             for series in group:
@@ -474,6 +517,7 @@ class Evidence:
         series = self.series[metric]
         if series.means is None:
             raise ValueError(f"{metric} is a quantile metric: use add_quantile_bins")
+        self._refuse_closed(cell)
         series.means.add_batch(cell, arm, *moments)
         if arm is Arm.CANARY:
             series.means.canary_bad += harmful
@@ -483,7 +527,15 @@ class Evidence:
         coverage = self.series[metric].coverage
         if coverage is None:
             raise ValueError(f"{metric} is not a score metric")
+        self._refuse_closed(cell)
         coverage.add_batch(cell, arm, traces, float(unscored), float(unscored))
+
+    def _refuse_closed(self, cell: Cell) -> None:
+        if 0 <= cell[1] < self.closed_blocks:
+            raise ValueError(
+                f"cell {cell} is closed: batches come in time order, each before its block "
+                "is 2 x scoreTimeout + scoreSettle old"
+            )
 
     def add_quantile_bins(self, metric: str, step: int, arm: Arm, bins: Mapping[int, int]) -> None:
         """Add counts per sketch bin (see ``sketch_bin``) of a quantile metric's values."""
@@ -521,12 +573,14 @@ class Evidence:
             info = self._traces[trace_id]
             info.pending -= 1
             if info.expired and not info.pending:
-                del self._traces[trace_id]
-                self.forgotten_traces += 1
+                self._drop_record(trace_id, info)
             series = self.series[metric]
             if value is None:
                 assert series.coverage is not None
-                arrived = info.scored.get(series.metric.score or "", math.inf)
+                scored = info.scored
+                arrived = (
+                    math.inf if scored is None else scored.get(series.metric.score or "", math.inf)
+                )
                 unscored = 0.0 if arrived <= due else 1.0
                 series.coverage.add(info.cell, info.arm, unscored)
                 continue
@@ -534,12 +588,14 @@ class Evidence:
         for item in unread:
             heapq.heappush(pending, item)
         self.observed_until = now
-        self._forget(now)
-
-    def _forget(self, now: float) -> None:
-        """Drop the records of traces too old for any score to count."""
         analysis = self.policy.analysis
         horizon = now - 2 * analysis.score_timeout - analysis.score_settle
+        self._forget(horizon)
+        self._close(horizon)
+        self._forget_error_blocks(now)
+
+    def _forget(self, horizon: float) -> None:
+        """Drop the records of traces too old for any score to count."""
         arrivals = self._arrivals
         while arrivals and arrivals[0][0] < horizon:
             _, trace_id = arrivals.popleft()
@@ -549,8 +605,41 @@ class Evidence:
             if info.pending:
                 info.expired = True  # a score due later still needs it
             else:
-                del self._traces[trace_id]
-                self.forgotten_traces += 1
+                self._drop_record(trace_id, info)
+
+    def _drop_record(self, trace_id: str, info: _TraceInfo) -> None:
+        del self._traces[trace_id]
+        self.forgotten_traces += 1
+        block = info.cell[1]
+        left = self._held[block] - 1
+        if left:
+            self._held[block] = left
+        else:
+            del self._held[block]
+
+    def _close(self, horizon: float) -> None:
+        """Close the blocks that ended before ``horizon`` and hold no trace record: no
+        observation can reach their cells any more."""
+        block = self.closed_blocks
+        start, length, held = self.started_at, self.block_seconds, self._held
+        while start + (block + 1) * length <= horizon and not held.get(block):
+            if not self.keep_closed_cells:
+                steps = len(self._step_starts)
+                for series in self.series.values():
+                    for means in (series.means, series.coverage):
+                        if means is not None:
+                            means.drop_block(block, steps)
+            block += 1
+        self.closed_blocks = block
+
+    def _forget_error_blocks(self, now: float) -> None:
+        """Drop error counts of blocks too old for the circuit breaker."""
+        if self.keep_closed_cells:
+            return
+        oldest = math.floor((now - self.started_at) / self.block_seconds) - ERROR_BLOCKS_KEPT
+        stale = [block for block in self.block_errors if block < oldest]
+        for block in stale:
+            del self.block_errors[block]
 
     def _observe(self, series: MetricSeries, info: _TraceInfo, trace_id: str, value: float) -> None:
         if series.quantiles is not None:
@@ -594,6 +683,10 @@ class Evidence:
                 for i in range(4):
                     totals[i] += counts[i]
         return totals[0], totals[1], totals[2], totals[3]
+
+    def holds(self, trace_id: str) -> bool:
+        """Whether the record of a trace is held (a score for it still counts)."""
+        return trace_id in self._traces
 
     def worst_traces(self, name: str) -> tuple[str, ...]:
         series = self.series[name]

@@ -1,0 +1,202 @@
+"""An ``Evidence`` as plain data and back, exactly: every running sum, cell, sketch and
+held trace record, with its floats as they are (JSON keeps a float's every bit).
+
+The controller stores a running release's checkpoint with the state file's samples so it
+can forget the samples the checkpoint holds: after a restart the evidence is the
+checkpoint plus the samples stored after it, not a replay of the release from its start.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from controller.judge.evidence import (
+    ArmMoments,
+    CellMoments,
+    Evidence,
+    MeanSeries,
+    QuantileSeries,
+    Sketch,
+    _TraceInfo,
+)
+from policies.domain import Arm
+from policies.model import Policy
+
+__all__ = ["FORMAT", "restore", "snapshot"]
+
+FORMAT = 1
+"""Bumped when the layout changes: a checkpoint of another format is not restored."""
+
+_ARMS = {arm.value: arm for arm in Arm}
+
+
+def snapshot(evidence: Evidence) -> dict[str, Any]:
+    """The evidence as JSON-ready data (``restore`` gives it back)."""
+    return {
+        "format": FORMAT,
+        "metrics": sorted(evidence.series),
+        "startedAt": evidence.started_at,
+        "observedUntil": evidence.observed_until,
+        "stepStarts": list(evidence._step_starts),
+        "traces": [
+            [
+                trace_id,
+                info.arm.value,
+                info.ts,
+                info.cell[0],
+                info.cell[1],
+                info.error,
+                info.scored,
+                info.pending,
+                info.expired,
+            ]
+            for trace_id, info in evidence._traces.items()
+        ],
+        "pending": [list(item) for item in evidence._pending],
+        "seq": evidence._seq,
+        "counters": {
+            "forgotten": evidence.forgotten_traces,
+            "late": evidence.late_traces,
+            "shadow": evidence.shadow_traces,
+            "duplicate": evidence.duplicate_traces,
+            "orphan": evidence.orphan_scores,
+        },
+        "closedBlocks": evidence.closed_blocks,
+        "stepTraffic": _int_keys_out(evidence.step_traffic),
+        "blockErrors": _int_keys_out(evidence.block_errors),
+        "series": {
+            name: {
+                "means": None if series.means is None else _means_out(series.means),
+                "coverage": None if series.coverage is None else _means_out(series.coverage),
+                "quantiles": (
+                    None if series.quantiles is None else _quantiles_out(series.quantiles)
+                ),
+                "worst": [list(entry) for entry in series.worst],
+                "invalid": series.invalid,
+            }
+            for name, series in evidence.series.items()
+        },
+    }
+
+
+def restore(policy: Policy, data: dict[str, Any]) -> Evidence | None:
+    """The evidence ``snapshot`` made, judged by ``policy``; None when the data is of
+    another format or another set of metrics than the policy's."""
+    if data.get("format") != FORMAT:
+        return None
+    if sorted(metric.name for metric in policy.analysis.metrics) != data["metrics"]:
+        return None
+    evidence = Evidence(policy, float(data["startedAt"]))
+    for index, at in enumerate(data["stepStarts"][1:], start=1):
+        evidence.open_step(index, float(at))
+    evidence.observed_until = float(data["observedUntil"])
+    held: dict[int, int] = {}
+    cells: dict[tuple[int, int], tuple[int, int]] = {}  # one object a cell, as when read
+    for trace_id, arm, ts, step, block, error, scored, pending, expired in data["traces"]:
+        cell = cells.setdefault((step, block), (step, block))
+        evidence._traces[trace_id] = _TraceInfo(
+            arm=_ARMS[arm],
+            ts=ts,
+            cell=cell,
+            error=error,
+            scored=scored,
+            pending=pending,
+            expired=expired,
+        )
+        held[block] = held.get(block, 0) + 1
+    evidence._held = held
+    # the records not yet past the forgetting horizon, in the order they came
+    evidence._arrivals = deque(
+        (info.ts, trace_id) for trace_id, info in evidence._traces.items() if not info.expired
+    )
+    pending = [
+        (due, seq, metric, trace_id, value) for due, seq, metric, trace_id, value in data["pending"]
+    ]
+    evidence._pending = pending
+    evidence._seq = int(data["seq"])
+    counters = data["counters"]
+    evidence.forgotten_traces = counters["forgotten"]
+    evidence.late_traces = counters["late"]
+    evidence.shadow_traces = counters["shadow"]
+    evidence.duplicate_traces = counters["duplicate"]
+    evidence.orphan_scores = counters["orphan"]
+    evidence.closed_blocks = int(data["closedBlocks"])
+    evidence.step_traffic = _int_keys_in(data["stepTraffic"])
+    evidence.block_errors = _int_keys_in(data["blockErrors"])
+    for name, stored in data["series"].items():
+        series = evidence.series[name]
+        if stored["means"] is not None:
+            series.means = _means_in(stored["means"])
+        if stored["coverage"] is not None:
+            series.coverage = _means_in(stored["coverage"])
+        if stored["quantiles"] is not None:
+            series.quantiles = _quantiles_in(stored["quantiles"])
+        # a heap kept as a list is still a heap, in the same order
+        series.worst = [(badness, ts, trace_id) for badness, ts, trace_id in stored["worst"]]
+        series.invalid = stored["invalid"]
+    return evidence
+
+
+def _int_keys_out(counts: dict[int, list[int]]) -> list[list[Any]]:
+    return [[key, list(value)] for key, value in counts.items()]
+
+
+def _int_keys_in(stored: list[list[Any]]) -> dict[int, list[int]]:
+    return {int(key): list(value) for key, value in stored}
+
+
+def _means_out(means: MeanSeries) -> dict[str, Any]:
+    return {
+        "cells": [
+            [
+                step,
+                block,
+                [cell.baseline.n, cell.baseline.total, cell.baseline.total_sq],
+                [cell.canary.n, cell.canary.total, cell.canary.total_sq],
+                list(cell.contribution),
+            ]
+            for (step, block), cell in means.cells.items()
+        ],
+        "stepCounts": _int_keys_out(means.step_counts),
+        "arms": [list(means.arms[0]), list(means.arms[1])],
+        "sums": list(means.sums),
+        "canaryBad": means.canary_bad,
+    }
+
+
+def _means_in(stored: dict[str, Any]) -> MeanSeries:
+    means = MeanSeries()
+    for step, block, base, canary, contribution in stored["cells"]:
+        means.cells[(step, block)] = CellMoments(
+            baseline=ArmMoments(*base),
+            canary=ArmMoments(*canary),
+            contribution=(contribution[0], contribution[1], contribution[2], contribution[3]),
+        )
+    means.step_counts = _int_keys_in(stored["stepCounts"])
+    baseline, canary = stored["arms"]
+    means.arms = (list(baseline), list(canary))
+    means.sums = list(stored["sums"])
+    means.canary_bad = stored["canaryBad"]
+    return means
+
+
+def _quantiles_out(quantiles: QuantileSeries) -> list[list[Any]]:
+    return [
+        [step, _bins_out(base), base.n, _bins_out(canary), canary.n]
+        for step, (base, canary) in quantiles.steps.items()
+    ]
+
+
+def _bins_out(sketch: Sketch) -> list[list[int]]:
+    return [[index, count] for index, count in sketch.bins.items()]
+
+
+def _quantiles_in(stored: list[list[Any]]) -> QuantileSeries:
+    quantiles = QuantileSeries()
+    for step, base_bins, base_n, canary_bins, canary_n in stored:
+        quantiles.steps[int(step)] = (
+            Sketch({int(i): int(c) for i, c in base_bins}, int(base_n)),
+            Sketch({int(i): int(c) for i, c in canary_bins}, int(canary_n)),
+        )
+    return quantiles
