@@ -101,6 +101,9 @@ class ProxyApp:
         to write them to); started and stopped among the ``refreshers``."""
         self.in_flight = 0
         """Requests being served; read by the in-flight gauge when it is scraped."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the requests come on, known from the first (on another, each
+        request looks for its own)."""
         metrics.in_flight.set_function(lambda: self.in_flight)
         for release in releases.by_name.values():
             metrics.routing(release.name, release.table.canary_weight, release.table.version)
@@ -145,20 +148,23 @@ class ProxyApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _http(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """What answers the request: the proxy's refusal, or the exchange with the
+        upstream."""
         start_ns = time.time_ns()
         plan = plan_request(RequestHead.of(scope), self.releases, self.settings, _CHANCE)
         if isinstance(plan, Refusal):
             self.metrics.refused.labels(plan.reason).inc()
-            await _answer(
+            return _answer(
                 send, plan.status, plan.code, plan.message, plan.request_id, plan.retry_after
             )
-            return
         if plan.shadow_dropped:
             self.metrics.shadow_dropped(plan.release, ShadowOutcome.DROPPED_TOO_LARGE)
         gone = scope.get("extensions", {}).get(CLIENT_GONE, {}).get("gone")
         watch = gone if isinstance(gone, ClientGone) else None
-        await _Exchange(self, plan, receive, send, watch).run(start_ns)
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        return _Exchange(self, plan, receive, send, watch).run(start_ns)
 
 
 class _Exchange:
@@ -200,7 +206,9 @@ class _Exchange:
         self.plan = plan
         self.receive = receive
         self.send = send
-        self.task = asyncio.current_task()
+        # with its loop given, current_task skips a look for the running loop (in this
+        # Python, a getpid system call)
+        self.task = asyncio.current_task(app.loop) or asyncio.current_task()
         self.status = 0
         self.failure: Failure | None = None
         self.started = False

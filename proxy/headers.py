@@ -163,7 +163,6 @@ def new_request_id() -> str:
 
 def trace_context(
     incoming: str | None,
-    *,
     new_trace: Callable[[], str] = new_trace_id,
     new_span: Callable[[], str] = new_span_id,
 ) -> TraceContext:

@@ -323,9 +323,7 @@ def plan_request(
     else:
         arm, set_cookie = _assign(head, seen, release, table, chance)
     route = table.canary if arm is Arm.CANARY else table.baseline
-    trace = trace_context(
-        seen.traceparent, new_trace=chance.new_trace_id, new_span=chance.new_span_id
-    )
+    trace = trace_context(seen.traceparent, chance.new_trace_id, chance.new_span_id)
     forwarded = _forwarded_headers(head, seen)
     headers = [
         *forwarded,
