@@ -113,6 +113,8 @@ _NO_BODY_STATUS = frozenset({204, 304})
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
 _CONNECTION_CLOSE = b"connection: close\r\n"
 _CHUNKED_HEADER = b"transfer-encoding: chunked\r\n"
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+"""The scope's ``asgi``, one for all requests (never changed)."""
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _LINE_ENDS_AND_NUL = b"\r\n\x00"
 
@@ -350,7 +352,7 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
             path = unquote(path, encoding="latin-1") if not path.isascii() else unquote(path)
         scope: dict[str, Any] = {
             "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "asgi": _ASGI,
             "http_version": version,
             "server": self.server,
             "client": self.client,

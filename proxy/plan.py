@@ -336,7 +336,11 @@ def plan_request(
         headers.append((_LABEL, route.prompt_label.encode()))
     if seen.content_length is not None:
         headers.append((b"content-length", str(seen.content_length).encode()))
-    shadow, shadow_dropped = _shadow(table, head.method, seen.content_length, forwarded, chance)
+    shadow, shadow_dropped = (
+        (None, False)
+        if table.shadow is None
+        else _shadow(table, head.method, seen.content_length, forwarded, chance)
+    )
     expected = seen.content_length
     # by position, in the order of Forward's fields: binding 17 keywords cost more than
     # all the rest of its making

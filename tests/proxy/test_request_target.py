@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from proxy.app import upstream_head, upstream_request
-from proxy.headers import _RandomBytes, new_request_id
+from proxy.headers import _RandomHex, new_request_id
 from proxy.transport import PooledTransport, request_head
 from tests.proxy.raw_upstream import LOOPS, RawServer, Run, answer, answering, read_all, runner
 
@@ -140,15 +140,15 @@ def test_a_target_that_could_break_the_request_line_is_refused(run: Run[None], t
 def test_ids_are_distinct_and_a_forked_child_draws_its_own() -> None:
     ids = {new_request_id() for _ in range(2000)}
     assert len(ids) == 2000 and all(len(value) == 32 for value in ids)
-    source = _RandomBytes()
-    source.take(16)
+    source = _RandomHex()
+    source.take(32)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: what it draws next must not be what the parent draws next
-        os.write(write, source.take(16))
+        os.write(write, source.take(32).encode())
         os._exit(0)
     os.waitpid(pid, 0)
-    child = os.read(read, 16)
+    child = os.read(read, 32).decode()
     os.close(read)
     os.close(write)
-    assert child != source.take(16)
+    assert child != source.take(32)
