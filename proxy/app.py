@@ -406,8 +406,8 @@ def upstream_head(
     body goes chunked: the head ``upstream_request`` would make, with its URL parsed once
     per upstream and the framing headers set here where httpx sets them (``Host`` first,
     then an empty body's length; a body's length, or chunked for a streamed body of
-    unknown length, last). Parsing a URL
-    and making httpx's objects for every request cost the proxy a fifth of its time."""
+    unknown length, last). An httpx request and response made for every request cost
+    about 14 µs between them (3.6 µs and 10.3 µs, timeit)."""
     origin, base_path, host = _origin(plan.upstream)
     headers = [(b"Host", host)]
     chunked = False  # the client's framing is hop-by-hop: never among plan.headers

@@ -224,9 +224,8 @@ class Forward:
 
 class _Incoming:
     """The request headers the plan looks at, gathered in one pass. Its fields are
-    class attributes until a header sets them: one is made for every request, and
-    setting seventeen fields that most requests leave as they are cost more than the
-    gathering."""
+    class attributes until a header sets them: one is made for every request, and most
+    requests set few of its seventeen fields."""
 
     sticky: str | None = None
     cookie: str | None = None

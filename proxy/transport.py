@@ -606,7 +606,7 @@ class _Connection(WriteFlow, asyncio.Protocol):
 
     def _read_too_slow(self) -> None:
         """The read timer: armed by a wait and left armed after it (a timer made and
-        cancelled for every wait cost more than the rest of the wait); when it fires
+        cancelled for every wait cost 3% of a request's instructions); when it fires
         early for the wait in progress, it is armed again for what that wait has left."""
         self.read_timer = None
         waiter, deadline = self.waiter, self.read_deadline
@@ -879,8 +879,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
     ) -> RawResponse:
         """One request to ``origin`` (scheme, host, port), its head already made by
         ``request_head``: the response once its head is in. ``handle_async_request``
-        without httpx's request and response objects, whose making cost the proxy a
-        tenth of its time; errors are httpx's (``request`` is put in them when given)."""
+        without httpx's request and response objects (about 14 µs a request between
+        them); errors are httpx's (``request`` is put in them when given)."""
         pool = self._pools.get(origin) or self._new_pool(origin, request)
         whole, stream = (body, None) if isinstance(body, bytes) else (None, body)
         conn, reused = await self._acquire(pool, request, timeouts)
