@@ -102,11 +102,6 @@ class _OverrunError(Exception):
     """Bytes after the end of the response: raised from a parser callback to stop it."""
 
 
-def _expire(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
-
-
 def _expire_pool_wait(
     waiter: asyncio.Future[_Connection | None], request: httpx.Request | None
 ) -> None:
@@ -816,8 +811,6 @@ class PooledTransport(httpx.AsyncBaseTransport):
     The request's ``target`` extension, when given, is the request-target sent (as
     with httpcore): the URL then only says where to connect.
     """
-
-    honours_target = True
 
     def __init__(
         self,
