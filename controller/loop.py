@@ -18,6 +18,7 @@ release's evidence is stored as a checkpoint, so the samples it holds are forgot
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,7 @@ from controller.lifecycle import (
 from controller.release_store import ControllerState
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source import SampleSource
+from controller.source.aggregates import ProxyCounts
 from policies.domain import FINISHED, Phase
 from policies.model import Policy
 
@@ -108,6 +110,8 @@ class _Live:
     started_at: float
     next_look: float
     last: Judgement | None = None
+    proxies: frozenset[str] = frozenset()
+    """The proxies whose counts of the release were read last (traffic from proxies)."""
 
 
 @dataclass(slots=True)
@@ -120,6 +124,8 @@ class TickReport:
     new_scores: int = 0
     catching_up: str | None = None
     """Why the poll has not read up to now (None: it has)."""
+    counts_error: str | None = None
+    """Why the proxies' counts could not be read (None: they were, or are not used)."""
     decisions: list[tuple[str, str]] = field(default_factory=list)
     actions: int = 0
     action_errors: list[str] = field(default_factory=list)
@@ -138,8 +144,12 @@ class Controller:
         policies: Callable[[], Mapping[str, Policy]],
         notify: Notify | None = None,
         events: EventRecorder | None = None,
+        counts: ProxyCounts | None = None,
     ) -> None:
         self.state = state
+        self.counts = counts
+        """The proxies' counts of every request: with them, new rollouts are judged on
+        all traffic for errors, latency and the split (``traffic_from_proxy``)."""
         self.fence: Callable[[], None] = lambda: None
         """Raises NotLeaderError, naming the leader, when this replica may not act
         (cluster mode: it does not hold the Lease)."""
@@ -346,11 +356,7 @@ class Controller:
         if self._superseded(release, policy, now, report):
             self._after(name, policy, now, report)
             return
-        cursors = self.state.cursors(SOURCE)
-        live.evidence.advance(
-            max(now, live.evidence.observed_until),
-            scores_read_until=None if cursors is None else cursors.scores_from,
-        )
+        self._bring_up_to(now, release.name, live, report)
         step = StepStatus(release.step, release.step_started_at or now)
         judgement = judge(judged, live.evidence, step, now)
         live.last = judgement
@@ -358,12 +364,12 @@ class Controller:
         live.next_look = now + judged.analysis.interval
         if judgement.decision is Decision.CONTINUE:
             return
-        blind = report.poll_error or report.catching_up
+        blind = report.poll_error or report.catching_up or report.counts_error
         if blind is not None and judgement.decision in HELD_WHILE_BLIND:
             # evidence read before Langfuse failed, or not read up to now, may be stale or
             # partial: never move forward on it
             log.warning(
-                "release %s: %s held: Langfuse not read up to now (%s)",
+                "release %s: %s held: evidence not read up to now (%s)",
                 release.name,
                 judgement.decision.value,
                 blind,
@@ -371,6 +377,38 @@ class Controller:
             return
         self._carry_out(release, judged, judgement, now, report)
         self._after(name, policy, now, report)
+
+    def _bring_up_to(self, now: float, name: str, live: _Live, report: TickReport) -> None:
+        """Make the release's evidence current for a look at ``now``."""
+        cursors = self.state.cursors(SOURCE)
+        if live.evidence.traffic_from_proxy:
+            self._take_counts(name, live, now, report)
+        live.evidence.advance(
+            max(now, live.evidence.observed_until),
+            scores_read_until=None if cursors is None else cursors.scores_from,
+            traces_read_until=None if cursors is None else cursors.observations_from,
+        )
+
+    def _take_counts(self, name: str, live: _Live, now: float, report: TickReport) -> None:
+        """Give the release's evidence the proxies' counts read now."""
+        if self.counts is None:
+            report.counts_error = "this controller does not read the proxies' counts"
+            return
+        evidence = live.evidence
+        try:
+            readout = self.counts.readout(name, evidence.counts_from(), math.floor(now) + 1)
+        except Exception as error:  # the store's trouble never stops the tick
+            report.counts_error = f"cannot read the proxies' counts: {error}"
+            report.action_errors.append(f"{name}: {report.counts_error}")
+            log.warning("release %s: %s", name, report.counts_error)
+            return
+        for problem in readout.problems:
+            log.warning("release %s: proxy counts left out: %s", name, problem)
+        live.proxies = readout.proxies
+        for (arm, minute), cell in sorted(readout.cells.items(), key=lambda item: item[0][1]):
+            evidence.add_proxy_minute(
+                arm, minute, (cell.requests, cell.errors, cell.requests), cell.latency_bins
+            )
 
     def _remember(self, name: str, judgement: Judgement) -> None:
         ring = self.histories.get(name)
@@ -455,7 +493,7 @@ class Controller:
             return live
         evidence = self._resumed(release, policy)
         if evidence is None:
-            evidence = Evidence(policy, started_at)
+            evidence = Evidence(policy, started_at, traffic_from_proxy=self.counts is not None)
             for index, at in enumerate(release.step_starts[1:], start=1):
                 evidence.open_step(index, at)
             for trace in self.state.traces(release.name, started_at):
@@ -474,7 +512,13 @@ class Controller:
         found = self.state.checkpoint(release.name)
         if found is None or found.started_at != started_at:
             return None
-        evidence = restore(policy, found.document)
+        try:
+            evidence = restore(policy, found.document)
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            log.warning(
+                "release %s: its evidence checkpoint is malformed (%r)", release.name, error
+            )
+            return None
         if evidence is None or evidence.step_count > len(release.step_starts):
             log.warning("release %s: its evidence checkpoint does not fit; not used", release.name)
             return None

@@ -29,6 +29,7 @@ from controller.notify import MultiNotifier, Notifier, WebhookNotifier
 from controller.release_store import ControllerState
 from controller.settings import ControllerSettings
 from controller.source import SampleSource
+from controller.source.aggregates import ProxyCounts
 from controller.source.budget import BudgetSettings, RequestBudget
 from controller.source.langfuse import LangfuseSource, SourceSettings
 from policies.model import Policy
@@ -242,13 +243,12 @@ def build_service(
         routing = SqliteRoutingStore(settings.state)
     else:
         state, routing = cluster.state, cluster.routing
-    notifiers: list[Notifier] = []
-    if settings.webhook_url:
-        notifiers.append(WebhookNotifier(settings.webhook_url))
-    if settings.slack_webhook_url:
-        notifiers.append(WebhookNotifier(settings.slack_webhook_url, slack=True))
+    notifiers = _notifiers(settings)
     notifier = MultiNotifier(notifiers)
 
+    counts: ProxyCounts | None = None
+    if settings.judge_traffic == "proxy":
+        counts = ProxyCounts.local(settings.state) if cluster is None else cluster.counts
     controller = Controller(
         state=state,
         routing=routing,
@@ -257,6 +257,7 @@ def build_service(
         policies=policies,
         notify=notifier.send,
         events=None if cluster is None else cluster.events,
+        counts=counts,
     )
     if cluster is not None:
         controller.fence = cluster.elector.fence
@@ -283,12 +284,22 @@ def build_service(
     return service
 
 
+def _notifiers(settings: ControllerSettings) -> list[Notifier]:
+    notifiers: list[Notifier] = []
+    if settings.webhook_url:
+        notifiers.append(WebhookNotifier(settings.webhook_url))
+    if settings.slack_webhook_url:
+        notifiers.append(WebhookNotifier(settings.slack_webhook_url, slack=True))
+    return notifiers
+
+
 @dataclass(frozen=True)
 class _Cluster:
     elector: LeaseElector
     state: ClusterState
     routing: ConfigMapRoutingStore
     events: KubeEventRecorder
+    counts: ProxyCounts
 
 
 def _cluster(
@@ -333,7 +344,8 @@ def _cluster(
         pod=ObjectRef("v1", "Pod", identity, settings.pod_uid),
         targets=targets,
     )
-    return _Cluster(elector, state, routing, events)
+    counts = ProxyCounts.cluster(client, namespace, settings.configmap_prefix)
+    return _Cluster(elector, state, routing, events, counts)
 
 
 def _notification_counts(notifiers: Sequence[Notifier]) -> dict[str, int]:

@@ -4,6 +4,7 @@ for its keys) and then from command-line flags, which win."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -37,6 +38,13 @@ class ControllerSettings(LangfuseConnection, AdminToken, ClusterSettings):
     requests_per_minute: int = Field(default=DEFAULT_PER_MINUTE, ge=1)
     """Langfuse requests a minute the controller allows itself (General API bucket; the
     default leaves room under the Hobby plan's 30 for the app and people)."""
+
+    judge_traffic: Literal["langfuse", "proxy"] = "langfuse"
+    """Where the judge counts requests, errors and latency. ``proxy``: the proxies' own
+    counts of every request (proxies with ``COALMINE_AGGREGATES`` on, writing to this
+    state file or, in cluster mode, to ConfigMaps of this namespace); ``langfuse``: the
+    traces read in Langfuse. ``coalmine run`` uses ``proxy`` when its proxy counts and
+    this is not set. Applies to rollouts that start after it is changed."""
 
     trace_settle_seconds: float = Field(default=10.0, ge=0)
     """A trace is read once its root span ended this long ago, so the app's spans

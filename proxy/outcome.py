@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from policies.domain import Arm
 
@@ -25,6 +26,15 @@ class Failure(StrEnum):
 
     TOO_LARGE = "too_large"
     """The request body was over the limit (answered 413)."""
+
+
+class Usage(NamedTuple):
+    """What an OpenAI-style response said it used (its ``usage`` object)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    """The cost the response itself reported, in US dollars; None when it gave none."""
 
 
 # not frozen: one is made for every request, and a frozen dataclass sets each of
@@ -53,6 +63,10 @@ class RequestOutcome:
     failure: Failure | None = None
     shadow_of: str | None = None
     """For a shadow copy: the trace id of the request it mirrors."""
+    sampled: bool = False
+    """The request is in its release's score sample (``coalmine.shared.sampling``)."""
+    usage: Usage | None = None
+    """The response's own report of tokens and cost, when it carried one."""
 
     @property
     def is_error(self) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +141,9 @@ def register(app: typer.Typer) -> None:
         proxy_settings = _proxy_settings(
             state=settings.state, listen=listen, app_url=app_url, metrics_listen=metrics_listen
         )
+        if proxy_settings.aggregates and "COALMINE_JUDGE_TRAFFIC" not in os.environ:
+            # the proxy beside it counts every request: judge traffic on those counts
+            settings = settings.model_copy(update={"judge_traffic": "proxy"})
         policies = _load_at_start(policy, routed=True)
         pins = parse_weights(weight or [])
         check_admin_token(proxy_settings)

@@ -20,6 +20,7 @@ from controller.judge.evidence import (
     Sketch,
     _TraceInfo,
 )
+from controller.judge.proxy_minutes import MinuteTaken
 from policies.domain import Arm
 from policies.model import Policy
 
@@ -37,6 +38,8 @@ def snapshot(evidence: Evidence) -> dict[str, Any]:
         "format": FORMAT,
         "metrics": sorted(evidence.series),
         "startedAt": evidence.started_at,
+        "trafficFromProxy": evidence.traffic_from_proxy,
+        "proxy": _proxy_out(evidence) if evidence.traffic_from_proxy else None,
         "observedUntil": evidence.observed_until,
         "stepStarts": list(evidence._step_starts),
         "traces": [
@@ -87,7 +90,10 @@ def restore(policy: Policy, data: dict[str, Any]) -> Evidence | None:
         return None
     if sorted(metric.name for metric in policy.analysis.metrics) != data["metrics"]:
         return None
-    evidence = Evidence(policy, float(data["startedAt"]))
+    from_proxy = data.get("trafficFromProxy", False) is True
+    evidence = Evidence(policy, float(data["startedAt"]), traffic_from_proxy=from_proxy)
+    if from_proxy:
+        _proxy_in(evidence, data["proxy"])
     for index, at in enumerate(data["stepStarts"][1:], start=1):
         evidence.open_step(index, float(at))
     evidence.observed_until = float(data["observedUntil"])
@@ -136,6 +142,38 @@ def restore(policy: Policy, data: dict[str, Any]) -> Evidence | None:
         series.worst = [(badness, ts, trace_id) for badness, ts, trace_id in stored["worst"]]
         series.invalid = stored["invalid"]
     return evidence
+
+
+def _proxy_out(evidence: Evidence) -> dict[str, Any]:
+    return {
+        "minutes": [
+            [side, minute, taken.requests, taken.errors, taken.sampled, _pairs(taken.bins)]
+            for (side, minute), taken in evidence._minutes.items()
+        ],
+        "found": _int_keys_out(evidence._found),
+        "loss": _means_out(evidence.loss),
+        "lossCheckedUntil": evidence.loss_checked_until,
+        "lateRequests": evidence.late_requests,
+        "lateFound": evidence.late_found,
+        "surplusTraces": evidence.surplus_traces,
+    }
+
+
+def _proxy_in(evidence: Evidence, stored: dict[str, Any]) -> None:
+    for side, minute, requests, errors, sampled, bins in stored["minutes"]:
+        evidence._minutes[(int(side), int(minute))] = MinuteTaken(
+            int(requests), int(errors), int(sampled), {int(i): int(c) for i, c in bins}
+        )
+    evidence._found = _int_keys_in(stored["found"])
+    evidence.loss = _means_in(stored["loss"])
+    evidence.loss_checked_until = int(stored["lossCheckedUntil"])
+    evidence.late_requests = int(stored["lateRequests"])
+    evidence.late_found = int(stored["lateFound"])
+    evidence.surplus_traces = int(stored["surplusTraces"])
+
+
+def _pairs(bins: dict[int, int]) -> list[list[int]]:
+    return [[index, count] for index, count in bins.items()]
 
 
 def _int_keys_out(counts: dict[int, list[int]]) -> list[list[Any]]:

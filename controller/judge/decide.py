@@ -17,10 +17,11 @@ judgement, it reads no clock and does no I/O. The order of the rules:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from controller.judge import stats
 from controller.judge.analyze import Limits, analyze, arm_variances
-from controller.judge.evidence import Evidence, MetricSeries
+from controller.judge.evidence import Evidence, MeanSeries, MetricSeries
 from controller.judge.model import (
     CheckResult,
     CheckState,
@@ -65,9 +66,10 @@ def judge(policy: Policy, evidence: Evidence, step: StepStatus, now: float) -> J
     combined = combined_critical(policy, results)
     ratio = sample_ratio(policy, evidence, step.index)
     coverage = score_coverage(policy, evidence)
+    loss = trace_loss(policy, evidence)
     freshness = fresh(policy, evidence, now)
     seen = traffic(policy, evidence, step, now)
-    checks = (breaker, combined, ratio, *coverage, freshness, seen)
+    checks = (breaker, combined, ratio, *coverage, *loss, freshness, seen)
     decision, reason = decide(policy, step, now, results, checks)
     return Judgement(
         at=now,
@@ -113,7 +115,12 @@ def decide(
         return Decision.ROLLBACK, by_name["critical_combined"].reason
     if by_name["sample_ratio"].state is CheckState.FAILED:
         return Decision.PAUSE, by_name["sample_ratio"].reason
-    broken = [c for c in checks if c.name.startswith("coverage:") and c.state is CheckState.FAILED]
+    broken = [
+        c
+        for c in checks
+        if (c.name.startswith("coverage:") or c.name == "trace_loss")
+        and c.state is CheckState.FAILED
+    ]
     if broken:
         return Decision.PAUSE, broken[0].reason
     elapsed = now - step.started_at
@@ -312,22 +319,81 @@ def score_coverage(policy: Policy, evidence: Evidence) -> tuple[CheckResult, ...
     return tuple(checks)
 
 
+def trace_loss(policy: Policy, evidence: Evidence) -> tuple[CheckResult, ...]:
+    """Do canary requests lose their traces more often than baseline ones?
+
+    Only when traffic comes from the proxies' counts: per minute whose traces have all
+    been read, the requests the proxies counted (the sampled ones) against the traces
+    found in Langfuse, per arm. A canary whose traces go missing (a crash before the
+    trace is sent, an exporter it lost) would otherwise be judged on the traces that
+    made it. The same test as score coverage, with the same tolerance: shown beyond it
+    pauses the release, shown within it is needed before a promotion.
+    """
+    if not evidence.traffic_from_proxy:
+        return ()
+    analysis = policy.analysis
+    threshold = math.log(1.0 / analysis.sample_ratio.alpha)
+    return (
+        _missing_check(
+            "trace_loss",
+            evidence.loss,
+            analysis.coverage_tolerance,
+            threshold,
+            policy,
+            _LOSS_WORDING,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Wording:
+    not_checked: str
+    mismatch: str
+    equal: str
+    not_equal: str
+
+
+_LOSS_WORDING = _Wording(
+    not_checked="trace loss not yet checked: {n} canary requests compared (need {need})",
+    mismatch="trace loss: {c:.1%} of canary and {b:.1%} of baseline requests counted by "
+    "the proxies have no trace in Langfuse",
+    equal="traces found for both arms' requests alike",
+    not_equal="trace loss not yet shown equal across arms",
+)
+
+
 def _coverage_check(
     series: MetricSeries, tolerance: float, threshold: float, policy: Policy
 ) -> CheckResult:
-    name = f"coverage:{series.metric.name}"
     coverage = series.coverage
     assert coverage is not None
+    metric = series.metric.name
+    wording = _Wording(
+        not_checked=f"{metric} score coverage not yet checked: {{n}} canary traces past "
+        "scoreTimeout (need {need})",
+        mismatch=f"score coverage mismatch on {metric}: {{c:.1%}} of canary and {{b:.1%}} "
+        "of baseline traces never scored",
+        equal="score coverage shown equal",
+        not_equal=f"{metric} score coverage not yet shown equal across arms",
+    )
+    return _missing_check(f"coverage:{metric}", coverage, tolerance, threshold, policy, wording)
+
+
+def _missing_check(
+    name: str,
+    coverage: MeanSeries,
+    tolerance: float,
+    threshold: float,
+    policy: Policy,
+    wording: _Wording,
+) -> CheckResult:
+    """Is the canary's rate of something missing (1 = missing) beyond the baseline's by
+    more than ``tolerance``?"""
     n_b, n_c = coverage.totals
     w, wd, a, b = coverage.sums
     need = policy.analysis.min_samples
     if w <= 0.0 or n_c < need or n_b < need:
-        return CheckResult(
-            name,
-            CheckState.PENDING,
-            f"{series.metric.name} score coverage not yet checked: {n_c} canary traces "
-            f"past scoreTimeout (need {need})",
-        )
+        return CheckResult(name, CheckState.PENDING, wording.not_checked.format(n=n_c, need=need))
     var_b, var_c = arm_variances(coverage, indicator=True)
     variance = max((var_c * a + var_b * b) / (w * w), 1e-12)
     missing = wd / w
@@ -338,23 +404,12 @@ def _coverage_check(
         rate_c = coverage.arms[1][1] / n_c
         rate_b = coverage.arms[0][1] / n_b
         return CheckResult(
-            name,
-            CheckState.FAILED,
-            f"score coverage mismatch on {series.metric.name}: {rate_c:.1%} of canary and "
-            f"{rate_b:.1%} of baseline traces never scored",
-            log_e,
-            threshold,
+            name, CheckState.FAILED, wording.mismatch.format(c=rate_c, b=rate_b), log_e, threshold
         )
     halfwidth = stats.mixture_radius(variance, effect, math.log(1.0 / policy.analysis.alpha))
     if missing + halfwidth < tolerance:
-        return CheckResult(name, CheckState.OK, "score coverage shown equal", log_e, threshold)
-    return CheckResult(
-        name,
-        CheckState.PENDING,
-        f"{series.metric.name} score coverage not yet shown equal across arms",
-        log_e,
-        threshold,
-    )
+        return CheckResult(name, CheckState.OK, wording.equal, log_e, threshold)
+    return CheckResult(name, CheckState.PENDING, wording.not_equal, log_e, threshold)
 
 
 def fresh(policy: Policy, evidence: Evidence, now: float) -> CheckResult:

@@ -36,6 +36,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.judge.model import ScoreValue, Trace
+from controller.judge.proxy_minutes import (
+    MINUTE,
+    TRACE_LAG_SECONDS,
+    MinuteDelta,
+    MinuteTaken,
+    minute_of,
+    take,
+)
 from policies.domain import Arm
 from policies.model import Direction, Metric, MetricSource, Policy, ScoreType
 
@@ -324,9 +332,17 @@ class Evidence:
     """Everything the judge may use about one release, built incrementally."""
 
     def __init__(
-        self, policy: Policy, started_at: float, *, keep_closed_cells: bool = False
+        self,
+        policy: Policy,
+        started_at: float,
+        *,
+        keep_closed_cells: bool = False,
+        traffic_from_proxy: bool = False,
     ) -> None:
         self.policy = policy
+        self.traffic_from_proxy = traffic_from_proxy
+        """Traffic, errors and latency come from the proxies' counts
+        (``add_proxy_minute``), not from traces (``controller.judge.proxy_minutes``)."""
         self.started_at = started_at
         self.block_seconds = policy.analysis.interval
         self.observed_until = started_at
@@ -358,12 +374,26 @@ class Evidence:
             self.series[metric.name] = series
             if is_score and metric.score is not None:
                 self._by_score.setdefault(metric.score, []).append(series)
+        counted = (MetricSource.ERROR_RATE, MetricSource.LATENCY) if traffic_from_proxy else ()
+        self._from_traces = [s for s in self.series.values() if s.metric.source not in counted]
+        self._from_proxy = [s for s in self.series.values() if s.metric.source in counted]
         self.step_traffic: dict[int, list[int]] = {}  # step -> [baseline, canary] traces
         # block -> [canary traces, canary errors, baseline traces, baseline errors]
         self.block_errors: dict[int, list[int]] = {}
         self.shadow_traces = 0
         self.duplicate_traces = 0
         self.orphan_scores = 0  # scores for traces never seen
+        # proxy counts: (0 baseline / 1 canary, minute) -> what was taken in of it
+        self._minutes: dict[tuple[int, int], MinuteTaken] = {}
+        self.late_requests = 0  # counted requests that came after their cell closed
+        self._found: dict[int, list[int]] = {}  # minute -> [baseline, canary] traces read
+        self.loss = MeanSeries()  # 1 = a counted request whose trace was not found
+        first = minute_of(started_at)
+        self.loss_checked_until = first if first == started_at else first + MINUTE
+        """Minutes before this one have been compared for trace loss (the minute the
+        rollout starts in is not: its requests before the start have no traces here)."""
+        self.late_found = 0  # traces read after their minute was compared for loss
+        self.surplus_traces = 0  # traces found beyond the requests counted in their minute
 
     # -- steps and cells ---------------------------------------------------------------
 
@@ -411,7 +441,10 @@ class Evidence:
         self._traces[trace.trace_id] = info
         self._held[cell[1]] = self._held.get(cell[1], 0) + 1
         self._arrivals.append((trace.ts, trace.trace_id))
-        self._count_traffic(cell, trace.arm, error)
+        if self.traffic_from_proxy:
+            self._count_found(trace.ts, trace.arm)
+        else:
+            self._count_traffic(cell, trace.arm, error)
         self._observe_trace_metrics(trace)
         if not error:
             self._expect_scores(trace)
@@ -432,9 +465,21 @@ class Evidence:
             block[2] += 1
             block[3] += error
 
+    def _count_found(self, ts: float, arm: Arm) -> None:
+        """One more trace read of a minute, for the trace-loss check."""
+        minute = minute_of(ts)
+        if minute < self.loss_checked_until:
+            self.late_found += 1
+            return
+        found = self._found.get(minute)
+        if found is None:
+            found = self._found[minute] = [0, 0]
+        found[1 if arm is Arm.CANARY else 0] += 1
+
     def _observe_trace_metrics(self, trace: Trace) -> None:
-        """The values of the metrics a trace carries itself: errors, cost, latency."""
-        for series in self.series.values():
+        """The values of the metrics a trace carries itself: errors, cost, latency (the
+        first and last from the proxies' counts instead, with ``traffic_from_proxy``)."""
+        for series in self._from_traces:
             raw = _trace_value(trace, series.metric.source)
             if raw is not None:
                 self._push(series, trace.trace_id, trace.ts, metric_value(series.metric, raw))
@@ -550,15 +595,127 @@ class Evidence:
             sketch.bins[index] = sketch.bins.get(index, 0) + count
             sketch.n += count
 
+    # -- the proxies' counts -----------------------------------------------------------
+
+    def add_proxy_minute(
+        self,
+        arm: Arm,
+        minute: int,
+        counts: tuple[int, int, int],
+        bins: Mapping[int, int],
+    ) -> None:
+        """Take in the proxies' counts of one arm's minute (start of the UTC minute, in
+        epoch seconds) as read now: ``counts`` is (requests, errors, sampled requests),
+        summed over the proxies, and ``bins`` the latency bins; only what grew since the
+        last reading of the minute is added."""
+        if not self.traffic_from_proxy:
+            raise ValueError("this evidence takes its traffic from traces")
+        end = minute + MINUTE
+        if arm is Arm.SHADOW or end <= self.started_at:
+            return
+        side = 1 if arm is Arm.CANARY else 0
+        key = (side, minute)
+        taken = self._minutes.get(key)
+        if taken is None:
+            taken = self._minutes[key] = MinuteTaken()
+        requests, errors, sampled = counts
+        delta = take(taken, requests, errors, sampled, bins)
+        if delta.empty:
+            return
+        cell = self.cell_of(max(minute + MINUTE / 2, self.started_at))
+        if 0 <= cell[1] < self.closed_blocks:
+            self.late_requests += delta.requests
+            return
+        block = self.block_errors.setdefault(cell[1], [0, 0, 0, 0])
+        block[2 - 2 * side] += delta.requests
+        block[3 - 2 * side] += delta.errors
+        if self._within_one_step(minute, end):
+            # a minute a step starts in mixes two weights: the sample-ratio check would
+            # see a mismatch that is not there
+            self.step_traffic.setdefault(cell[0], [0, 0])[side] += delta.requests
+        self._observe_counts(cell, arm, delta)
+
+    def _observe_counts(self, cell: Cell, arm: Arm, delta: MinuteDelta) -> None:
+        """Counted errors and latencies into the metrics that read them."""
+        for series in self._from_proxy:
+            if series.quantiles is not None:
+                if delta.bins:
+                    self.add_quantile_bins(series.metric.name, cell[0], arm, delta.bins)
+                continue
+            assert series.means is not None
+            series.means.add_batch(cell, arm, delta.requests, delta.errors, delta.errors)
+            if arm is Arm.CANARY:
+                lower_is_better = series.metric.direction is Direction.LOWER
+                series.means.canary_bad += (
+                    delta.errors if lower_is_better else delta.requests - delta.errors
+                )
+
+    def _within_one_step(self, start: float, end: float) -> bool:
+        if start < self.started_at:
+            return False
+        starts = self._step_starts
+        return bisect.bisect_right(starts, start) == bisect.bisect_left(starts, end)
+
+    def counts_from(self) -> int:
+        """The first minute whose counts can still be taken in (its cell is open)."""
+        first_open = self.started_at + self.closed_blocks * self.block_seconds
+        earliest = math.ceil((first_open - MINUTE / 2) / MINUTE) * MINUTE
+        return max(earliest, minute_of(self.started_at))
+
+    def _check_loss(self, until: float) -> None:
+        """Compare traces found with requests counted, per arm, in the minutes that
+        ended before ``until``."""
+        minute = self.loss_checked_until
+        while minute + MINUTE <= until:
+            found = self._found.pop(minute, None) or [0, 0]
+            baseline = self._minutes.get((0, minute))
+            canary = self._minutes.get((1, minute))
+            if baseline is not None and canary is not None and baseline.sampled and canary.sampled:
+                cell = (
+                    self.step_of(minute + MINUTE / 2),
+                    (minute - minute_of(self.started_at)) // MINUTE,
+                )
+                for arm, taken, seen in (
+                    (Arm.BASELINE, baseline, found[0]),
+                    (Arm.CANARY, canary, found[1]),
+                ):
+                    lost = taken.sampled - seen
+                    if lost < 0:
+                        self.surplus_traces -= lost
+                        lost = 0
+                    self.loss.add_batch(cell, arm, taken.sampled, float(lost), float(lost))
+                self.loss.cells.pop(cell, None)  # a minute is compared once
+            minute += MINUTE
+        self.loss_checked_until = minute
+
+    def _forget_minutes(self) -> None:
+        """Drop what was taken of minutes whose cell closed and whose loss is checked."""
+        first_open = self.started_at + self.closed_blocks * self.block_seconds
+        stale = [
+            key
+            for key in self._minutes
+            if key[1] + MINUTE / 2 < first_open and key[1] < self.loss_checked_until
+        ]
+        for key in stale:
+            del self._minutes[key]
+
     # -- time --------------------------------------------------------------------------
 
-    def advance(self, now: float, scores_read_until: float | None = None) -> None:
+    def advance(
+        self,
+        now: float,
+        scores_read_until: float | None = None,
+        traces_read_until: float | None = None,
+    ) -> None:
         """Make visible everything the judge may use at ``now``. Time only moves forward.
 
         ``scores_read_until``: the time up to which scores have been read completely
         (None: all of them, as in a replay). A trace is counted as unscored only once its
         scores were due before that time: scores that could not be read yet (Langfuse
-        failing, a poll cut short) are not missing scores.
+        failing, a poll cut short) are not missing scores. ``traces_read_until``: the
+        time up to which traces have been read completely (None: none are compared for
+        loss yet); with ``traffic_from_proxy``, the minutes whose traces have all been
+        read are compared with the proxies' counts (trace loss).
         """
         if now < self.observed_until:
             raise ValueError("evidence cannot go back in time")
@@ -593,6 +750,12 @@ class Evidence:
         self._forget(horizon)
         self._close(horizon)
         self._forget_error_blocks(now)
+        if self.traffic_from_proxy:
+            if traces_read_until is not None:
+                lag = self.policy.routing.read_timeout + TRACE_LAG_SECONDS
+                self._check_loss(min(traces_read_until, now) - lag)
+            if not self.keep_closed_cells:
+                self._forget_minutes()
 
     def _forget(self, horizon: float) -> None:
         """Drop the records of traces too old for any score to count."""
