@@ -165,6 +165,8 @@ def run_demo(
         "COALMINE_REQUESTS_PER_MINUTE": "100000",
         "COALMINE_TICK_SECONDS": "1",
         "COALMINE_TRACE_SETTLE_SECONDS": "2",
+        # the demo decides within a minute: the proxy's counts are flushed every second
+        "COALMINE_AGGREGATES_FLUSH_SECONDS": "1",
         "PYTHONUNBUFFERED": "1",
     }
     traffic: Traffic | None = None

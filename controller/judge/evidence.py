@@ -658,9 +658,11 @@ class Evidence:
 
     def counts_from(self) -> int:
         """The first minute whose counts can still be taken in (its cell is open)."""
+        first = minute_of(self.started_at)
+        if not self.closed_blocks:
+            return first  # its cell is the first block's, even if its middle is earlier
         first_open = self.started_at + self.closed_blocks * self.block_seconds
-        earliest = math.ceil((first_open - MINUTE / 2) / MINUTE) * MINUTE
-        return max(earliest, minute_of(self.started_at))
+        return max(math.ceil((first_open - MINUTE / 2) / MINUTE) * MINUTE, first)
 
     def _check_loss(self, until: float) -> None:
         """Compare traces found with requests counted, per arm, in the minutes that

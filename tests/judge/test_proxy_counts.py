@@ -104,6 +104,15 @@ def test_the_minute_a_rollout_starts_in_is_left_out_of_the_split() -> None:
     assert evidence.loss_checked_until == int(T0) + 60
 
 
+def test_counts_are_read_from_the_minute_the_rollout_starts_in() -> None:
+    evidence = _evidence(started_at=T0 + 48)
+    assert evidence.counts_from() == int(T0)
+    evidence.add_proxy_minute(Arm.CANARY, int(T0), (5, 1, 5), {})
+    errors = evidence.series["errors"].means
+    assert errors is not None
+    assert errors.totals == (0, 5)
+
+
 def test_counts_of_a_closed_cell_come_too_late() -> None:
     evidence = _evidence()
     evidence.add_proxy_minute(Arm.CANARY, int(T0), (5, 0, 5), {})
