@@ -42,6 +42,10 @@ trace in either arm is called out: the release's traffic is not reaching coalmin
 traces are not tagged."""
 
 
+CAN_ONLY_PAUSE = frozenset({"trace_loss"})
+"""Checks that pause a release when they fail but do not hold it while pending."""
+
+
 def judge(policy: Policy, evidence: Evidence, step: StepStatus, now: float) -> Judgement:
     """Judge a release at ``now``: verdicts per metric, guards, and one decision."""
     analysis = policy.analysis
@@ -160,7 +164,7 @@ def _waiting(
         if result.verdict is not Verdict.PASS:
             waiting.append(f"{result.name} {result.verdict}: {result.reason}")
     for check in checks:
-        if check.state is CheckState.PENDING:
+        if check.state is CheckState.PENDING and check.name not in CAN_ONLY_PAUSE:
             waiting.append(check.reason)
     return waiting
 
@@ -327,7 +331,10 @@ def trace_loss(policy: Policy, evidence: Evidence) -> tuple[CheckResult, ...]:
     found in Langfuse, per arm. A canary whose traces go missing (a crash before the
     trace is sent, an exporter it lost) would otherwise be judged on the traces that
     made it. The same test as score coverage, with the same tolerance: shown beyond it
-    pauses the release, shown within it is needed before a promotion.
+    pauses the release. Unlike coverage it does not hold an advance while it is not yet
+    shown within tolerance: a minute is compared only once every trace of it can have
+    been read (``routing.readTimeout`` and the ingestion lag after the minute ends), later
+    than every other piece of evidence, and a short step would wait on it alone.
     """
     if not evidence.traffic_from_proxy:
         return ()

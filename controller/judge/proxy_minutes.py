@@ -24,9 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 MINUTE = 60
-TRACE_LAG_SECONDS = 120.0
-"""How long after its request ends a trace may take to be readable in Langfuse (SDK
-export batches and Langfuse's ingestion queue), beyond the read timeout."""
+TRACE_LAG_SECONDS = 70.0
+"""How long after its request ends a trace may take to be read from Langfuse (SDK export
+batches and Langfuse's ingestion queue, as the source's lookback allows for them, and
+the source's settle time), beyond the read timeout."""
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ from controller.judge.checkpoint import restore, snapshot
 from controller.judge.decide import trace_loss
 from controller.judge.evidence import sketch_bin
 from controller.judge.model import CheckState
+from controller.judge.proxy_minutes import TRACE_LAG_SECONDS
 from policies import Policy
 from policies.domain import Arm
 from tests.judge.judge_support import ERRORS, LATENCY, make_policy
@@ -128,11 +129,11 @@ def test_minutes_closed_and_compared_are_forgotten() -> None:
     evidence = _loss_run(canary_found=1.0, minutes=240)
     # the minutes of open cells (two scoreTimeouts) or not yet compared (the read
     # timeout and the trace lag), per arm: not four hours of minutes
-    kept = max(2 * 120, POLICY.routing.read_timeout + 120) // 60 + 2
+    kept = max(2 * 120, POLICY.routing.read_timeout + TRACE_LAG_SECONDS) // 60 + 2
     assert len(evidence._minutes) <= 2 * kept
     oldest = min(evidence.counts_from(), evidence.loss_checked_until) - 60
     assert all(minute >= oldest for _, minute in evidence._minutes)
-    assert len(evidence._found) <= (POLICY.routing.read_timeout + 120) // 60 + 2
+    assert len(evidence._found) <= (POLICY.routing.read_timeout + TRACE_LAG_SECONDS) // 60 + 2
 
 
 def _loss_run(
@@ -172,7 +173,7 @@ def test_no_loss_is_shown_equal() -> None:
     (check,) = trace_loss(POLICY, evidence)
     assert check.state is CheckState.OK, check
     # the minutes compared so far: those whose traces have all been read
-    lag = POLICY.routing.read_timeout + 120.0
+    lag = POLICY.routing.read_timeout + TRACE_LAG_SECONDS
     assert evidence.loss_checked_until == math.floor((T0 + 3600 - lag) / 60) * 60
     assert evidence.loss.totals[1] == 40 * (evidence.loss_checked_until - int(T0)) // 60
 
@@ -209,3 +210,16 @@ def test_a_checkpoint_keeps_the_counts_exactly() -> None:
     second = judge(POLICY, copy, StepStatus(0, T0), T0 + 1500)
     assert first == second
     assert snapshot(evidence) == snapshot(copy)
+
+
+def test_trace_loss_not_yet_checked_does_not_hold_an_advance() -> None:
+    policy = make_policy(metrics=(ERRORS,), steps=("{weight: 50, minDuration: 1m}",))
+    evidence = Evidence(policy, T0, traffic_from_proxy=True)
+    for m in range(3):
+        for arm in (Arm.BASELINE, Arm.CANARY):
+            evidence.add_proxy_minute(arm, int(T0) + 60 * m, (400, 0, 400), {})
+    evidence.advance(T0 + 180, traces_read_until=T0 + 180)
+    judgement = judge(policy, evidence, StepStatus(0, T0), T0 + 180)
+    checks = {check.name: check for check in judgement.checks}
+    assert checks["trace_loss"].state is CheckState.PENDING
+    assert judgement.decision is Decision.PROMOTE, judgement.reason
