@@ -113,6 +113,13 @@ class _Progress:
                 f"{detail.get('phase')}, {where}, canary "
                 f"{detail.get('canaryWeight', 0):g}%  {metrics}".rstrip()
             )
+            counted = [
+                check["reason"]
+                for check in judgement.get("checks", [])
+                if check.get("name") == "traffic" and "counted by the proxies" in check["reason"]
+            ]
+            if counted:
+                print(f"          step traffic: {counted[0]}")
             if judgement.get("decision") == "continue" and judgement.get("reason"):
                 print(f"          {_short(judgement['reason'])}")
             self.last_state = state

@@ -437,6 +437,23 @@ def traffic(policy: Policy, evidence: Evidence, step: StepStatus, now: float) ->
     baseline, canary = evidence.traffic_in_step(step.index)
     elapsed = now - step.started_at
     after = max(NO_TRAFFIC_AFTER, 3 * policy.analysis.interval)
+    counted = evidence.traffic_from_proxy
+    if baseline + canary == 0 and elapsed >= after and counted:
+        weight = policy.steps[step.index].weight
+        return CheckResult(
+            "traffic",
+            CheckState.PENDING,
+            f"no requests of this release counted by any coalmine proxy in {elapsed:.0f}s "
+            f"of step {step.index + 1} (canary weight {weight:g}%): is its traffic sent "
+            f"through the coalmine proxy (path prefix '{policy.routing.path_prefix}'), and "
+            "do the proxies count (COALMINE_AGGREGATES) into this controller's state?",
+        )
+    if counted:
+        return CheckResult(
+            "traffic",
+            CheckState.OK,
+            f"{baseline} baseline, {canary} canary requests counted by the proxies",
+        )
     if baseline + canary == 0 and elapsed >= after:
         weight = policy.steps[step.index].weight
         return CheckResult(

@@ -223,3 +223,16 @@ def test_trace_loss_not_yet_checked_does_not_hold_an_advance() -> None:
     checks = {check.name: check for check in judgement.checks}
     assert checks["trace_loss"].state is CheckState.PENDING
     assert judgement.decision is Decision.PROMOTE, judgement.reason
+
+
+def test_the_traffic_check_names_the_proxies_counts() -> None:
+    evidence = _evidence()
+    judgement = judge(POLICY, evidence, StepStatus(0, T0), T0 + 600)
+    checks = {check.name: check for check in judgement.checks}
+    assert checks["traffic"].state is CheckState.PENDING
+    assert "no requests of this release counted by any coalmine proxy" in checks["traffic"].reason
+    evidence.add_proxy_minute(Arm.CANARY, int(T0) + 60, (12, 0, 12), {})
+    evidence.add_proxy_minute(Arm.BASELINE, int(T0) + 60, (30, 0, 30), {})
+    judgement = judge(POLICY, evidence, StepStatus(0, T0), T0 + 600)
+    checks = {check.name: check for check in judgement.checks}
+    assert checks["traffic"].reason == "30 baseline, 12 canary requests counted by the proxies"
