@@ -6,7 +6,8 @@ trace to continue (``traceparent``, with the proxy's span as parent). This modul
 those headers into a :class:`ReleaseContext` for the duration of the request and, when
 the Langfuse SDK (5.x) is installed and configured, runs the request inside
 ``propagate_attributes(tags=[...])`` and a span of the proxy's trace, so every
-observation the app records carries the release and arm tags the controller reads::
+observation the app records carries the release and arm tags the controller reads
+(and, for a request in the score sample, ``x-coalmine-sampled: 1``, the sample's tag)::
 
     from fastapi import FastAPI
     from langfuse import get_client
@@ -52,6 +53,7 @@ from coalmine.shared.conventions import (
     PROMPT_LABEL_HEADER,
     RELEASE_HEADER,
     REQUEST_ID_HEADER,
+    SAMPLED_HEADER,
     SHADOW_HEADER,
     SHADOW_OF_HEADER,
     TRACEPARENT_HEADER,
@@ -100,6 +102,7 @@ _WANTED: Final = frozenset(
         PROMPT_LABEL_HEADER,
         SHADOW_HEADER,
         SHADOW_OF_HEADER,
+        SAMPLED_HEADER,
         REQUEST_ID_HEADER,
         TRACEPARENT_HEADER,
     }
@@ -126,14 +129,16 @@ class ReleaseContext:
     """For a shadow copy, the trace id of the request it copies."""
     request_id: str | None = None
     traceparent: str | None = None
+    sampled: bool = False
+    """The request is in its release's score sample: its trace carries the sample's tag."""
 
     @property
     def tags(self) -> list[str]:
-        """The Langfuse tag array of the request's spans; empty unless release and arm
-        are both known."""
+        """The Langfuse tag array of the request's spans (the proxy's own array); empty
+        unless release and arm are both known."""
         if self.release is None or self.arm is None:
             return []
-        return trace_tags(self.release, self.arm)
+        return trace_tags(self.release, self.arm, self.sampled)
 
     @property
     def trace_id(self) -> str | None:
@@ -207,6 +212,7 @@ def context_from_headers(headers: HeaderSource) -> ReleaseContext:
         shadow_of=shadow_of if _TRACE_ID.match(shadow_of) else None,
         request_id=_valid(_REQUEST_ID, values.get(REQUEST_ID_HEADER)),
         traceparent=traceparent if _printable(traceparent, _TRACEPARENT_MAX) else None,
+        sampled=values.get(SAMPLED_HEADER, "").lower() in _TRUE,
     )
 
 

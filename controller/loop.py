@@ -407,7 +407,7 @@ class Controller:
         live.proxies = readout.proxies
         for (arm, minute), cell in sorted(readout.cells.items(), key=lambda item: item[0][1]):
             evidence.add_proxy_minute(
-                arm, minute, (cell.requests, cell.errors, cell.requests), cell.latency_bins
+                arm, minute, (cell.requests, cell.errors, cell.sampled), cell.latency_bins
             )
 
     def _remember(self, name: str, judgement: Judgement) -> None:

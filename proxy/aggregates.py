@@ -56,13 +56,50 @@ def proxy_id(settings: ProxySettings) -> str:
 class _Counts:
     """The running totals of one cell; ``dirty``: changed since last written."""
 
-    __slots__ = ("bins", "dirty", "errors", "requests")
+    __slots__ = (
+        "bins",
+        "completion_tokens",
+        "cost_n",
+        "cost_sum",
+        "cost_sumsq",
+        "dirty",
+        "errors",
+        "prompt_tokens",
+        "requests",
+        "sampled",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
         self.errors = 0
         self.bins: dict[int, int] = {}
         self.dirty = True
+        self.sampled = 0
+        self.usage = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cost_n = 0
+        self.cost_sum = 0.0
+        self.cost_sumsq = 0.0
+
+    def cell(self, release: str, arm: Arm, minute: int) -> MinuteCell:
+        """The totals as the record of (release, arm, minute)."""
+        return MinuteCell(
+            release,
+            arm,
+            minute,
+            self.requests,
+            self.errors,
+            dict(self.bins),
+            self.sampled,
+            self.usage,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cost_n,
+            self.cost_sum,
+            self.cost_sumsq,
+        )
 
 
 class AggregateRecorder:
@@ -110,11 +147,23 @@ class AggregateRecorder:
         bins = cell.bins
         bins[index] = bins.get(index, 0) + 1
         cell.dirty = True
+        if outcome.sampled:
+            cell.sampled += 1
+        usage = outcome.usage
+        if usage is not None:
+            cell.usage += 1
+            cell.prompt_tokens += usage.prompt_tokens
+            cell.completion_tokens += usage.completion_tokens
+            cost = usage.cost_usd
+            if cost is not None:
+                cell.cost_n += 1
+                cell.cost_sum += cost
+                cell.cost_sumsq += cost * cost
 
     def cells(self) -> list[MinuteCell]:
         """Every cell held now, as records."""
         return [
-            MinuteCell(release, arm, minute, counts.requests, counts.errors, dict(counts.bins))
+            counts.cell(release, arm, minute)
             for release, by_arm in self._cells.items()
             for arm, by_minute in by_arm.items()
             for minute, counts in by_minute.items()
@@ -135,16 +184,7 @@ class AggregateRecorder:
                     if counts.dirty:
                         counts.dirty = False
                         taken.append(counts)
-                        batch.append(
-                            MinuteCell(
-                                release,
-                                arm,
-                                minute,
-                                counts.requests,
-                                counts.errors,
-                                dict(counts.bins),
-                            )
-                        )
+                        batch.append(counts.cell(release, arm, minute))
         if dropped:
             log.warning("%d proxy count cells past the retention dropped unwritten", dropped)
             self.metrics.aggregate_cells_dropped.inc(dropped)

@@ -34,6 +34,7 @@ from proxy.shadow import ShadowCopy, ShadowMirror
 from proxy.spans import SpanReporter
 from proxy.throttle import FailedAttempts
 from proxy.transport import PooledTransport, RawResponse, request_head
+from proxy.usage import UsageReader, reader_for
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -152,7 +153,8 @@ class ProxyApp:
         """What answers the request: the proxy's refusal, or the exchange with the
         upstream."""
         start_ns = time.time_ns()
-        plan = plan_request(RequestHead.of(scope), self.releases, self.settings, _CHANCE)
+        head = RequestHead.of(scope, start_ns)
+        plan = plan_request(head, self.releases, self.settings, _CHANCE)
         if isinstance(plan, Refusal):
             self.metrics.refused.labels(plan.reason).inc()
             return _answer(
@@ -174,7 +176,8 @@ class _Exchange:
     ``status`` is what the client was sent (0: nothing yet); ``failure`` why the proxy
     ended the request, if it did; ``started`` whether the response head went out;
     ``gone`` whether the client disconnected once its body was read; ``watcher`` the task
-    that watches for that disconnect.
+    that watches for that disconnect; ``reader`` what reads the response's usage as its
+    body passes (None: a body that is not read).
     """
 
     __slots__ = (
@@ -183,6 +186,7 @@ class _Exchange:
         "failure",
         "gone",
         "plan",
+        "reader",
         "receive",
         "send",
         "started",
@@ -214,6 +218,7 @@ class _Exchange:
         self.started = False
         self.gone = False
         self.watcher: asyncio.Task[None] | None = None
+        self.reader: UsageReader | None = None
 
     async def run(self, start_ns: int) -> None:
         """Carry the request out, then record its outcome whatever happened."""
@@ -238,6 +243,8 @@ class _Exchange:
                 self.watcher.cancel()
             app.in_flight -= 1
             outcome = self._outcome(start_ns, time.time_ns())
+            if self.reader is not None:
+                self._read_usage(outcome, self.reader)
             app.metrics.observe(outcome)
             if app.aggregates is not None:
                 app.aggregates.record(outcome)
@@ -275,6 +282,7 @@ class _Exchange:
                 headers=shadow.headers,
                 body=body,
                 shadow_of=plan.trace.trace_id,
+                sampled=plan.sampled,
                 request_id=plan.request_id,
                 prompt_label=shadow.prompt_label,
                 timeout=plan.timeout,
@@ -339,11 +347,19 @@ class _Exchange:
                 headers.append((b"set-cookie", self.plan.set_cookie))
             await send({"type": "http.response.start", "status": self.status, "headers": headers})
             self.started = True
+            reader = self.reader = reader_for(headers, response.body)
             if response.body is not None:
                 await send({"type": "http.response.body", "body": response.body})
                 return
-            async for chunk in response.stream:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if reader is None:
+                async for chunk in response.stream:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            else:
+                # fed once sent: the client's bytes never wait on the reading
+                async for chunk in response.stream:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    reader.feed(chunk)
+                reader.end()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except httpx.TimeoutException:
             self.failure = Failure.TIMEOUT
@@ -354,6 +370,13 @@ class _Exchange:
         finally:
             if response.body is None:
                 await response.aclose()
+
+    def _read_usage(self, outcome: RequestOutcome, reader: UsageReader) -> None:
+        """The usage the response reported, as far as its body was read: parsed here,
+        once the client has had the whole response."""
+        outcome.usage = reader.result()
+        if reader.unreadable:
+            self.app.metrics.usage_unreadable.labels(outcome.release, outcome.arm.value).inc()
 
     def _outcome(self, start_ns: int, end_ns: int) -> RequestOutcome:
         plan = self.plan
@@ -374,6 +397,8 @@ class _Exchange:
             plan.request_id,
             plan.prompt_label,
             self.failure,
+            None,
+            plan.sampled,
         )
 
 

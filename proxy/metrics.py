@@ -155,6 +155,13 @@ class ProxyMetrics:
             ["release", "arm"],
             registry=r,
         )
+        self.usage_unreadable = Counter(
+            "coalmine_proxy_usage_unreadable",
+            "Responses whose usage object (tokens, cost) could not be read: not JSON, not "
+            "an object, or token counts that are not integers from 0, by release and arm.",
+            ["release", "arm"],
+            registry=r,
+        )
         self.refused = Counter(
             "coalmine_proxy_refused_requests",
             "Requests refused by the proxy itself, by reason.",

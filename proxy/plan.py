@@ -28,9 +28,11 @@ from coalmine.shared.conventions import (
     FORCE_ARM_HEADER,
     PROMPT_LABEL_HEADER,
     REQUEST_ID_HEADER,
+    SAMPLED_HEADER,
     TRACEPARENT_HEADER,
 )
 from coalmine.shared.routing_tables.table import RoutingTable, ShadowRoute
+from coalmine.shared.sampling import is_sampled
 from policies.domain import Arm
 from proxy.assign import arm_at_random, arm_for_key
 from proxy.headers import (
@@ -62,6 +64,10 @@ _ARM: Final = ARM_HEADER.encode()
 _LABEL: Final = PROMPT_LABEL_HEADER.encode()
 _FORCEABLE: Final = {Arm.BASELINE.value: Arm.BASELINE, Arm.CANARY.value: Arm.CANARY}
 _ARM_HEADERS: Final = {arm: (_ARM, arm.value.encode()) for arm in Arm}
+_SAMPLED_HEADERS: Final = {
+    True: (SAMPLED_HEADER.encode(), b"1"),
+    False: (SAMPLED_HEADER.encode(), b"0"),
+}
 
 # headers read as text into the field of the same meaning, the last one sent winning
 _TEXT_FIELDS: Final = {
@@ -118,10 +124,13 @@ class RequestHead:
     headers: Headers
     """As ASGI gives them: lower-case byte names, in the order sent."""
     http_version: str = "1.1"
+    arrival_ns: int = 0
+    """When the request arrived, in nanoseconds since the epoch: it picks the score
+    sample's rate in force."""
 
     @classmethod
-    def of(cls, scope: Mapping[str, Any]) -> RequestHead:
-        """The head of an ASGI ``http`` scope."""
+    def of(cls, scope: Mapping[str, Any], arrival_ns: int = 0) -> RequestHead:
+        """The head of an ASGI ``http`` scope that arrived at ``arrival_ns``."""
         path: str = scope["path"]
         raw_path: bytes = scope.get("raw_path") or path.encode()
         query: bytes = scope.get("query_string", b"")
@@ -139,6 +148,7 @@ class RequestHead:
             client[0] if client else None,
             scope["headers"],
             scope.get("http_version", "1.1"),
+            arrival_ns,
         )
 
 
@@ -216,6 +226,8 @@ class Forward:
     shadow_dropped: bool
     """The request was sampled for a copy, but its declared length is over the copy's
     limit: counted as dropped, not sent."""
+    sampled: bool = True
+    """The request is in its release's score sample (its copy for staging too)."""
 
     @property
     def url(self) -> str:
@@ -323,11 +335,17 @@ def plan_request(
         arm, set_cookie = _assign(head, seen, release, table, chance)
     route = table.canary if arm is Arm.CANARY else table.baseline
     trace = trace_context(seen.traceparent, chance.new_trace_id, chance.new_span_id)
+    # the rate in force at the request's arrival, not when the table was read: every
+    # proxy switches rates at the same instant
+    sampled = not table.score_sample or is_sampled(
+        trace.trace_id, table.sample_rate(head.arrival_ns // 1_000_000_000)
+    )
     forwarded = _forwarded_headers(head, seen)
     headers = [
         *forwarded,
         release.release_header,
         _ARM_HEADERS[arm],
+        _SAMPLED_HEADERS[sampled],
         (_REQUEST_ID, rid.encode()),
         (_TRACEPARENT, trace.traceparent().encode()),
     ]
@@ -361,6 +379,7 @@ def plan_request(
         not seen.chunked and (expected is None or expected <= SMALL_BODY_BYTES),
         shadow,
         shadow_dropped,
+        sampled,
     )
 
 

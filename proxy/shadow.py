@@ -23,6 +23,7 @@ from coalmine.shared.conventions import (
     PROMPT_LABEL_HEADER,
     RELEASE_HEADER,
     REQUEST_ID_HEADER,
+    SAMPLED_HEADER,
     SHADOW_HEADER,
     SHADOW_OF_HEADER,
     TRACEPARENT_HEADER,
@@ -51,6 +52,8 @@ class ShadowCopy:
     body: bytes
     shadow_of: str
     """Trace id of the primary request."""
+    sampled: bool
+    """The primary is in the score sample: a pair is always sampled together."""
     request_id: str
     prompt_label: str | None
     timeout: dict[str, float]
@@ -90,7 +93,7 @@ class ShadowMirror:
     async def _copy(self, copy: ShadowCopy) -> None:
         release, route, method = copy.release, copy.route, copy.method
         path, request_id, prompt_label = copy.path, copy.request_id, copy.prompt_label
-        shadow_of = copy.shadow_of
+        shadow_of, sampled = copy.shadow_of, copy.sampled
         trace_id, span_id = new_trace_id(), new_span_id()
         copy_headers = list(copy.headers)
         copy_headers += [
@@ -98,6 +101,7 @@ class ShadowMirror:
             (ARM_HEADER.encode(), Arm.SHADOW.value.encode()),
             (SHADOW_HEADER.encode(), b"1"),
             (SHADOW_OF_HEADER.encode(), shadow_of.encode()),
+            (SAMPLED_HEADER.encode(), b"1" if sampled else b"0"),
             (REQUEST_ID_HEADER.encode(), request_id.encode()),
             (TRACEPARENT_HEADER.encode(), f"00-{trace_id}-{span_id}-01".encode()),
         ]
@@ -149,6 +153,7 @@ class ShadowMirror:
                 prompt_label=prompt_label,
                 failure=failure,
                 shadow_of=shadow_of,
+                sampled=sampled,
             )
             self.metrics.observe_shadow(outcome)
             self.spans.record(outcome)

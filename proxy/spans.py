@@ -161,7 +161,10 @@ def error_message(outcome: RequestOutcome) -> str:
 def _attributes(outcome: RequestOutcome, path: str) -> list[KeyValue]:
     tags = AnyValue(
         array_value=ArrayValue(
-            values=[AnyValue(string_value=tag) for tag in trace_tags(outcome.release, outcome.arm)]
+            values=[
+                AnyValue(string_value=tag)
+                for tag in trace_tags(outcome.release, outcome.arm, outcome.sampled)
+            ]
         )
     )
     attributes = [

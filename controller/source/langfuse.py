@@ -53,6 +53,30 @@ Known limits: a span the app exports more than ``settle`` seconds after its root
 ended is not counted in that trace's cost or errors (the trace was reported without
 it); observations without the release's tags (an app that does not propagate them)
 are not read at all.
+
+Sampled reads
+-------------
+With ``SourceSettings.sampled`` the source reads only the requests the proxy put in
+their release's score sample (``coalmine.shared.sampling``), so its requests grow with
+the sample, not with traffic:
+
+* Observations are read as above, filtered also on the tag ``SAMPLED_TAG`` (two
+  ``arrayOptions`` conditions on ``tags``, which Langfuse ANDs); a root without that
+  tag is skipped and counted in ``skipped["trace_unsampled"]``.
+* Scores are read by trace: ``traceId=<id>,<id>,...`` with the score names the policies
+  use, in batches of at most ``SCORES_PAGE // len(names)`` ids (a batch's expected rows
+  fit one page) and a URL under ``MAX_URL_BYTES``. Each sampled trace is read twice at
+  most: once it is ``first_read`` seconds old (at least its policy's ``scoreSettle``),
+  and again at its start plus its policy's ``scoreTimeout``, only when a score name is
+  still missing. A score of a trace not asked for is skipped and counted in
+  ``skipped["score_unsampled"]``.
+* Reads go through the request budget. One that does not fit waits for the next poll:
+  the poll still succeeds when the observations were read, and the health record says
+  the budget stopped it.
+* The scores cursor is the start of the oldest trace with a read pending (the
+  observations cursor when none is). A source started on stored cursors first reads
+  the observations again from there, which rebuilds its schedule of reads; the
+  traces it reports again are deduplicated by the caller.
 """
 
 from __future__ import annotations
@@ -67,10 +91,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import quote
 
 import httpx
 
-from coalmine.shared.conventions import TAG_PREFIX, release_tag
+from coalmine.shared.conventions import SAMPLED_TAG, TAG_PREFIX, release_tag
 from coalmine.shared.retry import Backoff, status_class
 from controller.judge import ScoreValue
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
@@ -82,11 +107,13 @@ from policies.model import MetricSource, Policy
 
 __all__ = [
     "CLOCK_SKEW",
+    "DEFAULT_FIRST_READ",
     "DEFAULT_LOOKBACK",
     "DEFAULT_MAX_WINDOW",
     "DEFAULT_SCORE_LOOKBACK",
     "DEFAULT_SETTLE",
     "INGESTION_MARGIN",
+    "MAX_URL_BYTES",
     "POLL_BACKOFF",
     "LangfuseSource",
     "SourceSettings",
@@ -105,6 +132,9 @@ MAX_OBSERVATIONS_PAGE: Final = 1000
 """Langfuse's largest page of observations v2."""
 SCORES_PAGE: Final = 100
 """Langfuse's largest page of scores v3."""
+MAX_URL_BYTES: Final = 8192
+"""Longest URL of a scores read by trace ids (servers and proxies commonly refuse
+longer request lines)."""
 
 DEFAULT_LOOKBACK: Final = 120.0
 """Seconds each poll of observations reads again before its cursor, at least."""
@@ -117,6 +147,8 @@ DEFAULT_SETTLE: Final = 10.0
 """Seconds a root must have ended before ``now`` for its trace to be reported."""
 DEFAULT_MAX_WINDOW: Final = 600.0
 """Seconds a poll may move a cursor forward at most."""
+DEFAULT_FIRST_READ: Final = 60.0
+"""Age in seconds at which a sampled trace's scores are first read."""
 CLOCK_SKEW: Final = 1.0
 """Seconds by which an app span may start before the proxy's root span (the clocks of
 two hosts), for deciding which traces a partial read holds completely."""
@@ -166,12 +198,20 @@ class SourceSettings:
     backoff: Backoff = POLL_BACKOFF
     """How long to wait after consecutive failed polls."""
 
+    sampled: bool = False
+    """Read only the traces tagged ``SAMPLED_TAG``, and their scores by trace id (see
+    "Sampled reads" in the module's docstring). Off: every trace and every score."""
+
+    first_read: float = DEFAULT_FIRST_READ
+    """With ``sampled``: age in seconds of a trace at its first score read (raised to
+    its policy's ``scoreSettle`` when that is longer)."""
+
     def __post_init__(self) -> None:
         if not 1 <= self.page_limit <= MAX_OBSERVATIONS_PAGE:
             raise ValueError(
                 f"page_limit must be 1 to {MAX_OBSERVATIONS_PAGE}, not {self.page_limit}"
             )
-        for name in ("lookback", "score_lookback", "settle"):
+        for name in ("lookback", "score_lookback", "settle", "first_read"):
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"{name} must be at least 0, not {value}")
@@ -202,6 +242,30 @@ class _Window:
 
     start: float
     end: float
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A sampled trace whose scores are still to be read."""
+
+    trace_id: str
+    ts: float
+    release: str
+    names: frozenset[str]
+    first_at: float
+    """When its first read is due."""
+    final_at: float
+    """When its final read is due (start plus ``scoreTimeout``)."""
+    first_done: bool = False
+    seen: set[str] = field(default_factory=set)
+    """Score names read for it so far."""
+
+    def due(self, now: float) -> bool:
+        return now >= (self.final_at if self.first_done else self.first_at)
+
+    @property
+    def due_at(self) -> float:
+        return self.final_at if self.first_done else self.first_at
 
 
 @dataclass
@@ -249,8 +313,9 @@ class LangfuseSource:
     ``observations`` or ``scores``; status class ``2xx``, ``3xx``, ``4xx``, ``429``,
     ``5xx``, ``timeout``, ``connection`` or ``error``) and ``skipped[reason]`` (rows
     and traces left out: ``observation_malformed``, ``trace_untagged``,
-    ``trace_multiple_roots``, ``score_malformed``, ``score_not_trace``; a trace seen
-    again in a later poll's lookback is counted again).
+    ``trace_multiple_roots``, ``score_malformed``, ``score_not_trace``, and with sampled
+    reads ``trace_unsampled`` and ``score_unsampled``; a trace seen again in a later
+    poll's lookback is counted again).
 
     After a failed poll, ``retry_at`` (clock time) says when to poll again: polls made
     before then fail at once without a request. It grows exponentially, with jitter,
@@ -294,6 +359,11 @@ class LangfuseSource:
         self.retry_at: float | None = None
         self._health = PollHealth()
         self._score_types = ScoreTypeBook()
+        # sampled reads: what is due, and what was read completely (so that a trace read
+        # again in the lookback is not read again); both are rebuilt after a restart
+        self._pending: dict[str, _Pending] = {}
+        self._finished: dict[str, float] = {}
+        self._scheduled = False
 
     def __repr__(self) -> str:
         return f"LangfuseSource({self.base_url!r})"
@@ -347,6 +417,8 @@ class LangfuseSource:
                     error=f"backing off after {self.consecutive_failures} failed polls "
                     f"for another {wait:.0f}s",
                 )
+        if self.settings.sampled:
+            return self._poll_sampled(releases, start, now)
         observed = self._window(start.observations_from, self.lookback_for(releases), now)
         scored = self._window(start.scores_from, self.settings.score_lookback, now)
         reading = _Reading()
@@ -366,6 +438,18 @@ class LangfuseSource:
         traces = self._traces(
             reading.rows.values(), releases, settled_before, reading.complete_from
         )
+        return self._finish(start, after, traces, reading, stop, requests)
+
+    def _finish(
+        self,
+        start: Cursors,
+        after: Cursors,
+        traces: tuple[TraceSample, ...],
+        reading: _Reading,
+        stop: _PollError | None,
+        requests: dict[str, int],
+    ) -> Poll:
+        """The poll's result; a failed poll keeps the cursors at ``start``."""
         scores = tuple(reading.scores.values())
         if stop is not None:
             self._failed(stop)
@@ -387,6 +471,138 @@ class LangfuseSource:
             scores=scores,
             requests=requests,
         )
+
+    def _poll_sampled(self, releases: Mapping[str, Policy], start: Cursors, now: float) -> Poll:
+        """A poll with sampled reads (see "Sampled reads" in the module's docstring)."""
+        observed = self._window(start.observations_from, self.lookback_for(releases), now)
+        again_from = observed.start
+        if not self._scheduled:  # rebuild the schedule from the oldest pending read on
+            observed = _Window(min(observed.start, start.scores_from), observed.end)
+        reading = _Reading()
+        self._poll_requests.clear()
+        self._score_types.begin(releases)
+        stop: _PollError | None = None
+        try:
+            self._read_observations(releases, observed, reading)
+        except _PollError as stopped:
+            stop = stopped
+        settled_before = min(now, observed.end) - self.settings.settle
+        traces = self._traces(
+            reading.rows.values(), releases, settled_before, reading.complete_from
+        )
+        self._schedule(traces, releases)
+        deferred: _PollError | None = None
+        if stop is None:
+            self._scheduled = True
+            try:
+                self._read_sampled_scores(releases, reading, now)
+            except _PollError as stopped:
+                if stopped.budget:
+                    deferred = stopped  # the rest waits for the next poll
+                else:
+                    stop = stopped
+        requests = dict(self._poll_requests)
+        after = start
+        if stop is None:
+            after = Cursors(observed.end, self._pending_from(observed.end))
+            self._forget_finished(again_from)
+        self._score_types.forget_before(after.scores_from - self.settings.score_lookback)
+        scored = _Window(start.observations_from, observed.end)
+        self._record(
+            releases, now, after, reading, stop or deferred, (observed, scored), sampled=True
+        )
+        if deferred is not None:
+            log.info("Langfuse score reads deferred to the next poll: %s", deferred.message)
+        return self._finish(start, after, traces, reading, stop, requests)
+
+    def _schedule(self, traces: Iterable[TraceSample], releases: Mapping[str, Policy]) -> None:
+        """Note the score reads of new sampled traces; forget those of releases gone."""
+        gone = [key for key, item in self._pending.items() if item.release not in releases]
+        for trace_id in gone:
+            del self._pending[trace_id]
+        for trace in traces:
+            if trace.trace_id in self._pending or trace.trace_id in self._finished:
+                continue
+            policy = releases[trace.release]
+            names = frozenset(_score_names([policy]))
+            if not names:
+                continue
+            analysis = policy.analysis
+            self._pending[trace.trace_id] = _Pending(
+                trace_id=trace.trace_id,
+                ts=trace.ts,
+                release=trace.release,
+                names=names,
+                first_at=trace.ts + max(self.settings.first_read, analysis.score_settle),
+                final_at=trace.ts + analysis.score_timeout,
+            )
+
+    def _pending_from(self, default: float) -> float:
+        """The scores cursor: the start of the oldest trace with a read pending."""
+        return min((item.ts for item in self._pending.values()), default=default)
+
+    def _forget_finished(self, before: float) -> None:
+        """Forget finished traces that no later poll reads again."""
+        for trace_id in [key for key, ts in self._finished.items() if ts < before]:
+            del self._finished[trace_id]
+
+    def _read_sampled_scores(
+        self, releases: Mapping[str, Policy], reading: _Reading, now: float
+    ) -> None:
+        """Read the scores of the sampled traces whose read is due, oldest first."""
+        names = _score_names(releases.values())
+        due = sorted(
+            (item for item in self._pending.values() if item.due(now)),
+            key=lambda item: (item.due_at, item.trace_id),
+        )
+        if names:
+            for batch in self._batches(due, names):
+                self._read_batch(batch, names, reading, now)
+        reading.scores_done = True
+
+    def _batches(self, due: list[_Pending], names: list[str]) -> Iterator[list[_Pending]]:
+        """``due`` in batches whose expected rows fit one page and whose URL fits
+        ``MAX_URL_BYTES``."""
+        most = max(1, SCORES_PAGE // len(names))
+        empty = _trace_query([""], names)  # every parameter, ``traceId`` empty
+        base = len(str(httpx.URL(self.base_url + SCORES_PATH, params=empty)))
+        batch: list[_Pending] = []
+        length = base
+        for item in due:
+            added = len(quote(item.trace_id, safe="")) + (3 if batch else 0)  # %2C
+            if batch and (len(batch) >= most or length + added > MAX_URL_BYTES):
+                yield batch
+                batch, length = [], base
+                added -= 3
+            batch.append(item)
+            length += added
+        if batch:
+            yield batch
+
+    def _read_batch(
+        self, batch: list[_Pending], names: list[str], reading: _Reading, now: float
+    ) -> None:
+        wanted = {item.trace_id: item for item in batch}
+        query = _trace_query(list(wanted), names)
+        for page in self._pages(SCORES, query):
+            reading.score_rows += len(page)
+            for raw in page:
+                score = self._parse_score(raw)
+                if score is None:
+                    continue
+                item = wanted.get(score.trace_id)
+                if item is None:
+                    self.skipped["score_unsampled"] += 1
+                    continue
+                item.seen.add(score.name)
+                self._take_score(raw, score, reading, now)
+        for item in batch:
+            # a first read made after the final one was due is also the final read
+            final = item.first_done or now >= item.final_at or item.names <= item.seen
+            item.first_done = True
+            if final:
+                del self._pending[item.trace_id]
+                self._finished[item.trace_id] = item.ts
 
     def _read_observations(
         self, releases: Mapping[str, Policy], window: _Window, reading: _Reading
@@ -413,22 +629,24 @@ class LangfuseSource:
                 reading.score_rows += len(page)
                 for raw in page:
                     score = self._parse_score(raw)
-                    if score is None:
-                        continue
-                    reading.scores[score.score_id] = score
-                    stamp = _time(raw.get("timestamp")) if isinstance(raw, dict) else None
-                    stamp = score.at if stamp is None else stamp
-                    if reading.scores_oldest is None or stamp < reading.scores_oldest:
-                        reading.scores_oldest = stamp
-                    self._score_types.check(
-                        score_id=score.score_id,
-                        name=score.name,
-                        seen=seen_type(raw.get("dataType"), raw.get("value")),
-                        value=score.value,
-                        stamp=stamp,
-                        now=now,
-                    )
+                    if score is not None:
+                        self._take_score(raw, score, reading, now)
         reading.scores_done = True
+
+    def _take_score(self, raw: Any, score: ScoreSample, reading: _Reading, now: float) -> None:
+        reading.scores[score.score_id] = score
+        stamp = _time(raw.get("timestamp")) if isinstance(raw, dict) else None
+        stamp = score.at if stamp is None else stamp
+        if reading.scores_oldest is None or stamp < reading.scores_oldest:
+            reading.scores_oldest = stamp
+        self._score_types.check(
+            score_id=score.score_id,
+            name=score.name,
+            seen=seen_type(raw.get("dataType"), raw.get("value")),
+            value=score.value,
+            stamp=stamp,
+            now=now,
+        )
 
     def _record(
         self,
@@ -438,10 +656,16 @@ class LangfuseSource:
         reading: _Reading,
         stop: _PollError | None,
         windows: tuple[_Window, _Window],
+        *,
+        sampled: bool = False,
     ) -> None:
         """Note the poll for ``health``: rows read and the time they cover, per endpoint
-        (``windows``: of observations and of scores)."""
+        (``windows``: of observations and of scores; with sampled reads, the scores'
+        is the time the poll moved on, and they have no lookback)."""
         observed, scored = windows
+        if sampled:
+            # the scores cursor waits for pending reads by design: it is no read lag
+            cursors = Cursors(cursors.observations_from, cursors.observations_from)
         reads: list[EndpointRead] = []
         if releases:
             reads.append(
@@ -459,8 +683,12 @@ class LangfuseSource:
                 EndpointRead(
                     endpoint=SCORES,
                     rows=reading.score_rows,
-                    covered=_covered(scored, reading.scores_done, reading.scores_oldest),
-                    lookback=self.settings.score_lookback,
+                    covered=(
+                        (scored.end - scored.start if reading.scores_done else 0.0)
+                        if sampled
+                        else _covered(scored, reading.scores_done, reading.scores_oldest)
+                    ),
+                    lookback=0.0 if sampled else self.settings.score_lookback,
                     page_size=SCORES_PAGE,
                 )
             )
@@ -489,6 +717,16 @@ class LangfuseSource:
             {"type": "datetime", "column": "startTime", "operator": ">=", "value": since},
             {"type": "datetime", "column": "startTime", "operator": "<", "value": until},
         ]
+        if self.settings.sampled:  # conditions are ANDed: a release's tag and the sample's
+            conditions.insert(
+                1,
+                {
+                    "type": "arrayOptions",
+                    "column": "tags",
+                    "operator": "any of",
+                    "value": [SAMPLED_TAG],
+                },
+            )
         return {
             "fields": OBSERVATION_FIELDS,
             "limit": str(self.settings.page_limit),
@@ -590,6 +828,9 @@ class LangfuseSource:
             if len(named) != 1 or len(arms) != 1:
                 self.skipped["trace_untagged"] += 1
                 continue
+            if self.settings.sampled and SAMPLED_TAG not in root.tags:
+                self.skipped["trace_unsampled"] += 1  # only the app's spans carry the tag
+                continue
             release = named.pop()
             arm = arms.pop()
             samples.append(
@@ -652,6 +893,17 @@ def _score_query(names: list[str], window: _Window) -> dict[str, str]:
         "limit": str(SCORES_PAGE),
         "fields": SCORE_FIELDS,
     }
+
+
+def _trace_query(trace_ids: list[str], names: list[str]) -> dict[str, str]:
+    query = {
+        "name": ",".join(names),
+        "limit": str(SCORES_PAGE),
+        "fields": SCORE_FIELDS,
+    }
+    if trace_ids:
+        query["traceId"] = ",".join(trace_ids)
+    return query
 
 
 def _score_names(policies: Iterable[Policy]) -> list[str]:

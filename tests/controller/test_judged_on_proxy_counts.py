@@ -80,7 +80,7 @@ class World:
         for name, store in self.proxies.items():
             store.write(
                 [
-                    MinuteCell(RELEASE, arm, minute, n, e, {sketch_bin(300.0): n})
+                    MinuteCell(RELEASE, arm, minute, n, e, {sketch_bin(300.0): n}, sampled=n)
                     for (proxy, arm, minute), (n, e) in self.cells.items()
                     if proxy == name
                 ],

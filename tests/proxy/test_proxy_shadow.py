@@ -174,12 +174,16 @@ def test_request_spans_reach_langfuse_with_arm_tags_and_error_levels(
             )
             rows = observations()
         levels = {(tuple(row["tags"]), row["level"]) for row in rows if row["traceId"] != TRACE}
-        assert (("coalmine:release:support", "coalmine:arm:baseline"), "DEFAULT") in levels
-        assert (("coalmine:release:support", "coalmine:arm:canary"), "ERROR") in levels
-        assert (("coalmine:release:support", "coalmine:arm:shadow"), "DEFAULT") in levels
+        for arm, level in (("baseline", "DEFAULT"), ("canary", "ERROR"), ("shadow", "DEFAULT")):
+            tags = ("coalmine:release:support", f"coalmine:arm:{arm}", "coalmine-sampled")
+            assert (tags, level) in levels
         traced_row = next(row for row in rows if row["traceId"] == TRACE)
         assert traced_row["parentObservationId"] == SPAN
-        assert traced_row["tags"] == ["coalmine:release:support", "coalmine:arm:baseline"]
+        assert traced_row["tags"] == [
+            "coalmine:release:support",
+            "coalmine:arm:baseline",
+            "coalmine-sampled",  # every request is in the sample at the default rate
+        ]
         # the upstream's spans will hang under the proxy's span: it is their parent
         parent = stable[0].seen[-1].headers["traceparent"].split("-")[2]
         assert traced_row["id"] == parent

@@ -7,12 +7,16 @@ or a failure on the proxy's side of the upstream call (could not connect, timed 
 upstream cut its response); a 4xx is not an error, nor is a client that went away. The
 latency is the time from the request's arrival to the end of its response (for a client
 that went away, to when it went), in milliseconds, as the judge's latency metric is.
+A cell also counts the requests in the release's score sample (``coalmine.shared.sampling``)
+and, of the requests whose response reported its usage, the tokens and the moments of
+the cost (count, sum, sum of squares: what a test of the mean needs).
 
 Cells of several proxies add up (``merge``). The JSON form is compact: ``{"n": requests,
 "e": errors, "l": bins}`` where ``l`` lists the bins in increasing order, run-length
 style: the first bin and its count, then for each next bin the step from the one before
-and its count. A document that does not read as that is refused with an error naming
-where it was stored, never taken as zero.
+and its count; the sample and usage fields follow under short keys (``s``, ``u``, ``pt``,
+``ct``, ``cn``, ``cs``, ``cq``), each left out when zero. A document that does not read as
+that is refused with an error naming where it was stored, never taken as zero.
 """
 
 from __future__ import annotations
@@ -52,6 +56,20 @@ class MinuteCell:
     requests: int
     errors: int
     latency_bins: Mapping[int, int] = field(default_factory=dict, hash=False)
+    sampled: int = 0
+    """Requests in the release's score sample."""
+    usage: int = 0
+    """Requests whose response reported its usage (tokens)."""
+    prompt_tokens: int = 0
+    """Sum over the ``usage`` requests."""
+    completion_tokens: int = 0
+    """Sum over the ``usage`` requests."""
+    cost_n: int = 0
+    """Requests whose response reported its cost (in US dollars)."""
+    cost_sum: float = 0.0
+    """Sum of their costs."""
+    cost_sumsq: float = 0.0
+    """Sum of the squares of their costs."""
 
     @property
     def key(self) -> CellKey:
@@ -70,39 +88,57 @@ def oldest_minute(now: float, retention_seconds: int) -> int:
 
 def merge(cells: Iterable[MinuteCell]) -> dict[CellKey, MinuteCell]:
     """The cells summed per (release, arm, minute): the counts of several proxies."""
-    requests: dict[CellKey, int] = {}
-    errors: dict[CellKey, int] = {}
+    totals: dict[CellKey, list[Any]] = {}
     bins: dict[CellKey, dict[int, int]] = {}
     for cell in cells:
         key = cell.key
-        requests[key] = requests.get(key, 0) + cell.requests
-        errors[key] = errors.get(key, 0) + cell.errors
+        found = totals.get(key)
+        if found is None:
+            found = totals[key] = [0, 0, 0, 0, 0, 0, 0, 0.0, 0.0]
+        found[0] += cell.requests
+        found[1] += cell.errors
+        found[2] += cell.sampled
+        found[3] += cell.usage
+        found[4] += cell.prompt_tokens
+        found[5] += cell.completion_tokens
+        found[6] += cell.cost_n
+        found[7] += cell.cost_sum
+        found[8] += cell.cost_sumsq
         summed = bins.setdefault(key, {})
         for index, count in cell.latency_bins.items():
             summed[index] = summed.get(index, 0) + count
     return {
-        key: MinuteCell(key[0], key[1], key[2], requests[key], errors[key], bins[key])
-        for key in requests
+        key: MinuteCell(key[0], key[1], key[2], n, e, bins[key], s, u, pt, ct, cn, cs, cq)
+        for key, (n, e, s, u, pt, ct, cn, cs, cq) in totals.items()
     }
 
 
 # -- JSON ---------------------------------------------------------------------------------
 
 _Count = Annotated[int, Field(ge=0, le=2**53)]
+_Sum = Annotated[float, Field(ge=0)]
 _BIN_LIMIT = -ZERO_BIN
 
 
 class _Counts(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     n: _Count
     e: _Count
     l: list[int]  # noqa: E741 (wire name)
+    s: _Count = 0
+    u: _Count = 0
+    pt: _Count = 0
+    ct: _Count = 0
+    cn: _Count = 0
+    cs: _Sum = 0.0
+    cq: _Sum = 0.0
 
     @model_validator(mode="after")
     def _consistent(self) -> _Counts:
         if self.e > self.n:
             raise ValueError(f"{self.e} errors out of {self.n} requests")
+        self._check_sample_and_usage()
         runs = self.l
         if len(runs) % 2:
             raise ValueError("l: bin and count pairs expected, found an odd length")
@@ -115,6 +151,18 @@ class _Counts(BaseModel):
         if sum(runs[1::2]) != self.n:
             raise ValueError(f"l: latencies of {sum(runs[1::2])} requests, not {self.n}")
         return self
+
+    def _check_sample_and_usage(self) -> None:
+        if self.s > self.n:
+            raise ValueError(f"{self.s} sampled out of {self.n} requests")
+        if self.u > self.n:
+            raise ValueError(f"usage of {self.u} out of {self.n} requests")
+        if self.cn > self.u:
+            raise ValueError(f"costs of {self.cn} requests, but usage of {self.u}")
+        if not self.u and (self.pt or self.ct):
+            raise ValueError("tokens without any usage")
+        if not self.cn and (self.cs or self.cq):
+            raise ValueError("a cost sum without any cost")
 
 
 class _Document(BaseModel):
@@ -134,7 +182,18 @@ def counts_json(cell: MinuteCell) -> dict[str, Any]:
     for index in sorted(cell.latency_bins):
         runs += (index if previous is None else index - previous, cell.latency_bins[index])
         previous = index
-    return {"n": cell.requests, "e": cell.errors, "l": runs}
+    counts: dict[str, Any] = {"n": cell.requests, "e": cell.errors, "l": runs}
+    optional = (
+        ("s", cell.sampled),
+        ("u", cell.usage),
+        ("pt", cell.prompt_tokens),
+        ("ct", cell.completion_tokens),
+        ("cn", cell.cost_n),
+        ("cs", cell.cost_sum),
+        ("cq", cell.cost_sumsq),
+    )
+    counts.update((key, value) for key, value in optional if value)
+    return counts
 
 
 def encode_counts(cell: MinuteCell) -> str:
@@ -147,7 +206,21 @@ def _cell(counts: _Counts, release: str, arm: Arm, minute: int) -> MinuteCell:
     for position in range(0, len(counts.l), 2):
         index = counts.l[position] if position == 0 else index + counts.l[position]
         bins[index] = counts.l[position + 1]
-    return MinuteCell(release, arm, minute, counts.n, counts.e, bins)
+    return MinuteCell(
+        release,
+        arm,
+        minute,
+        counts.n,
+        counts.e,
+        bins,
+        counts.s,
+        counts.u,
+        counts.pt,
+        counts.ct,
+        counts.cn,
+        counts.cs,
+        counts.cq,
+    )
 
 
 def decode_counts(document: str, release: str, arm: Arm, minute: int, *, where: str) -> MinuteCell:

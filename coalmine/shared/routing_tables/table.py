@@ -10,6 +10,7 @@ proxy's ``app_url``, one per proxy, which no table names.
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -19,6 +20,10 @@ from pydantic.alias_generators import to_camel
 from policies.model import HttpUrl, Policy
 
 Percent = Annotated[float, Strict(), Field(ge=0, le=100)]
+Rate = Annotated[float, Strict(), Field(ge=0, le=1)]
+
+MAX_SAMPLE_ENTRIES = 2
+"""Rates a table's ``scoreSample`` lists at most: the one in force and the next."""
 
 
 class _Document(BaseModel):
@@ -62,6 +67,22 @@ class ShadowRoute(_Document):
     """Mirrored requests in flight at most; past it a copy is dropped."""
 
 
+class SampleRate(_Document):
+    """The share of a release's requests in its score sample from a minute on."""
+
+    from_: Annotated[int, Strict()] = Field(alias="from", ge=0)
+    """Epoch seconds, at the start of a minute: requests arriving from then on."""
+
+    rate: Rate
+    """Share of requests sampled, 0 to 1 (``coalmine.shared.sampling``)."""
+
+    @model_validator(mode="after")
+    def _whole_minute(self) -> SampleRate:
+        if self.from_ % 60:
+            raise ValueError(f"from: {self.from_} is not the start of a minute")
+        return self
+
+
 class RoutingTable(_Document):
     """The routing of one release, as the proxy applies it."""
 
@@ -83,6 +104,12 @@ class RoutingTable(_Document):
     shadow: ShadowRoute | None = None
     """Mirroring to staging, or None for none."""
 
+    score_sample: tuple[SampleRate, ...] = Field(default=(), max_length=MAX_SAMPLE_ENTRIES)
+    """The score sample's rates, by increasing ``from``: a request is sampled at the rate
+    of the last entry whose ``from`` is at or before its arrival, and at rate 1 (every
+    request) when there is none. Rates change only at whole minutes, so every proxy
+    switches at the same instant whenever it read the table."""
+
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     """When the table was written."""
 
@@ -93,7 +120,20 @@ class RoutingTable(_Document):
     def _aware(self) -> RoutingTable:
         if self.updated_at.tzinfo is None:
             raise ValueError("updatedAt needs a time zone")
+        starts = [entry.from_ for entry in self.score_sample]
+        if any(later <= earlier for earlier, later in itertools.pairwise(starts)):
+            raise ValueError(f"scoreSample: from must increase, found {starts}")
         return self
+
+    def sample_rate(self, arrival_s: int) -> float:
+        """The score sample's rate for a request arriving in the second ``arrival_s``
+        (epoch seconds, rounded down)."""
+        rate = 1.0
+        for entry in self.score_sample:
+            if entry.from_ > arrival_s:
+                break
+            rate = entry.rate
+        return rate
 
 
 def initial_table(policy: Policy, canary_weight: float = 0.0, version: int = 0) -> RoutingTable:
