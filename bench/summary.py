@@ -202,6 +202,7 @@ def render(out: Path) -> str:
         "transport_choice.md",
         "controller_speed.md",
         "controller_memory.md",
+        "sampled_reads.md",
         "cluster_speed.md",
         "span_export.md",
         "notify_queue.md",

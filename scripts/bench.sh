@@ -22,6 +22,8 @@ python -m bench.proxy_capacity --out bench/out
 python -m bench.proxy_instructions --out bench/out
 python -m bench.transport_choice --out bench/out
 python -m bench.controller_speed --out bench/out
+python -m bench.controller_memory --out bench/out
+python -m bench.sampled_reads --out bench/out
 python -m bench.cluster_speed --out bench/out
 python -m bench.span_export --out bench/out
 python -m bench.notify_queue --out bench/out
