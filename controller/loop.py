@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from coalmine.shared.routing_tables.store import RoutingTableStore
-from controller import actions, lifecycle
+from coalmine.shared.routing_tables.store import RoutingTableStore, VersionConflictError
+from controller import actions, lifecycle, score_sample
 from controller.cluster.events import EventRecorder, NoopEventRecorder
 from controller.errors import (
     LabelPermanentError,
@@ -114,6 +114,16 @@ class _Live:
     """The proxies whose counts of the release were read last (traffic from proxies)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ProxyTraffic:
+    """Judge traffic on the proxies' counts of every request."""
+
+    counts: ProxyCounts
+    sample_budget: float | None = None
+    """Langfuse requests a minute for score reads by trace, which the score samples are
+    sized to (None: the sample holds every request)."""
+
+
 @dataclass(slots=True)
 class TickReport:
     """What one tick did."""
@@ -144,12 +154,18 @@ class Controller:
         policies: Callable[[], Mapping[str, Policy]],
         notify: Notify | None = None,
         events: EventRecorder | None = None,
-        counts: ProxyCounts | None = None,
+        from_proxies: ProxyTraffic | None = None,
     ) -> None:
         self.state = state
-        self.counts = counts
+        self.counts = None if from_proxies is None else from_proxies.counts
         """The proxies' counts of every request: with them, new rollouts are judged on
         all traffic for errors, latency and the split (``traffic_from_proxy``)."""
+        self.sample_budget = None if from_proxies is None else from_proxies.sample_budget
+        """Langfuse requests a minute for reading scores by trace: each running release's
+        score sample is sized to its share of them (``controller.score_sample``); None:
+        every request is in the sample."""
+        self._score_names: frozenset[str] = frozenset()
+        self._sampled_releases = 0
         self.fence: Callable[[], None] = lambda: None
         """Raises NotLeaderError, naming the leader, when this replica may not act
         (cluster mode: it does not hold the Lease)."""
@@ -166,6 +182,9 @@ class Controller:
         the admin API's threads read them without the controller's lock)."""
         self._next_prune = 0.0
         self._next_checkpoint = 0.0
+        self._scores_complete: float | None = None
+        """Scores have been read completely for traces due before this (None: up to the
+        scores cursor), as the last poll with scores read by trace said."""
         self._read_span: float | None = None
         """Seconds past the cursors the next poll reads (None: up to now); halved after
         a poll cut short, doubled after a complete one (see ``_poll``)."""
@@ -258,8 +277,18 @@ class Controller:
         }
         if not running:
             return
+        self._sampled_releases = len(running)
+        self._score_names = frozenset(
+            metric.score
+            for policy in running.values()
+            for metric in policy.analysis.metrics
+            if metric.score is not None
+        )
         cursors = self.state.cursors(SOURCE) or _first_cursors(running, self.state, now)
-        read_from = min(cursors.observations_from, cursors.scores_from)
+        read_from = cursors.observations_from
+        if self._scores_complete is None:
+            # with scores read by trace the scores cursor waits for pending reads by design
+            read_from = min(read_from, cursors.scores_from)
         upto = now if self._read_span is None else min(now, read_from + self._read_span)
         # Pages come newest first: a poll cut short keeps the cursors where they were,
         # and one that keeps being cut over the same window would read the same newest
@@ -271,7 +300,11 @@ class Controller:
         if poll.ok:
             self.last_poll_ok = now
             self.last_poll_error = None
-            behind = now - min(poll.cursors.observations_from, poll.cursors.scores_from)
+            self._scores_complete = poll.scores_complete_until
+            scores_until = self._scores_complete
+            if scores_until is None:
+                scores_until = poll.cursors.scores_from
+            behind = now - min(poll.cursors.observations_from, scores_until)
             if behind > CAUGHT_UP_WITHIN:
                 report.catching_up = f"Langfuse read up to {behind:.0f}s before now"
         else:
@@ -385,7 +418,13 @@ class Controller:
             self._take_counts(name, live, now, report)
         live.evidence.advance(
             max(now, live.evidence.observed_until),
-            scores_read_until=None if cursors is None else cursors.scores_from,
+            scores_read_until=(
+                self._scores_complete
+                if self._scores_complete is not None
+                else None
+                if cursors is None
+                else cursors.scores_from
+            ),
             traces_read_until=None if cursors is None else cursors.observations_from,
         )
 
@@ -405,10 +444,44 @@ class Controller:
         for problem in readout.problems:
             log.warning("release %s: proxy counts left out: %s", name, problem)
         live.proxies = readout.proxies
+        last_minute = math.floor(now / 60) * 60 - 60
+        traffic = 0
         for (arm, minute), cell in sorted(readout.cells.items(), key=lambda item: item[0][1]):
             evidence.add_proxy_minute(
                 arm, minute, (cell.requests, cell.errors, cell.sampled), cell.latency_bins
             )
+            if minute == last_minute:
+                traffic += cell.requests
+        if self.sample_budget is not None:
+            self._size_sample(name, traffic, now, report)
+
+    def _size_sample(self, name: str, traffic: int, now: float, report: TickReport) -> None:
+        """Keep the release's score sample within its share of the request budget."""
+        assert self.sample_budget is not None
+        affordable = score_sample.affordable_traces(
+            self.sample_budget, self._sampled_releases, len(self._score_names)
+        )
+        wanted = score_sample.wanted_rate(traffic, affordable)
+        table = self.routing.read(name)
+        if table is None:
+            return
+        entries = score_sample.next_entries(table.score_sample, wanted, now)
+        if entries is None:
+            return
+        try:
+            self.routing.write(table.model_copy(update={"score_sample": entries}), table.version)
+        except VersionConflictError as error:  # written meanwhile: sized again next look
+            report.action_errors.append(f"{name}: {error}")
+            return
+        log.info(
+            "release %s: score sample %.4g of requests from %s (%d requests in the last "
+            "minute, %.0f sampled traces a minute affordable)",
+            name,
+            wanted,
+            entries[-1].from_,
+            traffic,
+            affordable,
+        )
 
     def _remember(self, name: str, judgement: Judgement) -> None:
         ring = self.histories.get(name)

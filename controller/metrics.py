@@ -54,8 +54,10 @@ class ControllerCollector(Collector):
         policy_load_errors: Callable[[], int] | None = None,
         notifications: Callable[[], Mapping[str, int]] | None = None,
         leader: Callable[[], bool] | None = None,
+        aggregates_deleted: Callable[[], int] | None = None,
     ) -> None:
         self.controller = controller
+        self.aggregates_deleted = aggregates_deleted
         self.leader = leader
         """Cluster mode: whether this replica leads; only the leader exports the figures
         of polling Langfuse (a standby does not poll)."""
@@ -92,6 +94,8 @@ class ControllerCollector(Collector):
         if self.notifications is not None:
             for outcome, count in sorted(self.notifications().items()):
                 families["notifications"].add_metric([outcome], count)
+        if self.aggregates_deleted is not None:
+            families["aggregates_deleted"].add_metric([], self.aggregates_deleted())
         yield from families.values()
 
     @staticmethod
@@ -223,6 +227,11 @@ class ControllerCollector(Collector):
                 "receiver, dropped (queue full or closed).",
                 labels=["outcome"],
             ),
+            "aggregates_deleted": counter(
+                "coalmine_aggregates_configmaps_deleted",
+                "Cluster mode: proxy-count ConfigMaps deleted because every minute they held "
+                "was past the retention (their proxies are gone).",
+            ),
         }
 
     def _releases(
@@ -335,10 +344,12 @@ class ControllerMetrics:
         policy_load_errors: Callable[[], int] | None = None,
         notifications: Callable[[], Mapping[str, int]] | None = None,
         leader: Callable[[], bool] | None = None,
+        aggregates_deleted: Callable[[], int] | None = None,
     ) -> ControllerCollector:
         """Export ``controller``'s figures. ``policy_load_errors`` returns the number of
         bad policy loads so far (``PolicyFiles.load_errors``); ``notifications`` the
-        notifier's counts by outcome (``WebhookNotifier.counts``)."""
+        notifier's counts by outcome (``WebhookNotifier.counts``); ``aggregates_deleted``
+        the proxy-count ConfigMaps deleted so far (``AggregatesCleanup.deleted``)."""
         if self.collector is not None:
             raise RuntimeError("this registry already exports a controller")
         self.collector = ControllerCollector(
@@ -347,6 +358,7 @@ class ControllerMetrics:
             policy_load_errors=policy_load_errors,
             notifications=notifications,
             leader=leader,
+            aggregates_deleted=aggregates_deleted,
         )
         self.registry.register(self.collector)
         return self.collector

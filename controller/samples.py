@@ -64,3 +64,7 @@ class Poll:
     error: str | None = None
     requests: dict[str, int] = field(default_factory=dict)
     """Requests made, by endpoint name."""
+    scores_complete_until: float | None = None
+    """With scores read by trace (a score sample): every trace whose ``scoreTimeout``
+    ended before this time has had its last score read, though the scores cursor stays
+    at the oldest trace with a read pending. None: the scores cursor says it."""

@@ -18,12 +18,13 @@ from coalmine.shared.admin_token import weak_token
 from coalmine.shared.kube.client import KubeError, api_client
 from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
 from coalmine.shared.routing_tables.store import RoutingTableStore, SqliteRoutingStore
+from controller.cluster.aggregates_cleanup import AggregatesCleanup
 from controller.cluster.events import KubeEventRecorder, ObjectRef
 from controller.cluster.lease import LeaseElector, LeaseTiming
 from controller.cluster.release_configmaps import ClusterState
 from controller.errors import SetupError
 from controller.labels import LangfusePromptLabels, PromptLabels
-from controller.loop import Controller
+from controller.loop import Controller, ProxyTraffic
 from controller.metrics import ControllerMetrics
 from controller.notify import MultiNotifier, Notifier, WebhookNotifier
 from controller.release_store import ControllerState
@@ -38,6 +39,8 @@ from policies.policy_files import PolicyFiles
 log = logging.getLogger("coalmine.controller")
 
 MIN_TICK_SECONDS = 1.0
+CLEANUP_CHECK_SECONDS = 60.0
+"""How often the leader asks whether the stale proxy-count ConfigMaps are due a sweep."""
 
 
 @dataclass
@@ -54,6 +57,8 @@ class ControllerService:
     elector: LeaseElector | None = None
     """Cluster mode: the Lease election; only its leader ticks."""
     events: KubeEventRecorder | None = None
+    aggregates_cleanup: AggregatesCleanup | None = None
+    """Cluster mode, judging the proxies' counts: deletes the ConfigMaps of gone proxies."""
     scheduler: BackgroundScheduler | None = None
     _policies: dict[str, Policy] = field(default_factory=dict)
     _policies_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -120,6 +125,16 @@ class ControllerService:
             coalesce=True,
             id="tick",
         )
+        cleanup = self.aggregates_cleanup
+        if cleanup is not None:  # it sweeps only on the leader, at most every 10 minutes
+            scheduler.add_job(
+                lambda: cleanup.sweep_if_due(self.clock()),
+                "interval",
+                seconds=CLEANUP_CHECK_SECONDS,
+                max_instances=1,
+                coalesce=True,
+                id="aggregates-cleanup",
+            )
         scheduler.start()
         self.scheduler = scheduler
 
@@ -225,7 +240,11 @@ def build_service(
                 *keys,
                 budget=budget,
                 clock=clock,
-                settings=SourceSettings(settle=settings.trace_settle_seconds),
+                settings=SourceSettings(
+                    settle=settings.trace_settle_seconds,
+                    sampled=settings.reads_sampled,
+                    first_read=settings.score_first_read_seconds,
+                ),
             )
         if labels is None:
             labels = LangfusePromptLabels(settings.langfuse_base_url, *keys, budget=budget)
@@ -246,9 +265,12 @@ def build_service(
     notifiers = _notifiers(settings)
     notifier = MultiNotifier(notifiers)
 
-    counts: ProxyCounts | None = None
+    from_proxies: ProxyTraffic | None = None
     if settings.judge_traffic == "proxy":
-        counts = ProxyCounts.local(settings.state) if cluster is None else cluster.counts
+        from_proxies = ProxyTraffic(
+            ProxyCounts.local(settings.state) if cluster is None else cluster.counts,
+            sample_budget=settings.requests_per_minute if settings.reads_sampled else None,
+        )
     controller = Controller(
         state=state,
         routing=routing,
@@ -257,10 +279,12 @@ def build_service(
         policies=policies,
         notify=notifier.send,
         events=None if cluster is None else cluster.events,
-        counts=counts,
+        from_proxies=from_proxies,
     )
     if cluster is not None:
         controller.fence = cluster.elector.fence
+    # the proxies write their ConfigMaps only when the controller judges on their counts
+    cleanup = cluster.cleanup if cluster is not None and from_proxies is not None else None
     metrics = ControllerMetrics()
     metrics.watch(
         controller,
@@ -268,6 +292,7 @@ def build_service(
         policy_load_errors=lambda: policy_files.load_errors,
         notifications=lambda: _notification_counts(notifiers),
         leader=None if cluster is None else cluster.elector.is_leader,
+        aggregates_deleted=None if cleanup is None else lambda: cleanup.deleted,
     )
     service = ControllerService(
         settings,
@@ -279,6 +304,7 @@ def build_service(
         clock,
         elector=None if cluster is None else cluster.elector,
         events=None if cluster is None else cluster.events,
+        aggregates_cleanup=cleanup,
     )
     service_box.append(service)
     return service
@@ -300,6 +326,7 @@ class _Cluster:
     routing: ConfigMapRoutingStore
     events: KubeEventRecorder
     counts: ProxyCounts
+    cleanup: AggregatesCleanup
 
 
 def _cluster(
@@ -345,7 +372,10 @@ def _cluster(
         targets=targets,
     )
     counts = ProxyCounts.cluster(client, namespace, settings.configmap_prefix)
-    return _Cluster(elector, state, routing, events, counts)
+    cleanup = AggregatesCleanup(
+        client, namespace, settings.configmap_prefix, leading=elector.is_leader
+    )
+    return _Cluster(elector, state, routing, events, counts, cleanup)
 
 
 def _notification_counts(notifiers: Sequence[Notifier]) -> dict[str, int]:

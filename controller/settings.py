@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 from coalmine.shared.kube.client import ClusterSettings
 from coalmine.shared.settings import AdminToken, LangfuseConnection
 from controller.source.budget import DEFAULT_PER_MINUTE
+from controller.source.langfuse import DEFAULT_FIRST_READ
 
 
 class ControllerSettings(LangfuseConnection, AdminToken, ClusterSettings):
@@ -45,6 +46,26 @@ class ControllerSettings(LangfuseConnection, AdminToken, ClusterSettings):
     state file or, in cluster mode, to ConfigMaps of this namespace); ``langfuse``: the
     traces read in Langfuse. ``coalmine run`` uses ``proxy`` when its proxy counts and
     this is not set. Applies to rollouts that start after it is changed."""
+
+    score_sample: bool | None = None
+    """Read scores only for a sample of requests, sized to the request budget, so that
+    Langfuse requests do not grow with traffic: the proxies mark the sample, the
+    controller reads its scores by trace id (``docs/judge.md``, sampled reads). None:
+    on when ``judge_traffic`` is ``proxy`` (the sample's size comes from the proxies'
+    counts)."""
+
+    @property
+    def reads_sampled(self) -> bool:
+        """Whether scores are read for a sample of requests."""
+        if self.score_sample is None:
+            return self.judge_traffic == "proxy"
+        return self.score_sample and self.judge_traffic == "proxy"
+
+    score_first_read_seconds: float = Field(default=DEFAULT_FIRST_READ, ge=0)
+    """With a score sample: age of a sampled trace when its scores are first read (raised
+    to the policy's ``scoreSettle``); a trace still missing a score is read once more at
+    its ``scoreTimeout``. Shorter: decisions sooner, more reads of traces not yet
+    scored."""
 
     trace_settle_seconds: float = Field(default=10.0, ge=0)
     """A trace is read once its root span ended this long ago, so the app's spans

@@ -167,6 +167,7 @@ def run_demo(
         "COALMINE_TRACE_SETTLE_SECONDS": "2",
         # the demo decides within a minute: the proxy's counts are flushed every second
         "COALMINE_AGGREGATES_FLUSH_SECONDS": "1",
+        "COALMINE_SCORE_FIRST_READ_SECONDS": "5",
         "PYTHONUNBUFFERED": "1",
     }
     traffic: Traffic | None = None

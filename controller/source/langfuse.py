@@ -88,7 +88,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote
@@ -513,7 +513,11 @@ class LangfuseSource:
         )
         if deferred is not None:
             log.info("Langfuse score reads deferred to the next poll: %s", deferred.message)
-        return self._finish(start, after, traces, reading, stop, requests)
+        poll = self._finish(start, after, traces, reading, stop, requests)
+        if not poll.ok:
+            return poll
+        last_reads = min((item.final_at for item in self._pending.values()), default=math.inf)
+        return replace(poll, scores_complete_until=min(last_reads, after.observations_from))
 
     def _schedule(self, traces: Iterable[TraceSample], releases: Mapping[str, Policy]) -> None:
         """Note the score reads of new sampled traces; forget those of releases gone."""

@@ -13,7 +13,7 @@ from typing import Any
 from coalmine.shared.aggregates.model import MinuteCell, minute_of
 from coalmine.shared.aggregates.sqlite import SqliteAggregateStore
 from coalmine.shared.routing_tables.store import SqliteRoutingStore
-from controller.loop import Controller
+from controller.loop import Controller, ProxyTraffic
 from controller.release_store import ControllerState
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source.aggregates import ProxyCounts
@@ -138,7 +138,7 @@ def _rig(tmp_path: Path, *, from_proxy: bool = True, **world: Any) -> Rig:
         source=source,
         labels=Labels(),
         policies=lambda: policies,
-        counts=ProxyCounts.local(path) if from_proxy else None,
+        from_proxies=ProxyTraffic(ProxyCounts.local(path)) if from_proxy else None,
     )
     return Rig(source, state, controller)
 
