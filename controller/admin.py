@@ -330,6 +330,7 @@ def release_detail(controller: Controller, release: ReleaseState, limit: int) ->
             "analysisInterval": None if policy is None else policy.analysis.interval,
             "judgement": judgement,
             "judgementSource": judged_by,
+            "traffic": controller.traffic_of(release.name),
             "decisions": [_decision(record) for record in decisions],
             "labelMoves": [
                 _label_move(move) for move in controller.state.label_moves(release.name)

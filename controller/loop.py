@@ -802,6 +802,32 @@ class Controller:
         ring = self.histories.get(name)
         return () if ring is None else ring.judgements()
 
+    def traffic_of(self, name: str) -> dict[str, Any] | None:
+        """Where the running release's traffic is counted and how its scores are sampled,
+        for status; None when no rollout of it is judged in this process."""
+        live = self.live.get(name)
+        if live is None:
+            return None
+        evidence = live.evidence
+        view: dict[str, Any] = {"countedBy": "langfuse"}
+        if evidence.traffic_from_proxy:
+            view = {
+                "countedBy": "proxies",
+                "proxies": sorted(live.proxies),
+                "lateRequests": evidence.late_requests,
+                "tracesBeyondRequests": evidence.surplus_traces,
+                "lossComparedUntil": evidence.loss_checked_until,
+            }
+        try:
+            table = self.routing.read(name)
+        except Exception:  # a table that cannot be read is the routing repair's to report
+            table = None
+        if table is not None:
+            view["scoreSample"] = [
+                {"from": entry.from_, "rate": entry.rate} for entry in table.score_sample
+            ]
+        return view
+
     def last_judgement(self, name: str) -> Judgement | None:
         live = self.live.get(name)
         return None if live is None else live.last

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from coalmine.cli.errors import InputError
+from coalmine.cli.releases import traffic_line
 
 EXIT_NOT_EXPECTED = 1
 
@@ -120,6 +121,8 @@ class _Progress:
             ]
             if counted:
                 print(f"          step traffic: {counted[0]}")
+            if detail.get("traffic"):
+                print(f"          {traffic_line(detail['traffic'])}")
             if judgement.get("decision") == "continue" and judgement.get("reason"):
                 print(f"          {_short(judgement['reason'])}")
             self.last_state = state

@@ -305,6 +305,39 @@ def _rollout(release: dict[str, Any]) -> str:
     return "-" if not rollout else f"#{rollout}"
 
 
+def traffic_line(traffic: dict[str, Any]) -> str:
+    """Where a release's requests are counted, and its score sample, in one line."""
+    if traffic.get("countedBy") == "proxies":
+        proxies = traffic.get("proxies") or []
+        counted = (
+            f"requests counted by {len(proxies)} prox{'y' if len(proxies) == 1 else 'ies'}"
+            if proxies
+            else "requests counted by no proxy yet"
+        )
+        if traffic.get("lateRequests"):
+            counted += f" ({traffic['lateRequests']} counted too late to judge)"
+    else:
+        counted = "requests counted from the traces read in Langfuse"
+    entries = traffic.get("scoreSample") or []
+    sample = "scores read for every request"
+    if entries:
+        rates = ", then ".join(
+            f"{100 * entry['rate']:.3g}% from {_time(entry['from'])}" for entry in entries
+        )
+        sample = f"score sample {rates}"
+    return f"traffic: {counted}; {sample}"
+
+
+def _print_candidate(console: Console, detail: dict[str, Any]) -> None:
+    if detail.get("candidate"):
+        console.print(f"candidate: {detail['candidate']}")
+    if detail.get("stableVersion") is not None or detail.get("candidateVersion") is not None:
+        console.print(
+            f"prompt versions: stable {detail.get('stableVersion')}, "
+            f"candidate {detail.get('candidateVersion')}"
+        )
+
+
 def print_release(detail: dict[str, Any]) -> None:
     """One release in detail: where it stands, its metrics, its last decisions."""
     console = _console()
@@ -324,13 +357,7 @@ def print_release(detail: dict[str, Any]) -> None:
             else ""
         )
         console.print(f"policy in force: {detail['policyDigest']}{edited}")
-    if detail.get("candidate"):
-        console.print(f"candidate: {detail['candidate']}")
-    if detail.get("stableVersion") is not None or detail.get("candidateVersion") is not None:
-        console.print(
-            f"prompt versions: stable {detail.get('stableVersion')}, "
-            f"candidate {detail.get('candidateVersion')}"
-        )
+    _print_candidate(console, detail)
     console.print(
         f"started {_time(detail.get('startedAt'))}, updated {_time(detail.get('updatedAt'))}"
     )
@@ -338,6 +365,9 @@ def print_release(detail: dict[str, Any]) -> None:
         console.print(f"reason: {detail['reason']}")
     if detail.get("resumePhase"):
         console.print(f"resumes to: {detail['resumePhase']}")
+    traffic = detail.get("traffic")
+    if traffic:
+        console.print(traffic_line(traffic))
     judgement = detail.get("judgement")
     if judgement:
         _print_judgement(console, judgement, detail.get("judgementSource"))

@@ -191,3 +191,18 @@ def test_without_counts_nothing_advances(tmp_path: Path) -> None:
     judgement = rig.controller.last_judgement(RELEASE)
     assert judgement is not None
     assert "no traces of this release" in judgement.reason or "nodata" in judgement.reason
+
+
+def test_status_says_where_traffic_is_counted(tmp_path: Path) -> None:
+    rig = _rig(tmp_path)
+    rig.run(5)
+    traffic = rig.controller.traffic_of(RELEASE)
+    assert traffic is not None
+    assert traffic["countedBy"] == "proxies"
+    assert traffic["proxies"] == ["p1", "p2"]
+    assert traffic["lateRequests"] == 0
+    assert traffic["scoreSample"] == []
+    langfuse = _rig(tmp_path / "other", from_proxy=False)
+    langfuse.run(5)
+    assert langfuse.controller.traffic_of(RELEASE) == {"countedBy": "langfuse", "scoreSample": []}
+    assert langfuse.controller.traffic_of("nothing") is None
