@@ -437,6 +437,7 @@ class Controller:
         try:
             readout = self.counts.readout(name, evidence.counts_from(), math.floor(now) + 1)
         except Exception as error:  # the store's trouble never stops the tick
+            live.proxies = frozenset()  # none seen counting: so the metric and its alert say
             report.counts_error = f"cannot read the proxies' counts: {error}"
             report.action_errors.append(f"{name}: {report.counts_error}")
             log.warning("release %s: %s", name, report.counts_error)

@@ -33,6 +33,8 @@ from policies.domain import Phase
 
 SAMPLE_RATIO_CHECK: Final = "sample_ratio"
 """Name of the judge's sample-ratio guard (controller.judge.decide)."""
+TRACE_LOSS_CHECK: Final = "trace_loss"
+"""Name of the judge's trace-loss guard, made only on the proxies' counts."""
 
 log = logging.getLogger("coalmine.controller")
 
@@ -82,6 +84,7 @@ class ControllerCollector(Collector):
             judgement = self.controller.last_judgement(release.name)
             if judgement is not None:
                 _judgement(release.name, judgement, families)
+                self._proxies_counting(release.name, families["proxies_counting"])
         leading = self.leader is None or self.leader()
         if self.leader is not None:
             families["leader"].add_metric([], float(leading))
@@ -168,6 +171,18 @@ class ControllerCollector(Collector):
             "srm": gauge(
                 "coalmine_sample_ratio_mismatch",
                 "1 when the last look found the traffic split inconsistent with the weights.",
+                labels=["release"],
+            ),
+            "proxies_counting": gauge(
+                "coalmine_release_proxies_counting",
+                "Proxies whose counts of the release were read at its last look (absent "
+                "for a release judged on Langfuse traces).",
+                labels=["release"],
+            ),
+            "trace_loss": gauge(
+                "coalmine_trace_loss_detected",
+                "1 when the last look found the canary's requests losing their traces more "
+                "often than the baseline's (absent when traffic is not counted by proxies).",
                 labels=["release"],
             ),
             "langfuse_requests": counter(
@@ -258,6 +273,13 @@ class ControllerCollector(Collector):
                     families["actions"].add_metric([name, kind, status], count)
             families["pending"].add_metric([name], pending)
 
+    def _proxies_counting(
+        self, release: str, family: CounterMetricFamily | GaugeMetricFamily
+    ) -> None:
+        live = self.controller.live.get(release)
+        if live is not None and live.evidence.traffic_from_proxy:
+            family.add_metric([release], len(live.proxies))
+
     def _requests(self, family: CounterMetricFamily | GaugeMetricFamily) -> None:
         # the sample source and the label mover each count their own requests
         total: Counter[tuple[str, str]] = Counter()
@@ -322,6 +344,9 @@ def _judgement(
         for check in judgement.checks
     )
     families["srm"].add_metric([release], float(mismatch))
+    for check in judgement.checks:
+        if check.name == TRACE_LOSS_CHECK:
+            families["trace_loss"].add_metric([release], float(check.state is CheckState.FAILED))
 
 
 class ControllerMetrics:

@@ -22,6 +22,7 @@ from policies.domain import Arm
 from proxy.metrics import ProxyMetrics
 from proxy.outcome import Failure, RequestOutcome
 from tests.controller.release_rig import RELEASE, make_rig
+from tests.controller.test_judged_on_proxy_counts import _rig as proxy_counts_rig
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "charts" / "coalmine" / "files" / "alerts.yaml"
@@ -94,6 +95,13 @@ def test_the_seven_alerts_of_the_on_call_brief_exist(rules: list[dict[str, Any]]
     }
 
 
+def test_the_alerts_on_traffic_from_the_proxies_exist(rules: list[dict[str, Any]]) -> None:
+    assert {rule["alert"] for rule in rules} >= {
+        "CoalmineProxyCountsMissing",
+        "CoalmineTraceLoss",
+    }
+
+
 def test_every_alert_has_a_severity_and_its_annotations(rules: list[dict[str, Any]]) -> None:
     for rule in rules:
         name = rule["alert"]
@@ -156,9 +164,10 @@ def exported(tmp_path: Path) -> Iterator[dict[str, dict[str, set[str]]]]:
     """What a live controller and proxy export, by sample name: label name -> values.
 
     A real controller on the release rig runs a canary (polls, judgements), is answered
-    429 once and rolls back; a real proxy's metrics count answered, failed and mirrored
-    requests."""
+    429 once and rolls back; another judges a canary on two proxies' counts; a real
+    proxy's metrics count answered, failed and mirrored requests."""
     rig = make_rig(tmp_path)
+    counted = proxy_counts_rig(tmp_path / "counted")
     try:
         controller = ControllerMetrics()
         controller.watch(
@@ -177,8 +186,11 @@ def exported(tmp_path: Path) -> Iterator[dict[str, dict[str, set[str]]]]:
         proxy.observe_shadow(_outcome(Arm.SHADOW, 200))
         proxy.observe_shadow(_outcome(Arm.SHADOW, 503))
         proxy.shadow_dropped(RELEASE, "dropped_full")
+        on_counts = ControllerMetrics()
+        on_counts.watch(counted.controller, clock=lambda: counted.now)
+        counted.run(3)
         samples: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-        for registry in (controller.registry, proxy.registry):
+        for registry in (controller.registry, on_counts.registry, proxy.registry):
             text = generate_latest(registry).decode()
             for family in text_string_to_metric_families(text):
                 for sample in family.samples:
@@ -188,6 +200,11 @@ def exported(tmp_path: Path) -> Iterator[dict[str, dict[str, set[str]]]]:
         yield samples
     finally:
         rig.close()
+        if counted.controller.counts is not None:
+            counted.controller.counts.close()
+        counted.world.close()
+        counted.world.routing.close()
+        counted.state.close()
 
 
 def _matching_paren(text: str, opening: int) -> int:

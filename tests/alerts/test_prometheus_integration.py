@@ -166,10 +166,13 @@ def _seconds(rfc3339: str) -> float:
 
 
 def test_the_bad_canary_fires_the_rollback_alert_and_never_a_stall(
-    prometheus_server: Prometheus, metrics_port: int, tmp_path: Path
+    prometheus_server: Prometheus,
+    metrics_port: int,
+    tmp_path: Path,
+    rules: list[dict[str, Any]],
 ) -> None:
     prom = prometheus_server
-    assert len(prom.get("/api/v1/rules")["groups"][0]["rules"]) == 8
+    assert len(prom.get("/api/v1/rules")["groups"][0]["rules"]) == len(rules)
     before: list[tuple[float | None, bool]] = []
     """While the admin API said the release was not rolled back: Prometheus's view of its
     rolled_back phase and whether the alert fired, both at the same instant."""

@@ -157,6 +157,8 @@ class Stack:
             "COALMINE_REQUESTS_PER_MINUTE": "100000",
             "COALMINE_TICK_SECONDS": "1",
             "COALMINE_TRACE_SETTLE_SECONDS": "2",
+            # policies in seconds: a sampled trace's scores are first read 2 s old
+            "COALMINE_SCORE_FIRST_READ_SECONDS": "2",
             "PYTHONUNBUFFERED": "1",
         }
         self.coalmine: Started | None = None
