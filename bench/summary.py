@@ -203,6 +203,7 @@ def render(out: Path) -> str:
         "controller_speed.md",
         "controller_memory.md",
         "sampled_reads.md",
+        "scale.md",
         "cluster_speed.md",
         "span_export.md",
         "notify_queue.md",

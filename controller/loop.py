@@ -65,6 +65,8 @@ HELD_WHILE_BLIND = frozenset({Decision.ADVANCE, Decision.PROMOTE})
 Langfuse up to now (a new leader reading a release's history again)."""
 CAUGHT_UP_WITHIN = 60.0
 """A poll whose cursors stop further than this before now is still catching up."""
+SIZED_ON_MINUTES = 5
+"""A release's score sample is sized on the busiest of its last whole minutes."""
 READ_SPAN_FLOOR = 10.0
 """Seconds past its cursors that a poll reads at least, however often polls were cut."""
 PRUNE_EVERY = 3600.0
@@ -164,8 +166,7 @@ class Controller:
         """Langfuse requests a minute for reading scores by trace: each running release's
         score sample is sized to its share of them (``controller.score_sample``); None:
         every request is in the sample."""
-        self._score_names: frozenset[str] = frozenset()
-        self._sampled_releases = 0
+        self._sized: dict[str, int] = {}  # release -> minute its sample was last sized
         self.fence: Callable[[], None] = lambda: None
         """Raises NotLeaderError, naming the leader, when this replica may not act
         (cluster mode: it does not hold the Lease)."""
@@ -225,6 +226,8 @@ class Controller:
             for release in self.state.releases():
                 if release.name not in policies and release.phase not in FINISHED:
                     self._abort_orphan(release, now, report)
+            if self.sample_budget is not None:
+                self._size_samples(policies, now, report)
             if now >= self._next_checkpoint:
                 self._checkpoint(policies, now)
             if now >= self._next_prune:
@@ -277,13 +280,6 @@ class Controller:
         }
         if not running:
             return
-        self._sampled_releases = len(running)
-        self._score_names = frozenset(
-            metric.score
-            for policy in running.values()
-            for metric in policy.analysis.metrics
-            if metric.score is not None
-        )
         cursors = self.state.cursors(SOURCE) or _first_cursors(running, self.state, now)
         read_from = cursors.observations_from
         if self._scores_complete is None:
@@ -445,44 +441,80 @@ class Controller:
         for problem in readout.problems:
             log.warning("release %s: proxy counts left out: %s", name, problem)
         live.proxies = readout.proxies
-        last_minute = math.floor(now / 60) * 60 - 60
-        traffic = 0
         for (arm, minute), cell in sorted(readout.cells.items(), key=lambda item: item[0][1]):
             evidence.add_proxy_minute(
                 arm, minute, (cell.requests, cell.errors, cell.sampled), cell.latency_bins
             )
-            if minute == last_minute:
-                traffic += cell.requests
-        if self.sample_budget is not None:
-            self._size_sample(name, traffic, now, report)
 
-    def _size_sample(self, name: str, traffic: int, now: float, report: TickReport) -> None:
-        """Keep the release's score sample within its share of the request budget."""
-        assert self.sample_budget is not None
-        affordable = score_sample.affordable_traces(
-            self.sample_budget, self._sampled_releases, len(self._score_names)
+    def _size_samples(self, policies: Mapping[str, Policy], now: float, report: TickReport) -> None:
+        """Once a minute, keep every release's score sample within its share of the
+        request budget, from before its rollout starts: a busy release sampled whole
+        for a minute would spend the budget on reading that minute for long after."""
+        assert self.counts is not None
+        minute = math.floor(now / 60) * 60
+        active = [
+            name
+            for name in policies
+            if (release := self.state.release(name)) is not None
+            and release.phase not in FINISHED
+            and self._sized.get(name) != minute
+        ]
+        if not active:
+            return
+        names = {m.score for p in policies.values() for m in p.analysis.metrics if m.score}
+        releases = sum(
+            1
+            for name in policies
+            if (release := self.state.release(name)) is not None and release.phase not in FINISHED
         )
+        for name in active:
+            try:
+                cells = self.counts.read(name, minute - SIZED_ON_MINUTES * 60, minute)
+            except Exception as error:  # sized again at the next minute
+                report.action_errors.append(f"{name}: cannot read the proxies' counts: {error}")
+                continue
+            per_minute: dict[int, int] = {}
+            for (_, start), cell in cells.items():
+                per_minute[start] = per_minute.get(start, 0) + cell.requests
+            traffic = max(per_minute.values(), default=0)
+            if self._size_sample(name, traffic, (releases, len(names)), now, report):
+                self._sized[name] = minute
+
+    def _size_sample(
+        self,
+        name: str,
+        traffic: int,
+        sharing: tuple[int, int],
+        now: float,
+        report: TickReport,
+    ) -> bool:
+        """Keep the release's score sample within its share of the request budget
+        (``sharing``: the releases sharing the budget, the score names read); False when
+        it has no routing table yet or it changed meanwhile (sized again next tick)."""
+        assert self.sample_budget is not None
+        affordable = score_sample.affordable_traces(self.sample_budget, *sharing)
         wanted = score_sample.wanted_rate(traffic, affordable)
         table = self.routing.read(name)
         if table is None:
-            return
+            return False
         entries = score_sample.next_entries(table.score_sample, wanted, now)
         if entries is None:
-            return
+            return True
         try:
             self.routing.write(table.model_copy(update={"score_sample": entries}), table.version)
-        except VersionConflictError as error:  # written meanwhile: sized again next look
+        except VersionConflictError as error:
             report.action_errors.append(f"{name}: {error}")
-            return
+            return False
         log.info(
-            "release %s: score sample %.4g of requests from %s (%d requests in the last "
-            "minute, %.0f sampled traces a minute affordable)",
+            "release %s: score sample %.4g of requests from %s (%d requests in the busiest "
+            "of the last minutes, %.0f sampled traces a minute affordable)",
             name,
             wanted,
             entries[-1].from_,
             traffic,
             affordable,
         )
+        return True
 
     def _remember(self, name: str, judgement: Judgement) -> None:
         ring = self.histories.get(name)

@@ -64,11 +64,16 @@ def next_entries(
     """The table's new sample entries to move towards ``wanted``, or None to leave it.
 
     Keeps the entry in force now and adds the new one; an entry not yet in force is
-    replaced, never stacked.
+    replaced, never stacked. The first entry applies from the minute in progress: until
+    a rate is set every request is sampled, which is the burst to cut short.
     """
     latest = entries[-1].rate if entries else 1.0
     if _close(latest, wanted):
         return None
+    if not entries:
+        return (
+            SampleRate.model_validate({"from": math.floor(now / MINUTE) * MINUTE, "rate": wanted}),
+        )
     start = math.ceil((now + LEAD_SECONDS) / MINUTE) * MINUTE
     in_force = [entry for entry in entries if entry.from_ <= now][-1:]
     return (*in_force, SampleRate.model_validate({"from": start, "rate": wanted}))

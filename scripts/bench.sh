@@ -24,6 +24,7 @@ python -m bench.transport_choice --out bench/out
 python -m bench.controller_speed --out bench/out
 python -m bench.controller_memory --out bench/out
 python -m bench.sampled_reads --out bench/out
+python -m bench.scale --out bench/out
 python -m bench.cluster_speed --out bench/out
 python -m bench.span_export --out bench/out
 python -m bench.notify_queue --out bench/out

@@ -60,8 +60,12 @@ M = 1_800_000_000  # a whole minute
     [
         ((), 1.0, M + 10, None),  # everything sampled already
         ((), 0.9, M + 10, None),  # within a quarter: left as it is
-        ((), 0.1, M + 10, ((M + 60, 0.1),)),  # 50 s ahead: the next minute
-        ((), 0.1, M + 40, ((M + 120, 0.1),)),  # 20 s ahead is too close: the one after
+        # the first rate applies from the minute in progress
+        ((), 0.1, M + 10, ((M, 0.1),)),
+        ((), 0.1, M + 40, ((M, 0.1),)),
+        # later changes 30 s ahead at least: the next minute, or the one after
+        (((M, 0.1),), 0.2, M + 10, ((M, 0.1), (M + 60, 0.2))),
+        (((M, 0.1),), 0.2, M + 40, ((M, 0.1), (M + 120, 0.2))),
         (((M, 0.1),), 0.11, M + 100, None),
         (((M, 0.1),), 0.05, M + 100, ((M, 0.1), (M + 180, 0.05))),
         # a change not yet in force is replaced, not stacked
@@ -110,8 +114,15 @@ def test_the_controller_sizes_the_sample_from_the_proxies_counts(tmp_path: Path)
         policies=lambda: policies,
         from_proxies=ProxyTraffic(ProxyCounts.local(path), sample_budget=24),
     )
-    now = T0
-    for _ in range(4):
+    now = T0 + 60
+    world.run_until(now)
+    controller.tick(now)  # the rollout starts; its sample is sized in the same tick
+    table = routing.read(RELEASE)
+    assert table is not None
+    assert [(entry.from_, entry.rate) for entry in table.score_sample] == [
+        (T0 + 60, pytest.approx(0.2, rel=0.05))
+    ]
+    for _ in range(3):
         now += 60
         world.run_until(now)
         controller.tick(now)
@@ -120,5 +131,5 @@ def test_the_controller_sizes_the_sample_from_the_proxies_counts(tmp_path: Path)
     table = routing.read(RELEASE)
     assert table is not None
     (entry,) = table.score_sample
-    assert entry.from_ % 60 == 0 and entry.from_ > T0 + 60
+    assert entry.from_ % 60 == 0
     assert entry.rate == pytest.approx(1200 / 6000, rel=0.05)
