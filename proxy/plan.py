@@ -336,10 +336,13 @@ def plan_request(
     route = table.canary if arm is Arm.CANARY else table.baseline
     trace = trace_context(seen.traceparent, chance.new_trace_id, chance.new_span_id)
     # the rate in force at the request's arrival, not when the table was read: every
-    # proxy switches rates at the same instant
-    sampled = not table.score_sample or is_sampled(
-        trace.trace_id, table.sample_rate(head.arrival_ns // 1_000_000_000)
-    )
+    # proxy switches rates at the same instant. A release no rollout has routed yet
+    # (version 0: the policy's own table) samples nothing: nothing judges it, and a
+    # busy one would have Langfuse reads start on a burst of tagged traces.
+    if table.score_sample:
+        sampled = is_sampled(trace.trace_id, table.sample_rate(head.arrival_ns // 1_000_000_000))
+    else:
+        sampled = table.version > 0
     forwarded = _forwarded_headers(head, seen)
     headers = [
         *forwarded,

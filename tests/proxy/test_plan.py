@@ -184,7 +184,7 @@ def test_a_plan_in_full() -> None:
             (b"x-forwarded-host", b"proxy.test"),
             (b"x-coalmine-release", b"support"),
             (b"x-coalmine-arm", b"canary"),
-            (b"x-coalmine-sampled", b"1"),
+            (b"x-coalmine-sampled", b"0"),
             (b"x-request-id", b"req-1"),
             (b"traceparent", f"00-{TRACE}-{FRESH_SPAN}-01".encode()),
             (b"x-coalmine-prompt-label", b"canary"),
@@ -200,6 +200,7 @@ def test_a_plan_in_full() -> None:
         read_whole=True,
         shadow=None,
         shadow_dropped=False,
+        sampled=False,  # no rollout has routed the release: its policy's own table
     )
     assert forward(decided).url == "http://canary.test/v1/chat"
 
@@ -497,7 +498,7 @@ def test_what_the_client_sent_and_what_goes_upstream(
     added = [
         (b"x-coalmine-release", b"support"),
         (b"x-coalmine-arm", b"baseline"),
-        (b"x-coalmine-sampled", b"1"),
+        (b"x-coalmine-sampled", b"0"),
         (b"x-request-id", FRESH_ID.encode()),
         (b"traceparent", f"00-{FRESH_TRACE}-{FRESH_SPAN}-01".encode()),
         (b"x-coalmine-prompt-label", b"production"),

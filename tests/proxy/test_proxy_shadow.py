@@ -175,15 +175,14 @@ def test_request_spans_reach_langfuse_with_arm_tags_and_error_levels(
             rows = observations()
         levels = {(tuple(row["tags"]), row["level"]) for row in rows if row["traceId"] != TRACE}
         for arm, level in (("baseline", "DEFAULT"), ("canary", "ERROR"), ("shadow", "DEFAULT")):
-            tags = ("coalmine:release:support", f"coalmine:arm:{arm}", "coalmine-sampled")
+            tags = ("coalmine:release:support", f"coalmine:arm:{arm}")
             assert (tags, level) in levels
         traced_row = next(row for row in rows if row["traceId"] == TRACE)
         assert traced_row["parentObservationId"] == SPAN
         assert traced_row["tags"] == [
             "coalmine:release:support",
             "coalmine:arm:baseline",
-            "coalmine-sampled",  # every request is in the sample at the default rate
-        ]
+        ]  # not in a score sample: no rollout has routed the release yet
         # the upstream's spans will hang under the proxy's span: it is their parent
         parent = stable[0].seen[-1].headers["traceparent"].split("-")[2]
         assert traced_row["id"] == parent

@@ -128,10 +128,18 @@ def test_without_a_sample_every_request_is_sampled_and_nothing_is_hashed(
         raise AssertionError("hashed without a sample")
 
     monkeypatch.setattr("proxy.plan.is_sampled", never)
-    policy = make_policy(stable=STABLE, canary=CANARY, routing="  stickiness: none")
-    plan = planned(Releases([policy], app_url="http://app.test"), trace_ids(1, seed=24)[0], T * S)
+    plan = planned(releases_with(), trace_ids(1, seed=24)[0], T * S)
     assert plan.sampled is True
     assert sampled_headers(plan) == [b"1"]
+
+
+def test_a_release_no_rollout_has_routed_samples_nothing() -> None:
+    """Its table is the policy's own (version 0): nothing judges its requests, and a busy
+    release's tagged traces would be a burst for the first reads of its first rollout."""
+    policy = make_policy(stable=STABLE, canary=CANARY, routing="  stickiness: none")
+    plan = planned(Releases([policy], app_url="http://app.test"), trace_ids(1, seed=24)[0], T * S)
+    assert plan.sampled is False
+    assert sampled_headers(plan) == [b"0"]
 
 
 def test_the_arrival_comes_from_the_scope_with_the_time_given() -> None:
