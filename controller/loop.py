@@ -493,10 +493,15 @@ class Controller:
         it has no routing table yet or it changed meanwhile (sized again next tick)."""
         assert self.sample_budget is not None
         affordable = score_sample.affordable_traces(self.sample_budget, *sharing)
-        wanted = score_sample.wanted_rate(traffic, affordable)
         table = self.routing.read(name)
         if table is None:
             return False
+        if traffic:
+            wanted = score_sample.wanted_rate(traffic, affordable)
+        elif table.score_sample:
+            return True  # no requests lately: the rate stays as it is
+        else:
+            wanted = 0.0  # a rollout on traffic not known yet: none sampled until it is
         entries = score_sample.next_entries(table.score_sample, wanted, now)
         if entries is None:
             return True

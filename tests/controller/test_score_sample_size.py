@@ -119,9 +119,9 @@ def test_the_controller_sizes_the_sample_from_the_proxies_counts(tmp_path: Path)
     controller.tick(now)  # the rollout starts; its sample is sized in the same tick
     table = routing.read(RELEASE)
     assert table is not None
-    assert [(entry.from_, entry.rate) for entry in table.score_sample] == [
-        (T0 + 60, pytest.approx(0.2, rel=0.05))
-    ]
+    (first,) = table.score_sample
+    assert first.from_ == T0 + 60
+    assert first.rate == pytest.approx(0.2, rel=0.05)
     for _ in range(3):
         now += 60
         world.run_until(now)
@@ -133,3 +133,34 @@ def test_the_controller_sizes_the_sample_from_the_proxies_counts(tmp_path: Path)
     (entry,) = table.score_sample
     assert entry.from_ % 60 == 0
     assert entry.rate == pytest.approx(1200 / 6000, rel=0.05)
+
+
+def test_a_rollout_on_traffic_not_known_yet_samples_nothing_until_it_is(tmp_path: Path) -> None:
+    """No counts before the start: the first minute could be a burst of sampled traces
+    too large for the budget to ever read, so none is sampled until the counts say how
+    busy the release is."""
+    path = tmp_path / "state.db"
+    state = ControllerState(path)
+    routing = SqliteRoutingStore(path)
+    world = World(path, routing, rate=6000)
+    policies = {RELEASE: write_policy(tmp_path)}
+    controller = Controller(
+        state=state,
+        routing=routing,
+        source=world,
+        labels=Labels(),
+        policies=lambda: policies,
+        from_proxies=ProxyTraffic(ProxyCounts.local(path), sample_budget=24),
+    )
+    controller.tick(T0)  # starts, nothing counted yet
+    table = routing.read(RELEASE)
+    assert table is not None
+    assert [(entry.from_, entry.rate) for entry in table.score_sample] == [(T0, 0.0)]
+    world.run_until(T0 + 60)
+    controller.tick(T0 + 60)
+    table = routing.read(RELEASE)
+    assert table is not None
+    unknown, sized = table.score_sample
+    assert (unknown.from_, unknown.rate) == (T0, 0.0)
+    assert sized.from_ == T0 + 120
+    assert sized.rate == pytest.approx(0.2, rel=0.05)
