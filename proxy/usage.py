@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from json.scanner import make_scanner
 from typing import Any, Protocol, cast
 
@@ -36,10 +37,18 @@ _EVENT_END = b"\n\n"
 _JSON_SPACE = " \t\n\r"
 _BEFORE_KEY = frozenset(b"{, \t\n\r")
 """The bytes that may come before an object's key in JSON."""
+_CHAT_USAGE = re.compile(
+    rb'"usage":\{"prompt_tokens":(0|[1-9][0-9]*),"completion_tokens":(0|[1-9][0-9]*)'
+    rb'(?:,"total_tokens":(?:0|[1-9][0-9]*))?\}\}\Z'
+)
+"""A compact usage of token counts only, the last member of the text's object."""
 _HEAD = frozenset({b"content-type", b"content-encoding", COST_HEADER})
 _scan = make_scanner(cast("Any", json.JSONDecoder()))
 """What ``json.loads`` parses one value with, from a given index of a text."""
 _MISSING = object()
+_new_usage = tuple.__new__
+"""What ``Usage(...)`` calls, without the Python frame of its ``__new__``."""
+_new_object = object.__new__
 _FLOAT_BOUND = 1 << 1000
 """Integers from here on are taken as infinite rather than converted (float overflows)."""
 
@@ -80,12 +89,13 @@ def reader_for(  # noqa: C901 (one function: a call costs as much as the rest of
     if kind == _JSON:
         if body is None:
             return JsonBody(cost)
-        if len(body) > JSON_LIMIT or body.rfind(_USAGE) < 0:
+        at = body.rfind(_USAGE)
+        if at < 0 or len(body) > JSON_LIMIT:
             return None
-        reader = JsonBody(cost)
-        reader.parts.append(body)
-        reader.complete = True
-        return reader
+        # made without __init__: a Python call costs as much as the rest of this
+        whole = _new_object(WholeJson)
+        whole.body, whole.at, whole.cost, whole.unreadable = body, at, cost, False
+        return whole
     if kind == _EVENTS:
         events = EventStream(cost)
         if body is not None:
@@ -142,8 +152,36 @@ class JsonBody:
         if not self.complete or not parts:
             return None
         body = parts[0] if len(parts) == 1 else b"".join(parts)
+        at = body.rfind(_USAGE)
+        if at < 0:
+            return None
         try:
-            return usage_of_json(body, self.cost, nested=False)
+            return json_usage(body, at, self.cost)
+        except (ValueError, RecursionError):
+            self.unreadable = True
+            return None
+
+
+class WholeJson:
+    """A JSON body that came whole with the head, holding ``"usage"`` at ``at``
+    (its last occurrence); parsed when its usage is asked for."""
+
+    __slots__ = ("at", "body", "cost", "unreadable")
+
+    body: bytes
+    at: int
+    cost: bytes | None
+    unreadable: bool
+
+    def feed(self, chunk: bytes) -> None:
+        raise TypeError("a whole body is not fed")
+
+    def end(self) -> None:
+        pass
+
+    def result(self) -> Usage | None:
+        try:
+            return json_usage(self.body, self.at, self.cost)
         except (ValueError, RecursionError):
             self.unreadable = True
             return None
@@ -237,6 +275,21 @@ def event_data(event: bytes) -> bytes:
     return b"\n".join(values)
 
 
+def json_usage(body: bytes, at: int, cost_header: bytes | None) -> Usage | None:
+    """What ``usage_of_json(body, cost_header, nested=False)`` gives, ``at`` being where
+    ``"usage"`` last occurs in ``body``. A chat completion that ends, compact, in a usage
+    of integer token counts only is read here by one pattern, without the JSON parse
+    and the calls of the general path; anything else takes that path."""
+    chat = _CHAT_USAGE.match(body, at)
+    if chat is not None and body[0] == 0x7B and body[at - 1] in _BEFORE_KEY:
+        prompt, completion = chat.group(1, 2)
+        prompt_tokens, completion_tokens = int(prompt), int(completion)
+        if prompt_tokens <= MAX_TOKENS and completion_tokens <= MAX_TOKENS:
+            cost = None if cost_header is None else header_cost(cost_header)
+            return _new_usage(Usage, (prompt_tokens, completion_tokens, cost))
+    return usage_of_json(body, cost_header, nested=False)
+
+
 def usage_of_json(body: bytes, cost_header: bytes | None, *, nested: bool) -> Usage | None:
     """The usage a JSON text reports: its top-level ``usage``, or with ``nested`` (a
     Responses API stream event) its ``response``'s. None when it has none (or a null
@@ -310,7 +363,7 @@ def usage_of(value: object, cost_header: bytes | None) -> Usage | None:
     cost = _cost(value.get("cost"))
     if cost is None and cost_header is not None:
         cost = header_cost(cost_header)
-    return Usage(prompt, completion, cost)
+    return _new_usage(Usage, (prompt, completion, cost))
 
 
 def _cost(value: object) -> float | None:

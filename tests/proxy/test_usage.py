@@ -11,7 +11,15 @@ import random
 import pytest
 
 from proxy.outcome import Usage
-from proxy.usage import EVENT_LIMIT, JSON_LIMIT, MAX_TOKENS, UsageReader, reader_for
+from proxy.usage import (
+    EVENT_LIMIT,
+    JSON_LIMIT,
+    MAX_TOKENS,
+    UsageReader,
+    json_usage,
+    reader_for,
+    usage_of_json,
+)
 
 JSON_HEAD = [(b"content-type", b"application/json")]
 SSE_HEAD = [(b"content-type", b"text/event-stream; charset=utf-8")]
@@ -408,3 +416,43 @@ def test_fuzz_the_quick_read_agrees_with_parsing_the_whole_body() -> None:
             else Usage(expected_value["prompt_tokens"], expected_value["completion_tokens"], None)
         )
         assert usage(JSON_HEAD, body) == expected, body
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b'{"prompt_tokens":42,"completion_tokens":7,"total_tokens":49}}',
+        b'{"prompt_tokens":42,"completion_tokens":7}}',
+        b'{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}',
+        b'{"prompt_tokens":042,"completion_tokens":7,"total_tokens":49}}',
+        b'{"prompt_tokens":2147483647,"completion_tokens":2147483647}}',
+        b'{"prompt_tokens":2147483648,"completion_tokens":7}}',
+        b'{"prompt_tokens":42,"completion_tokens":9999999999}}',
+        b'{"prompt_tokens":42,"completion_tokens":7,"total_tokens":49} }',
+        b'{"prompt_tokens":42,"completion_tokens":7,"total_tokens":49}}\n',
+        b'{"prompt_tokens":42,"completion_tokens":7,"cost":0.5}}',
+    ],
+)
+@pytest.mark.parametrize("before", [b'{"id":"x",', b"{", b'{"id":"x", ', b'["x",', b'{"id":"'])
+@pytest.mark.parametrize("cost", [None, b"0.25", b"nan"])
+def test_the_compact_chat_usage_reads_as_the_general_path(
+    tail: bytes, before: bytes, cost: bytes | None
+) -> None:
+    """``json_usage`` reads OpenAI's compact usage by a pattern: what it gives (a usage,
+    None or ValueError) is what parsing the usage gives."""
+    body = before + b'"usage":' + tail
+    at = body.rfind(b'"usage"')
+    try:
+        expected: object = usage_of_json(body, cost, nested=False)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: object = json_usage(body, at, cost)
+    except ValueError:
+        got = ValueError
+    assert got == expected
+    head = JSON_HEAD if cost is None else [*JSON_HEAD, (b"x-litellm-response-cost", cost)]
+    whole = reader_for(head, body)
+    assert whole is not None
+    assert whole.result() == (None if expected is ValueError else expected)
+    assert whole.unreadable == (expected is ValueError)
