@@ -33,16 +33,17 @@ For each rate, a fresh world:
   the run; metrics: error rate, p95 latency and a score. The controller ticks at the end
   of every simulated minute plus the source's settle time (10 s).
 
-**The sample at a release's start.** The controller writes a release's first sample
-rate at its first look (a minute after the start), in force from the first whole minute
-at least 30 s later: until then the table has none, and the proxies sample every request.
-At 10 releases × 10,000 a minute that is 200,000 sampled traces in two minutes, more than
-the budget can ever read (a poll cut short reads a shorter window next time, down to
-10 s, and 10 s of those traces are more pages than a minute's budget), so the polls never
-complete again. With ``--start-sample sized`` (the default) this benchmark writes into
-each table, right after the start, the rate the controller's own sizing arrives at
-(``controller.score_sample``), in force from the start; ``--start-sample none`` shows
-the controller as it is.
+**The sample at a release's start.** The controller sizes a release's sample in the
+tick its rollout starts, from the proxies' counts of the last minutes; with none yet (as
+here: the world starts with the rollouts) it samples nothing until the first minute is
+counted, then the sized rate applies from the first whole minute at least 30 s ahead.
+``--start-sample none`` (the default) runs the controller as it is; ``--start-sample
+sized`` writes into each table, right after the start, the rate the controller's sizing
+arrives at, in force from the start (a world whose traffic was counted before the start).
+Sampling every request of the first minutes, as an unsized table does, would be 200,000
+sampled traces in two minutes at 10 releases × 10,000 a minute: more than the budget can
+ever read (a poll cut short reads a shorter window next time, down to 10 s, and 10 s of
+those traces are more pages than a minute's budget).
 
 Measured: polls complete, 429 answers, the largest number of General API requests in
 any 60 s (by the requests' simulated time), General API requests a minute (median over
@@ -892,7 +893,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rates", default="10000,100000")
     parser.add_argument("--minutes", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--start-sample", choices=("sized", "none"), default="sized")
+    parser.add_argument("--start-sample", choices=("sized", "none"), default="none")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args(argv)
     rates = [int(part) for part in args.rates.split(",")]
