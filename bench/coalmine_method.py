@@ -5,6 +5,12 @@ The run's traces are aggregated with numpy into the batches the judge keeps anyw
 ``Evidence`` in time order, and judged at the end of every minute with the same
 ``judge`` the controller calls. Per-trace ingestion gives the same evidence (a test
 checks it); batches only make 2,000 runs per scenario affordable.
+
+A run that comes with the proxies' counts (``Run.proxy``, sampled reads) is judged with
+``Evidence(traffic_from_proxy=True)``: each minute's counts of every request go in once
+the minute has ended (``add_proxy_minute``: traffic, errors, latency), and the run's
+traces, the score sample, bring only scores, cost and the traces found for the
+trace-loss check.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.baselines import Outcome
-from bench.scenarios import Run
+from bench.scenarios import Run, SimulatedProxyCounts
 from controller.judge import Decision, Evidence, StepStatus, judge
 from controller.judge.evidence import COST_FLOOR_USD, LOG_BIN_BASE
 from policies import Policy, load_policy_text
@@ -144,13 +150,18 @@ class CoalmineJudge:
             on_max=self.on_max,
         )
         batches = self._batches(run, policy)
-        evidence = Evidence(policy, 0.0)
+        proxy = run.proxy
+        evidence = Evidence(policy, 0.0, traffic_from_proxy=proxy is not None)
         step = StepStatus(0, 0.0)
         for minute in range(1, run.minutes + 1):
             for update in batches.get(minute, ()):
                 self._apply(evidence, update)
             now = minute * 60.0
-            evidence.advance(now)
+            if proxy is None:
+                evidence.advance(now)
+            else:
+                _add_proxy_minute(evidence, proxy, minute - 1)
+                evidence.advance(now, traces_read_until=now)
             judgement = judge(policy, evidence, step, now)
             decision = judgement.decision
             if decision is Decision.CONTINUE:
@@ -176,6 +187,12 @@ class CoalmineJudge:
         elif kind == "c":
             _, metric, cell, arm, traces, unscored = update
             evidence.add_coverage(metric, cell, arm, traces, unscored)  # type: ignore[arg-type]
+        elif kind == "f":
+            # add_trace counts found traces one at a time; a batch adds a minute's at once
+            _, minute, baseline, canary = update
+            found = evidence._found.setdefault(minute, [0, 0])  # type: ignore[arg-type]
+            found[0] += baseline  # type: ignore[operator]
+            found[1] += canary  # type: ignore[operator]
         else:
             _, metric, arm, bins = update
             evidence.add_quantile_bins(metric, 0, arm, bins)  # type: ignore[arg-type]
@@ -186,67 +203,113 @@ class CoalmineJudge:
         kept = np.ones(run.n, dtype=bool) if run.lost is None else ~run.lost
         ts = run.ts[kept]
         canary = run.canary[kept]
-        error = run.error[kept]
         cell = np.floor(ts / 60.0).astype(np.int64)
         look = np.maximum(np.ceil(ts / 60.0), 1).astype(np.int64)
-        # traffic and the proxy-side metrics: visible at the trace's start
-        for minute in np.unique(look):
-            at = look == minute
-            for block in np.unique(cell[at]):
-                here = at & (cell == block)
-                n_c = int(np.count_nonzero(here & canary))
-                n_b = int(np.count_nonzero(here & ~canary))
-                errors = int(np.count_nonzero(here & canary & error))
-                base_errors = int(np.count_nonzero(here & ~canary & error))
-                batches[int(minute)].append(("t", (0, int(block)), n_b, n_c, errors, base_errors))
-        errors_f = error.astype(float)
-        _moments_batches(
-            batches, "errors", look=look, cell=cell, canary=canary, value=errors_f, harmful=error
-        )
         log_cost = np.log(run.cost[kept] + COST_FLOOR_USD)
         _moments_batches(
             batches, "cost", look=look, cell=cell, canary=canary, value=log_cost, harmful=None
         )
-        bins = np.ceil(np.log(np.maximum(run.latency[kept], 1e-9)) / LOG_BIN_BASE).astype(np.int64)
-        for minute in np.unique(look):
-            at = look == minute
-            for arm, mask in ((Arm.CANARY, canary), (Arm.BASELINE, ~canary)):
-                values, counts = np.unique(bins[at & mask], return_counts=True)
-                if values.size:
-                    found = dict(zip(values.tolist(), counts.tolist(), strict=True))
-                    batches[int(minute)].append(("q", "latency", arm, found))
-        timeout = policy.analysis.score_timeout
-        for name in run.scores:
-            values = run.scores[name][kept]
-            arrival = run.score_arrival[name][kept]
-            scored = np.isfinite(arrival) & ~np.isnan(values)
-            seen = scored & (arrival <= run.minutes * 60.0)
-            score_look = np.maximum(np.ceil(arrival[seen] / 60.0), 1).astype(np.int64)
-            harmful = values[seen] == 0.0
-            _moments_batches(
-                batches,
-                name,
-                look=score_look,
-                cell=cell[seen],
-                canary=canary[seen],
-                value=values[seen],
-                harmful=harmful,
-            )
-            # coverage: non-error traces, once scoreTimeout has passed
-            due = ts + timeout
-            eligible = ~error & (due <= run.minutes * 60.0)
-            missing = eligible & ~(scored & (arrival <= due))
-            due_look = np.maximum(np.ceil(due / 60.0), 1).astype(np.int64)
-            for arm, mask in ((Arm.CANARY, canary), (Arm.BASELINE, ~canary)):
-                sel = eligible & mask
-                key = due_look[sel] * 100_000 + cell[sel]
-                keys, totals = np.unique(key, return_counts=True)
-                miss_keys, misses = np.unique(
-                    due_look[missing & mask] * 100_000 + cell[missing & mask], return_counts=True
-                )
-                miss = dict(zip(miss_keys.tolist(), misses.tolist(), strict=True))
-                for k, total in zip(keys.tolist(), totals.tolist(), strict=True):
-                    batches[k // 100_000].append(
-                        ("c", name, (0, k % 100_000), arm, int(total), int(miss.get(k, 0)))
-                    )
+        _score_batches(batches, run, policy, kept=kept, cell=cell, canary=canary)
+        if run.proxy is None:
+            _trace_traffic_batches(batches, run, kept=kept, cell=cell, look=look)
+        else:
+            _found_batches(batches, run, kept=kept)
         return batches
+
+
+def _trace_traffic_batches(
+    batches: Batches, run: Run, *, kept: np.ndarray, cell: np.ndarray, look: np.ndarray
+) -> None:
+    """Traffic, errors and latency from the traces: visible at the trace's start."""
+    canary = run.canary[kept]
+    error = run.error[kept]
+    for minute in np.unique(look):
+        at = look == minute
+        for block in np.unique(cell[at]):
+            here = at & (cell == block)
+            n_c = int(np.count_nonzero(here & canary))
+            n_b = int(np.count_nonzero(here & ~canary))
+            errors = int(np.count_nonzero(here & canary & error))
+            base_errors = int(np.count_nonzero(here & ~canary & error))
+            batches[int(minute)].append(("t", (0, int(block)), n_b, n_c, errors, base_errors))
+    errors_f = error.astype(float)
+    _moments_batches(
+        batches, "errors", look=look, cell=cell, canary=canary, value=errors_f, harmful=error
+    )
+    bins = np.ceil(np.log(np.maximum(run.latency[kept], 1e-9)) / LOG_BIN_BASE).astype(np.int64)
+    for minute in np.unique(look):
+        at = look == minute
+        for arm, mask in ((Arm.CANARY, canary), (Arm.BASELINE, ~canary)):
+            values, counts = np.unique(bins[at & mask], return_counts=True)
+            if values.size:
+                found = dict(zip(values.tolist(), counts.tolist(), strict=True))
+                batches[int(minute)].append(("q", "latency", arm, found))
+
+
+def _score_batches(
+    batches: Batches,
+    run: Run,
+    policy: Policy,
+    *,
+    kept: np.ndarray,
+    cell: np.ndarray,
+    canary: np.ndarray,
+) -> None:
+    """Scores as they arrive, and coverage once scoreTimeout has passed."""
+    ts = run.ts[kept]
+    error = run.error[kept]
+    timeout = policy.analysis.score_timeout
+    for name in run.scores:
+        values = run.scores[name][kept]
+        arrival = run.score_arrival[name][kept]
+        scored = np.isfinite(arrival) & ~np.isnan(values)
+        seen = scored & (arrival <= run.minutes * 60.0)
+        score_look = np.maximum(np.ceil(arrival[seen] / 60.0), 1).astype(np.int64)
+        harmful = values[seen] == 0.0
+        _moments_batches(
+            batches,
+            name,
+            look=score_look,
+            cell=cell[seen],
+            canary=canary[seen],
+            value=values[seen],
+            harmful=harmful,
+        )
+        # coverage: non-error traces, once scoreTimeout has passed
+        due = ts + timeout
+        eligible = ~error & (due <= run.minutes * 60.0)
+        missing = eligible & ~(scored & (arrival <= due))
+        due_look = np.maximum(np.ceil(due / 60.0), 1).astype(np.int64)
+        for arm, mask in ((Arm.CANARY, canary), (Arm.BASELINE, ~canary)):
+            sel = eligible & mask
+            key = due_look[sel] * 100_000 + cell[sel]
+            keys, totals = np.unique(key, return_counts=True)
+            miss_keys, misses = np.unique(
+                due_look[missing & mask] * 100_000 + cell[missing & mask], return_counts=True
+            )
+            miss = dict(zip(miss_keys.tolist(), misses.tolist(), strict=True))
+            for k, total in zip(keys.tolist(), totals.tolist(), strict=True):
+                batches[k // 100_000].append(
+                    ("c", name, (0, k % 100_000), arm, int(total), int(miss.get(k, 0)))
+                )
+
+
+def _found_batches(batches: Batches, run: Run, *, kept: np.ndarray) -> None:
+    """Traces found per minute and arm (for the trace-loss check), read by the end of
+    their minute; lost traces are counted by the proxies but never found."""
+    minute = np.floor(run.ts[kept] / 60.0).astype(np.int64)
+    canary = run.canary[kept]
+    found = (
+        np.bincount(minute[~canary], minlength=run.minutes),
+        np.bincount(minute[canary], minlength=run.minutes),
+    )
+    for k in range(run.minutes):
+        batches[k + 1].append(("f", k * 60, int(found[0][k]), int(found[1][k])))
+
+
+def _add_proxy_minute(evidence: Evidence, proxy: SimulatedProxyCounts, minute: int) -> None:
+    """Both arms' proxy counts of a minute (0-based), read once it has ended."""
+    counts = proxy.minute(minute)
+    for side, arm in ((0, Arm.BASELINE), (1, Arm.CANARY)):
+        read = (counts.requests[side], counts.errors[side], counts.sampled[side])
+        evidence.add_proxy_minute(arm, minute * 60, read, counts.latency_bins[side])

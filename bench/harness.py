@@ -2,17 +2,25 @@
 
     python -m bench.harness [--runs 2000] [--seed 1] [--scenarios a,b] [--methods x,y]
                             [--traffic 10/90|50/50] [--out bench/out] [--workers 2]
+                            [--sampled-from N]
 
 Run i of a scenario uses ``numpy.random.default_rng(seed * 1_000_003 + i)``; the run is generated
 once and handed to every method. Writes a Markdown table per scenario to stdout and to
 ``<out>/decision_quality.md``, and the rows to ``<out>/decision_quality.json``.
 
 ``bench.coalmine_method.CoalmineJudge`` joins the default methods when that module imports.
+
+``--sampled-from N``: sampled reads at N requests a minute in all. The traces of a run (the
+traffic's traces a minute per arm) are the score sample, and the proxies' counts of all N
+requests come with the run (``bench.scenarios.SimulatedProxyCounts``), drawn after the traces so
+that the traces are those of the run without the option. coalmine judges with traffic,
+errors and latency from those counts; the other methods see the traces only, as before.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import math
@@ -267,6 +275,16 @@ def markdown(rows: Sequence[Row], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def sampled_note(requests_per_minute: int, traffic: Traffic) -> str:
+    return (
+        f"Sampled reads: {requests_per_minute:,} requests a minute in all, split by the canary "
+        f"weight; the {traffic.label} traces a minute are their score sample. coalmine takes "
+        "traffic, errors and latency from the proxies' counts of every request and scores and "
+        "cost from the sample; the other methods see the sampled traces only, as in the run "
+        "without sampled reads (their rows are that run's)."
+    )
+
+
 def default_methods() -> tuple[list[Method], str | None]:
     """The baselines plus ``bench.coalmine_method.CoalmineJudge`` when it imports; the second
     item is a warning when it does not."""
@@ -294,6 +312,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--minutes", type=int, default=120)
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--sampled-from",
+        type=int,
+        metavar="N",
+        help="sampled reads: N requests a minute in all, of which --traffic gives the sampled "
+        "traces a minute per arm",
+    )
     args = parser.parse_args(argv)
 
     methods, warning = default_methods()
@@ -318,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.runs,
         args.seed,
         args.workers,
-        traffic=TRAFFIC[args.traffic],
+        traffic=dataclasses.replace(TRAFFIC[args.traffic], sampled_from=args.sampled_from),
         minutes=args.minutes,
         timing=timing,
     )
@@ -338,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"minutes to rollback, shown when both roll back in ≥ "
         f"{EFFICIENCY_MIN_DETECTION:.0%} of runs. ms/run: the method's CPU time per run.",
     ]
+    if args.sampled_from is not None:
+        header += ["", sampled_note(args.sampled_from, TRAFFIC[args.traffic])]
     if warning:
         header += ["", warning]
     text = markdown(rows, header)
@@ -350,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": args.seed,
         "traffic": args.traffic,
         "minutes": args.minutes,
+        "sampled_from": args.sampled_from,
         "wall_seconds": timing.wall_seconds,
         "generate_ms_per_run": timing.generate_ms_per_run,
         "rows": [asdict(r) for r in rows],

@@ -28,12 +28,15 @@ shift of the canary's error rate, ``"log_cost"`` to the shift of the canary's me
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+
+from controller.judge.evidence import LOG_BIN_BASE
 
 Truth = Literal["neutral", "good", "bad", "broken"]
 
@@ -69,6 +72,8 @@ class Run:
     lost: np.ndarray | None = None
     # The scenario's true effects. Only the oracle may read them.
     oracle_effects: Mapping[str, float] = field(default_factory=dict)
+    # With sampled reads: the proxies' counts of every request (the traces are the sample).
+    proxy: SimulatedProxyCounts | None = None
 
     @property
     def n(self) -> int:
@@ -81,6 +86,9 @@ class Traffic:
 
     canary_rate: float = 10.0
     baseline_rate: float = 90.0
+    sampled_from: float | None = None
+    """Sampled reads: requests a minute in all, of which the rates above are the traced
+    score sample (None: the traces are every request)."""
 
     @property
     def total_rate(self) -> float:
@@ -228,6 +236,140 @@ def generate(
 
 
 @dataclass(frozen=True)
+class ProxyMinute:
+    """The proxies' counts of one minute, per arm (index 0 baseline, 1 canary)."""
+
+    requests: tuple[int, int]
+    errors: tuple[int, int]
+    sampled: tuple[int, int]
+    latency_bins: tuple[dict[int, int], dict[int, int]]  # sketch bin -> requests
+
+
+class SimulatedProxyCounts:
+    """The proxies' counts of every request of a run, per minute; the run's traces (lost
+    ones too) are the score sample of these requests.
+
+    Per arm and minute the requests outside the sample are Poisson with the arm's share of
+    ``requests_per_minute`` less the sample's rate (so the total is Poisson with the arm's
+    share, drift included), their errors Binomial with the arm's error rate and their
+    latencies drawn from the scenario's latency distribution; the sample's own errors and
+    latencies are added. A minute is drawn when first read, minutes in order, from the
+    counts' own generator: a judge that decides early draws no more, and the counts do not
+    depend on when they are read.
+    """
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        run: Run,
+        spec: Spec,
+        traffic: Traffic,
+        requests_per_minute: float,
+    ) -> None:
+        rates = (traffic.baseline_rate, traffic.canary_rate)
+        weights = (1.0 - traffic.canary_weight, traffic.canary_weight)
+        unsampled = [requests_per_minute * w - r for w, r in zip(weights, rates, strict=True)]
+        if min(unsampled) < 0:
+            raise ValueError(
+                f"{requests_per_minute:g} requests a minute are fewer than the sample "
+                f"({traffic.label} traces a minute)"
+            )
+        self._rng = rng
+        self.minutes = run.minutes
+        factor = _minute_rate_factor(run.minutes, spec.drift)
+        self._unsampled_rates = [rate * factor for rate in unsampled]
+        self._error_rates = (BASE_ERROR_RATE, spec.canary_error_rate)
+        trace_minute = np.minimum(np.floor(run.ts / 60.0).astype(np.int64), run.minutes - 1)
+        edges = np.arange(run.minutes + 1)
+        # per arm: the sample's minute bounds (traces are in time order), errors and bins
+        self._bounds: list[np.ndarray] = []
+        self._sample_errors: list[np.ndarray] = []
+        self._sample_bins: list[np.ndarray] = []
+        for mask in (~run.canary, run.canary):
+            minute = trace_minute[mask]
+            self._bounds.append(np.searchsorted(minute, edges))
+            self._sample_errors.append(
+                np.bincount(trace_minute[mask & run.error], minlength=run.minutes)
+            )
+            self._sample_bins.append(latency_bins(run.latency[mask]))
+        self._drawn: list[ProxyMinute] = []
+
+    def minute(self, index: int) -> ProxyMinute:
+        """The counts of minute ``index`` (0-based) of the run."""
+        if not 0 <= index < self.minutes:
+            raise IndexError(f"minute {index} of a {self.minutes}-minute run")
+        while len(self._drawn) <= index:
+            self._drawn.append(self._draw(len(self._drawn)))
+        return self._drawn[index]
+
+    def _draw(self, k: int) -> ProxyMinute:
+        requests, errors, sampled, bins = [], [], [], []
+        for side in (0, 1):
+            start, end = self._bounds[side][k], self._bounds[side][k + 1]
+            extra = int(self._rng.poisson(self._unsampled_rates[side][k]))
+            n_sampled = int(end - start)
+            sampled.append(n_sampled)
+            requests.append(n_sampled + extra)
+            errors.append(
+                int(self._sample_errors[side][k])
+                + int(self._rng.binomial(extra, self._error_rates[side]))
+            )
+            drawn = latency_bins(_draw_latency(self._rng, extra))
+            every = np.concatenate([self._sample_bins[side][start:end], drawn])
+            bins.append(_bin_counts(every))
+        return ProxyMinute(
+            requests=(requests[0], requests[1]),
+            errors=(errors[0], errors[1]),
+            sampled=(sampled[0], sampled[1]),
+            latency_bins=(bins[0], bins[1]),
+        )
+
+
+def _bin_counts(bins: np.ndarray) -> dict[int, int]:
+    if not bins.size:
+        return {}
+    low = int(bins.min())
+    counts = np.bincount(bins - low)
+    present = np.flatnonzero(counts)
+    return dict(zip((present + low).tolist(), counts[present].tolist(), strict=True))
+
+
+def _minute_rate_factor(minutes: int, drift: bool) -> np.ndarray:
+    """Each minute's mean traffic rate relative to the base rate (the drift's sine,
+    averaged over the minute)."""
+    if not drift:
+        return np.ones(minutes)
+    period = 60.0 * DRIFT_PERIOD_MINUTES
+    start = 60.0 * np.arange(minutes)
+    cos = np.cos(2.0 * np.pi * np.r_[start, 60.0 * minutes] / period)
+    mean_sin: np.ndarray = period / (2.0 * np.pi * 60.0) * (cos[:-1] - cos[1:])
+    return 1.0 + TRAFFIC_SWING * mean_sin
+
+
+def _draw_latency(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` latencies of the baseline distribution, drawn cheaply: hundreds of thousands a
+    minute are drawn per run."""
+    z = rng.standard_normal(n, dtype=np.float32)  # 1% bins need no more precision
+    latency = LATENCY_MEDIAN_MS * np.exp(LATENCY_SIGMA_LOG * z, dtype=np.float64)
+    # the 1% tail: a Bernoulli process's positions from its geometric gaps
+    expected = n * TAIL_SHARE
+    gaps = rng.geometric(TAIL_SHARE, int(expected + 10 * math.sqrt(expected) + 10))
+    positions = np.cumsum(gaps) - 1
+    while positions.size and positions[-1] < n:
+        more = np.cumsum(rng.geometric(TAIL_SHARE, positions.size + 10)) + positions[-1]
+        positions = np.r_[positions, more]
+    latency[positions[positions < n]] *= TAIL_FACTOR
+    result: np.ndarray = latency
+    return result
+
+
+def latency_bins(latency_ms: np.ndarray) -> np.ndarray:
+    """``controller.judge.evidence.sketch_bin`` of positive latencies, vectorised."""
+    bins: np.ndarray = np.ceil(np.log(latency_ms) / LOG_BIN_BASE).astype(np.int64)
+    return bins
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A named generator with its known truth and effects."""
 
@@ -238,7 +380,14 @@ class Scenario:
     description: str
 
     def make_run(self, rng: np.random.Generator, traffic: Traffic, minutes: int = 120) -> Run:
-        return generate(rng, traffic, self.spec, minutes, self.effects)
+        """One run; with ``traffic.sampled_from`` its traces are the score sample and the
+        proxies' counts of every request come with it, drawn after the traces so that the
+        traces are those of the run without sampled reads."""
+        run = generate(rng, traffic, self.spec, minutes, self.effects)
+        if traffic.sampled_from is None:
+            return run
+        proxy = SimulatedProxyCounts(rng.spawn(1)[0], run, self.spec, traffic, traffic.sampled_from)
+        return dataclasses.replace(run, proxy=proxy)
 
 
 def _five(correctness_shift: float) -> tuple[ScoreSpec, ...]:

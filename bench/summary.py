@@ -157,6 +157,94 @@ Notes on the goals not met:
 """
 
 
+def sampled_goals(data: dict[str, Any]) -> list[str]:
+    """Issue 15's goals for decision quality with sampled reads."""
+    rows = _rows(data)
+    neutral = {
+        row["scenario"]: row["rollback"]
+        for (_, method), row in rows.items()
+        if method == "coalmine" and row["truth"] == "neutral"
+    }
+    worst = max(neutral.items(), key=lambda item: item[1])
+    bad = rows[("bad", "coalmine")]
+    median = bad["rollback_minutes_median"]
+    return [
+        "| goal | measured | met |",
+        "| --- | --- | --- |",
+        f"| false rollbacks <= 5% on every neutral case ({', '.join(neutral)}) | "
+        f"highest {_pct(worst[1])} ({worst[0]}) | {'yes' if worst[1] <= 0.05 else 'no'} |",
+        f"| bad caught in >= 95% of runs | {_pct(bad['rollback'])} | "
+        f"{'yes' if bad['rollback'] >= 0.95 else 'no'} |",
+        f"| bad: median minutes to rollback <= 9 | {_minutes(median)} | "
+        f"{'yes' if median is not None and median <= 9 else 'no'} |",
+    ]
+
+
+def _outcomes(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "–"
+    rollback = _pct(row["rollback"])
+    if row["rollback_minutes_median"] is not None:
+        rollback += f" ({row['rollback_minutes_median']:.0f})"
+    promote = _pct(row["promote"])
+    if row["promote_minutes_median"] is not None:
+        promote += f" ({row['promote_minutes_median']:.0f})"
+    return f"{rollback} / {promote} / {_pct(row['pause'])}"
+
+
+def sampled_against_full(sampled: dict[str, Any], full: dict[str, Any]) -> list[str]:
+    """coalmine's outcomes per scenario, with sampled reads and with every trace read."""
+    ours, theirs = _rows(sampled), _rows(full)
+    lines = [
+        "| scenario | sampled reads: rollback / promote / pause | every trace read (50 / 50) |",
+        "| --- | --- | --- |",
+    ]
+    for scenario in dict.fromkeys(row["scenario"] for row in sampled["rows"]):
+        lines.append(
+            f"| {scenario} | {_outcomes(ours.get((scenario, 'coalmine')))} "
+            f"| {_outcomes(theirs.get((scenario, 'coalmine')))} |"
+        )
+    return lines
+
+
+def sampled_section(out: Path) -> list[str]:
+    """Decision quality with sampled reads, from ``<out>/sampled``."""
+    data = _load(out / "sampled" / "decision_quality.json")
+    if data is None:
+        return []
+    per_arm = data["traffic"].split("/")[0]
+    parts = [
+        "## Decision quality with sampled reads",
+        "",
+        f"Command: `{data['command']}`; {data['runs']} runs per scenario, "
+        f"{data['minutes']} one-minute looks, wall time {data['wall_seconds']:.0f} s.",
+        f"{data['sampled_from']:,} requests a minute in all, half to each arm; the proxies",
+        f"count every one, and {per_arm} traces a minute per arm are their score sample (the",
+        "traces of the 50 / 50 run, seed for seed). coalmine judges with traffic from the",
+        "proxies: traffic, errors and latency from the counts, scores and cost from the",
+        "sample. The other methods see the sampled traces only, as they did: their rows are",
+        "those of the 50 / 50 table.",
+        "",
+        *sampled_goals(data),
+        "",
+        "Cells: share of runs rolled back (median minutes to rollback). The last column:",
+        "coalmine's promotions (median minutes) and pauses.",
+        "",
+        *comparison(data),
+        "",
+    ]
+    full = _load(out / "5050" / "decision_quality.json")
+    if full is not None:
+        parts += [
+            "coalmine with sampled reads next to coalmine reading every trace at 50 / 50",
+            "(median minutes in brackets):",
+            "",
+            *sampled_against_full(data, full),
+            "",
+        ]
+    return parts
+
+
 def _own_report(path: Path) -> list[str]:
     """A benchmark's own Markdown report, one heading level down; nothing if absent."""
     if not path.exists():
@@ -191,6 +279,7 @@ def render(out: Path) -> str:
             "",
         ]
         parts += [*comparison(data), "", *efficiency(data), ""]
+    parts += sampled_section(out)
     speed = _load(out / "replay_speed.json")
     if speed is not None:
         parts += ["## Replay speed", "", *replay_speed(speed), ""]
@@ -202,6 +291,7 @@ def render(out: Path) -> str:
         "transport_choice.md",
         "controller_speed.md",
         "controller_memory.md",
+        "controller_memory_proxies.md",
         "sampled_reads.md",
         "scale.md",
         "cluster_speed.md",

@@ -14,6 +14,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 RUNS="${RUNS:-2000}"
 python -m bench.harness --runs "$RUNS" --traffic 10/90 --out bench/out/1090
 python -m bench.harness --runs "$RUNS" --traffic 50/50 --out bench/out/5050
+python -m bench.harness --runs "$RUNS" --traffic 50/50 --sampled-from 10000 --out bench/out/sampled
 python -m bench.replay_speed --lines 1000000 --out bench/out
 python -m bench.emulator_speed --out bench/out
 scripts/bench-deps.sh
@@ -23,6 +24,7 @@ python -m bench.proxy_instructions --out bench/out
 python -m bench.transport_choice --out bench/out
 python -m bench.controller_speed --out bench/out
 python -m bench.controller_memory --out bench/out
+python -m bench.controller_memory --from-proxies --rate 10000 --hours 24 --out bench/out
 python -m bench.sampled_reads --out bench/out
 python -m bench.scale --out bench/out
 python -m bench.cluster_speed --out bench/out
