@@ -602,6 +602,10 @@ class ControllerState:
                 "checkpoints) AND at < ? AND trace_id NOT IN (SELECT trace_id FROM traces)",
                 (keep_from,),
             ).rowcount
+        with self._lock:
+            # the checkpoint was one large transaction: fold the log into the file and cut
+            # it back now (a reader that holds it makes this a no-op until the next one)
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(scores) + int(traces) + int(strays)
 
     def checkpoint(self, release: str) -> Checkpoint | None:
