@@ -98,9 +98,10 @@ def test_rate_in_force() -> None:
     assert score_sample.rate_in_force(entries, M + 180) == 0.05
 
 
-def test_the_controller_sizes_the_sample_from_the_proxies_counts(tmp_path: Path) -> None:
-    """6,000 requests a minute and a budget of 24 requests a minute for one release with
-    one score name: 1,200 sampled traces a minute are affordable, a rate of 0.2."""
+def _sized_rig(
+    tmp_path: Path,
+) -> tuple[ControllerState, SqliteRoutingStore, World, Controller]:
+    """6,000 requests a minute, a score-read budget of 24 a minute."""
     path = tmp_path / "state.db"
     state = ControllerState(path)
     routing = SqliteRoutingStore(path)
@@ -114,6 +115,13 @@ def test_the_controller_sizes_the_sample_from_the_proxies_counts(tmp_path: Path)
         policies=lambda: policies,
         from_proxies=ProxyTraffic(ProxyCounts.local(path), sample_budget=24),
     )
+    return state, routing, world, controller
+
+
+def test_the_controller_sizes_the_sample_from_the_proxies_counts(tmp_path: Path) -> None:
+    """6,000 requests a minute and a budget of 24 requests a minute for one release with
+    one score name: 1,200 sampled traces a minute are affordable, a rate of 0.2."""
+    state, routing, world, controller = _sized_rig(tmp_path)
     now = T0 + 60
     world.run_until(now)
     controller.tick(now)  # the rollout starts; its sample is sized in the same tick
@@ -139,19 +147,7 @@ def test_a_rollout_on_traffic_not_known_yet_samples_nothing_until_it_is(tmp_path
     """No counts before the start: the first minute could be a burst of sampled traces
     too large for the budget to ever read, so none is sampled until the counts say how
     busy the release is."""
-    path = tmp_path / "state.db"
-    state = ControllerState(path)
-    routing = SqliteRoutingStore(path)
-    world = World(path, routing, rate=6000)
-    policies = {RELEASE: write_policy(tmp_path)}
-    controller = Controller(
-        state=state,
-        routing=routing,
-        source=world,
-        labels=Labels(),
-        policies=lambda: policies,
-        from_proxies=ProxyTraffic(ProxyCounts.local(path), sample_budget=24),
-    )
+    _, routing, world, controller = _sized_rig(tmp_path)
     controller.tick(T0)  # starts, nothing counted yet
     table = routing.read(RELEASE)
     assert table is not None
