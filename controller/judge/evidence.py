@@ -388,10 +388,9 @@ class Evidence:
         self.late_requests = 0  # counted requests that came after their cell closed
         self._found: dict[int, list[int]] = {}  # minute -> [baseline, canary] traces read
         self.loss = MeanSeries()  # 1 = a counted request whose trace was not found
-        first = minute_of(started_at)
-        self.loss_checked_until = first if first == started_at else first + MINUTE
+        self.loss_checked_until = math.ceil(started_at / MINUTE) * MINUTE
         """Minutes before this one have been compared for trace loss (the minute the
-        rollout starts in is not: its requests before the start have no traces here)."""
+        rollout starts in is not counted at all: see ``add_proxy_minute``)."""
         self.late_found = 0  # traces read after their minute was compared for loss
         self.surplus_traces = 0  # traces found beyond the requests counted in their minute
 
@@ -611,8 +610,8 @@ class Evidence:
         if not self.traffic_from_proxy:
             raise ValueError("this evidence takes its traffic from traces")
         end = minute + MINUTE
-        if arm is Arm.SHADOW or end <= self.started_at:
-            return
+        if arm is Arm.SHADOW or minute < self.started_at:
+            return  # a minute begun before the rollout also counts what ran before it
         side = 1 if arm is Arm.CANARY else 0
         key = (side, minute)
         taken = self._minutes.get(key)
@@ -658,9 +657,9 @@ class Evidence:
 
     def counts_from(self) -> int:
         """The first minute whose counts can still be taken in (its cell is open)."""
-        first = minute_of(self.started_at)
+        first = math.ceil(self.started_at / MINUTE) * MINUTE
         if not self.closed_blocks:
-            return first  # its cell is the first block's, even if its middle is earlier
+            return first
         first_open = self.started_at + self.closed_blocks * self.block_seconds
         return max(math.ceil((first_open - MINUTE / 2) / MINUTE) * MINUTE, first)
 

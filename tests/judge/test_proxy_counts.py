@@ -101,17 +101,21 @@ def test_the_minute_a_rollout_starts_in_is_left_out_of_the_split() -> None:
     assert evidence.traffic_in_step(0) == (40, 0)
     errors = evidence.series["errors"].means
     assert errors is not None
-    assert errors.totals == (90, 0)
+    assert errors.totals == (40, 0)
     assert evidence.loss_checked_until == int(T0) + 60
 
 
-def test_counts_are_read_from_the_minute_the_rollout_starts_in() -> None:
+def test_counts_are_read_from_the_first_whole_minute_of_the_rollout() -> None:
+    """The minute a rollout starts in also counts what ran before it: the last rollout's
+    candidate, whose errors must not be this one's."""
     evidence = _evidence(started_at=T0 + 48)
-    assert evidence.counts_from() == int(T0)
+    assert evidence.counts_from() == int(T0) + 60
     evidence.add_proxy_minute(Arm.CANARY, int(T0), (5, 1, 5), {})
     errors = evidence.series["errors"].means
     assert errors is not None
-    assert errors.totals == (0, 5)
+    assert errors.totals == (0, 0)
+    evidence.add_proxy_minute(Arm.CANARY, int(T0) + 60, (7, 1, 7), {})
+    assert errors.totals == (0, 7)
 
 
 def test_counts_of_a_closed_cell_come_too_late() -> None:
