@@ -70,7 +70,9 @@ def next_entries(
     latest = entries[-1].rate if entries else 1.0
     if _close(latest, wanted):
         return None
-    if not entries:
+    if not entries or (len(entries) == 1 and entries[0].rate == 0.0 and entries[0].from_ <= now):
+        # the first rate, or the first once traffic is known: nothing was sampled in this
+        # minute yet, so it applies at once
         return (
             SampleRate.model_validate({"from": math.floor(now / MINUTE) * MINUTE, "rate": wanted}),
         )

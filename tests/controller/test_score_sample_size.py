@@ -63,6 +63,8 @@ M = 1_800_000_000  # a whole minute
         # the first rate applies from the minute in progress
         ((), 0.1, M + 10, ((M, 0.1),)),
         ((), 0.1, M + 40, ((M, 0.1),)),
+        # from none sampled (traffic not known yet) to a rate: at once too
+        (((M, 0.0),), 1.0, M + 70, ((M + 60, 1.0),)),
         # later changes 30 s ahead at least: the next minute, or the one after
         (((M, 0.1),), 0.2, M + 10, ((M, 0.1), (M + 60, 0.2))),
         (((M, 0.1),), 0.2, M + 40, ((M, 0.1), (M + 120, 0.2))),
@@ -156,7 +158,6 @@ def test_a_rollout_on_traffic_not_known_yet_samples_nothing_until_it_is(tmp_path
     controller.tick(T0 + 60)
     table = routing.read(RELEASE)
     assert table is not None
-    unknown, sized = table.score_sample
-    assert (unknown.from_, unknown.rate) == (T0, 0.0)
-    assert sized.from_ == T0 + 120
+    (sized,) = table.score_sample  # nothing sampled yet this minute: at once
+    assert sized.from_ == T0 + 60
     assert sized.rate == pytest.approx(0.2, rel=0.05)
