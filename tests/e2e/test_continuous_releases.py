@@ -193,9 +193,10 @@ def _months_of_releases(
 
     # rollout 2: a good candidate, promoted; its policy file is edited while it runs
     assert candidate(GOOD_CONFIG, ["canary"], STABLE_PROMPT + " Greet the customer.") == 3
+    # waited for in the recorder's snapshots, so the run before the edit is on record
     wait_for(
-        "rollout 2 running",
-        lambda: _summary_if(stack, RELEASE, lambda r: r["rollout"] == 2 and r["phase"] == "canary"),
+        "rollout 2 recorded as running on the policy it started with",
+        lambda: _recorded_running_unedited(recorder, 2),
         within=30,
         state=lambda: recorder.latest(RELEASE),
     )
@@ -338,6 +339,17 @@ def _check_decisions(
             mine[0]["at"] - created[rollout + 1], 2
         )
         figures[f"rollout_{rollout}_seconds_to_decide"] = round(ended["at"] - mine[0]["at"], 1)
+
+
+def _recorded_running_unedited(recorder: Recorder, rollout: int) -> Snapshot | None:
+    return next(
+        (
+            s
+            for s in recorder.of(RELEASE)
+            if s.rollout == rollout and s.phase == "canary" and not s.policy_edited
+        ),
+        None,
+    )
 
 
 def _check_label_moves(detail: dict[str, Any]) -> None:
