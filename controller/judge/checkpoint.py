@@ -8,6 +8,9 @@ checkpoint plus the samples stored after it, not a replay of the release from it
 
 from __future__ import annotations
 
+import base64
+import sys
+from array import array
 from collections import deque
 from typing import Any
 
@@ -26,8 +29,12 @@ from policies.model import Policy
 
 __all__ = ["FORMAT", "restore", "snapshot"]
 
-FORMAT = 1
-"""Bumped when the layout changes: a checkpoint of another format is not restored."""
+FORMAT = 2
+"""Bumped when the layout changes: a checkpoint of a format not in ``READABLE`` is not
+restored. Format 2 stores the held trace records and the pending heap by column, packed
+(format 1 wrote a JSON list a record: 11 MB and half a second of CPU a checkpoint at
+10,000 requests a minute)."""
+READABLE = frozenset({1, 2})
 
 _ARMS = {arm.value: arm for arm in Arm}
 
@@ -42,21 +49,8 @@ def snapshot(evidence: Evidence) -> dict[str, Any]:
         "proxy": _proxy_out(evidence) if evidence.traffic_from_proxy else None,
         "observedUntil": evidence.observed_until,
         "stepStarts": list(evidence._step_starts),
-        "traces": [
-            [
-                trace_id,
-                info.arm.value,
-                info.ts,
-                info.cell[0],
-                info.cell[1],
-                info.error,
-                info.scored,
-                info.pending,
-                info.expired,
-            ]
-            for trace_id, info in evidence._traces.items()
-        ],
-        "pending": [list(item) for item in evidence._pending],
+        "traces": _traces_out(evidence),
+        "pending": _pending_out(evidence),
         "seq": evidence._seq,
         "counters": {
             "forgotten": evidence.forgotten_traces,
@@ -86,7 +80,7 @@ def snapshot(evidence: Evidence) -> dict[str, Any]:
 def restore(policy: Policy, data: dict[str, Any]) -> Evidence | None:
     """The evidence ``snapshot`` made, judged by ``policy``; None when the data is of
     another format or another set of metrics than the policy's."""
-    if data.get("format") != FORMAT:
+    if data.get("format") not in READABLE:
         return None
     if sorted(metric.name for metric in policy.analysis.metrics) != data["metrics"]:
         return None
@@ -99,7 +93,8 @@ def restore(policy: Policy, data: dict[str, Any]) -> Evidence | None:
     evidence.observed_until = float(data["observedUntil"])
     held: dict[int, int] = {}
     cells: dict[tuple[int, int], tuple[int, int]] = {}  # one object a cell, as when read
-    for trace_id, arm, ts, step, block, error, scored, pending, expired in data["traces"]:
+    records = _traces_in(data["traces"]) if data["format"] >= 2 else data["traces"]
+    for trace_id, arm, ts, step, block, error, scored, pending, expired in records:
         cell = cells.setdefault((step, block), (step, block))
         evidence._traces[trace_id] = _TraceInfo(
             arm=_ARMS[arm],
@@ -116,9 +111,8 @@ def restore(policy: Policy, data: dict[str, Any]) -> Evidence | None:
     evidence._arrivals = deque(
         (info.ts, trace_id) for trace_id, info in evidence._traces.items() if not info.expired
     )
-    pending = [
-        (due, seq, metric, trace_id, value) for due, seq, metric, trace_id, value in data["pending"]
-    ]
+    stored = _pending_in(data["pending"]) if data["format"] >= 2 else data["pending"]
+    pending = [(due, seq, metric, trace_id, value) for due, seq, metric, trace_id, value in stored]
     evidence._pending = pending
     evidence._seq = int(data["seq"])
     counters = data["counters"]
@@ -238,3 +232,137 @@ def _quantiles_in(stored: list[list[Any]]) -> QuantileSeries:
             Sketch({int(i): int(c) for i, c in canary_bins}, int(canary_n)),
         )
     return quantiles
+
+
+# -- packed columns ------------------------------------------------------------------------
+# A column of numbers is an array's bytes, little-endian, in base64: exact, and a tenth of
+# the CPU of a JSON list of floats. Flags are one character a record.
+
+_FLAG_ARM = {"b": Arm.BASELINE.value, "c": Arm.CANARY.value}
+_ERROR, _EXPIRED, _SCORED = 1, 2, 4
+
+
+def _packed(typecode: str, values: Any) -> str:
+    column = array(typecode, values)
+    if sys.byteorder == "big":
+        column.byteswap()
+    return base64.b64encode(column.tobytes()).decode("ascii")
+
+
+def _unpacked(typecode: str, text: str) -> list[Any]:
+    column = array(typecode)
+    column.frombytes(base64.b64decode(text, validate=True))
+    if sys.byteorder == "big":
+        column.byteswap()
+    return column.tolist()
+
+
+def _traces_out(evidence: Evidence) -> dict[str, Any]:
+    infos = list(evidence._traces.values())
+    canary = Arm.CANARY
+    names: dict[str, list[float]] = {}
+    nan = float("nan")
+    for index, info in enumerate(infos):
+        if info.scored:
+            for name, at in info.scored.items():
+                column = names.get(name)
+                if column is None:
+                    column = names[name] = [nan] * len(infos)
+                column[index] = at
+    return {
+        "ids": list(evidence._traces),
+        "arms": "".join("c" if info.arm is canary else "b" for info in infos),
+        "flags": "".join(
+            chr(
+                48
+                + (_ERROR if info.error else 0)
+                + (_EXPIRED if info.expired else 0)
+                + (0 if info.scored is None else _SCORED)
+            )
+            for info in infos
+        ),
+        "ts": _packed("d", [info.ts for info in infos]),
+        "steps": _packed("i", [info.cell[0] for info in infos]),
+        "blocks": _packed("i", [info.cell[1] for info in infos]),
+        "pending": _packed("i", [info.pending for info in infos]),
+        # per score name, when it arrived for each record (NaN: not for this one)
+        "scored": {name: _packed("d", column) for name, column in names.items()},
+    }
+
+
+def _traces_in(stored: dict[str, Any]) -> list[tuple[Any, ...]]:
+    ids: list[str] = stored["ids"]
+    columns = [
+        stored["arms"],
+        _unpacked("d", stored["ts"]),
+        _unpacked("i", stored["steps"]),
+        _unpacked("i", stored["blocks"]),
+        stored["flags"],
+        _unpacked("i", stored["pending"]),
+    ]
+    scored = {name: _unpacked("d", column) for name, column in stored["scored"].items()}
+    if any(len(column) != len(ids) for column in (*columns, *scored.values())):
+        raise ValueError("checkpoint: the trace columns are not of one length")
+    arms, ts, steps, blocks, flags, pending = columns
+    records = []
+    for index, trace_id in enumerate(ids):
+        flag = ord(flags[index]) - 48
+        arrived: dict[str, float] | None = None
+        if flag & _SCORED:
+            arrived = {
+                name: column[index]
+                for name, column in scored.items()
+                if column[index] == column[index]
+            }
+        records.append(
+            (
+                trace_id,
+                _FLAG_ARM[arms[index]],
+                ts[index],
+                steps[index],
+                blocks[index],
+                bool(flag & _ERROR),
+                arrived,
+                pending[index],
+                bool(flag & _EXPIRED),
+            )
+        )
+    return records
+
+
+def _pending_out(evidence: Evidence) -> dict[str, Any]:
+    pending = evidence._pending
+    metrics = sorted({item[2] for item in pending})
+    index = {metric: position for position, metric in enumerate(metrics)}
+    return {
+        "metrics": metrics,
+        "due": _packed("d", [item[0] for item in pending]),
+        "seq": _packed("q", [item[1] for item in pending]),
+        "metric": _packed("i", [index[item[2]] for item in pending]),
+        "ids": [item[3] for item in pending],
+        # coverage checks carry no value: "n" in ``checks``, and 0.0 in ``values``
+        "checks": "".join("v" if item[4] is not None else "n" for item in pending),
+        "values": _packed("d", [0.0 if item[4] is None else item[4] for item in pending]),
+    }
+
+
+def _pending_in(stored: dict[str, Any]) -> list[tuple[Any, ...]]:
+    metrics: list[str] = stored["metrics"]
+    ids: list[str] = stored["ids"]
+    due = _unpacked("d", stored["due"])
+    seq = _unpacked("q", stored["seq"])
+    metric = _unpacked("i", stored["metric"])
+    checks: str = stored["checks"]
+    values = _unpacked("d", stored["values"])
+    if any(len(column) != len(ids) for column in (due, seq, metric, checks, values)):
+        raise ValueError("checkpoint: the pending columns are not of one length")
+    return [
+        (
+            due[index],
+            seq[index],
+            metrics[metric[index]],
+            trace_id,
+            values[index] if checks[index] == "v" else None,
+        )
+        for index, trace_id in enumerate(ids)
+    ]
