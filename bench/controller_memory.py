@@ -220,7 +220,9 @@ def proxies_benchmark(
     counts = ProxyCounts.local(path)
     policy = load_policy_text(MEMORY_POLICY, f"{MEMORY_RELEASE}.yaml")
     policies = {MEMORY_RELEASE: policy}
-    world = ProxyWorld(path, routing, MEMORY_RELEASE, start=start, rate=rate, score_name=SCORE_NAME)
+    world = ProxyWorld(
+        routing, MEMORY_RELEASE, start=start, rate=rate, score_name=SCORE_NAME, path=path
+    )
     controller = Controller(
         state=state,
         routing=routing,

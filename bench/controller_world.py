@@ -26,67 +26,12 @@ from policies.model import Policy
 MINUTE = 60.0
 
 
-@dataclass
-class World:
-    """Requests arrive at ``rate`` a minute and go to the canary by the routing table's
-    weight; each arm errs and scores by its own rates. Scores arrive ``score_delay``
-    seconds after their trace; errored traces get none."""
+class HandsOver:
+    """A sample source that holds traces and scores until a poll reaches their time."""
 
-    routing: RoutingTableStore
-    release: str
-    start: float
-    rate: int = 1000
-    canary_error: float = 0.01
-    canary_score: float = 0.8
-    baseline_error: float = 0.01
-    baseline_score: float = 0.8
-    score_name: str = "helpfulness"
-    score_delay: float = 5.0
-    latency_ms: float = 500.0
-    cost_usd: float = 0.001
-    seed: int = 1
-    polls: int = 0
-    served: dict[str, int] = field(default_factory=lambda: {"baseline": 0, "canary": 0})
-    _clock: float = 0.0
-    _counter: int = 0
-    _pending: list[TraceSample] = field(default_factory=list)
-    _scores: list[ScoreSample] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.random = random.Random(self.seed)
-        self._clock = self.start
-
-    def run_until(self, now: float) -> None:
-        """Traffic from the last call until ``now``."""
-        table = self.routing.read(self.release)
-        weight = 0.0 if table is None else table.canary_weight
-        seconds = now - self._clock
-        draw = self.random.random
-        for _ in range(int(self.rate * seconds / MINUTE)):
-            ts = self._clock + draw() * seconds
-            canary = draw() * 100 < weight
-            arm = Arm.CANARY if canary else Arm.BASELINE
-            self.served[arm.value] += 1
-            error_rate = self.canary_error if canary else self.baseline_error
-            score = self.canary_score if canary else self.baseline_score
-            self._counter += 1
-            trace_id = f"t{self._counter}"
-            error = draw() < error_rate
-            self._pending.append(
-                TraceSample(self.release, trace_id, arm, ts, error, self.latency_ms, self.cost_usd)
-            )
-            if not error:
-                value = min(1.0, max(0.0, self.random.gauss(score, 0.15)))
-                self._scores.append(
-                    ScoreSample(
-                        f"s{self._counter}",
-                        trace_id,
-                        self.score_name,
-                        value,
-                        ts + self.score_delay,
-                    )
-                )
-        self._clock = now
+    _pending: list[TraceSample]
+    _scores: list[ScoreSample]
+    polls: int
 
     def poll(self, releases: Mapping[str, Policy], cursors: Cursors | None, now: float) -> Poll:
         self.polls += 1
@@ -101,24 +46,12 @@ class World:
         """The world reads nothing from Langfuse: no read health to report."""
         return SourceHealth(reads=PollHealth().snapshot(now))
 
-    def close(self) -> None:
-        pass
-
-
-PROXIES = ("p1", "p2")
-
 
 @dataclass
-class ProxyWorld:
-    """Requests arrive at ``rate`` a minute and go to the canary by the routing table's
-    weight, answered by two proxies in turn, which count every one of them into their
-    cells of the state file's ``proxy_minutes`` (written once a minute, at its end). A
-    request is in the score sample when ``is_sampled`` takes its random trace id at the
-    rate in force in the routing table; only those reach the sample source (as a trace,
-    errors included, and, unless it erred, one score ``score_delay`` seconds later), as
-    only those would reach Langfuse. ``run_until`` moves in whole minutes."""
+class _Arms(HandsOver):
+    """Requests at ``rate`` a minute to a release whose arms err and score at their own
+    rates; errored traces get no score."""
 
-    path: Path
     routing: RoutingTableStore
     release: str
     start: float
@@ -134,21 +67,81 @@ class ProxyWorld:
     seed: int = 1
     polls: int = 0
     served: dict[str, int] = field(default_factory=lambda: {"baseline": 0, "canary": 0})
+    _clock: float = 0.0
+    _pending: list[TraceSample] = field(default_factory=list)
+    _scores: list[ScoreSample] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.random = random.Random(self.seed)
+        self._clock = self.start
+
+    def _hand_over(self, trace_id: str, canary: bool, ts: float, error: bool) -> None:
+        """The trace of one request and, unless it erred, its score ``score_delay`` later."""
+        arm = Arm.CANARY if canary else Arm.BASELINE
+        self._pending.append(
+            TraceSample(self.release, trace_id, arm, ts, error, self.latency_ms, self.cost_usd)
+        )
+        if not error:
+            mean = self.canary_score if canary else self.baseline_score
+            value = min(1.0, max(0.0, self.random.gauss(mean, 0.15)))
+            self._scores.append(
+                ScoreSample(f"s{trace_id}", trace_id, self.score_name, value, ts + self.score_delay)
+            )
+
+
+@dataclass
+class World(_Arms):
+    """Requests arrive at ``rate`` a minute and go to the canary by the routing table's
+    weight; each arm errs and scores by its own rates. Scores arrive ``score_delay``
+    seconds after their trace; errored traces get none."""
+
+    _counter: int = 0
+
+    def run_until(self, now: float) -> None:
+        """Traffic from the last call until ``now``."""
+        table = self.routing.read(self.release)
+        weight = 0.0 if table is None else table.canary_weight
+        seconds = now - self._clock
+        draw = self.random.random
+        for _ in range(int(self.rate * seconds / MINUTE)):
+            ts = self._clock + draw() * seconds
+            canary = draw() * 100 < weight
+            self.served["canary" if canary else "baseline"] += 1
+            self._counter += 1
+            error = draw() < (self.canary_error if canary else self.baseline_error)
+            self._hand_over(f"t{self._counter}", canary, ts, error)
+        self._clock = now
+
+    def close(self) -> None:
+        pass
+
+
+PROXIES = ("p1", "p2")
+
+
+@dataclass
+class ProxyWorld(_Arms):
+    """Requests arrive at ``rate`` a minute and go to the canary by the routing table's
+    weight, answered by two proxies in turn, which count every one of them into their
+    cells of the state file's ``proxy_minutes`` (written once a minute, at its end). A
+    request is in the score sample when ``is_sampled`` takes its random trace id at the
+    rate in force in the routing table; only those reach the sample source (as a trace,
+    errors included, and, unless it erred, one score ``score_delay`` seconds later), as
+    only those would reach Langfuse. ``run_until`` moves in whole minutes."""
+
+    path: Path = field(kw_only=True)
+    """The state file the proxies write their cells into."""
     counted: int = 0
     """Requests counted into the proxies' cells."""
     sampled: int = 0
     """Requests in the score sample (traces handed over)."""
     last_rate: float = 1.0
     """The sample rate in force in the last minute run."""
-    _clock: float = 0.0
-    _pending: list[TraceSample] = field(default_factory=list)
-    _scores: list[ScoreSample] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.start % MINUTE:
             raise ValueError("the world starts on a whole minute")
-        self.random = random.Random(self.seed)
-        self._clock = self.start
+        super().__post_init__()
         self.proxies = {name: SqliteAggregateStore(self.path, name) for name in PROXIES}
 
     def run_until(self, now: float) -> None:
@@ -178,20 +171,8 @@ class ProxyWorld:
             cell[0] += 1
             cell[1] += error
             cell[2] += chosen
-            if not chosen:
-                continue
-            arm = Arm.CANARY if canary else Arm.BASELINE
-            self._pending.append(
-                TraceSample(self.release, trace_id, arm, ts, error, self.latency_ms, self.cost_usd)
-            )
-            if not error:
-                mean = self.canary_score if canary else self.baseline_score
-                value = min(1.0, max(0.0, self.random.gauss(mean, 0.15)))
-                self._scores.append(
-                    ScoreSample(
-                        f"s{trace_id}", trace_id, self.score_name, value, ts + self.score_delay
-                    )
-                )
+            if chosen:
+                self._hand_over(trace_id, canary, ts, error)
         minute = int(start)
         for proxy, store in self.proxies.items():
             cells = [
@@ -212,19 +193,6 @@ class ProxyWorld:
             self.served["canary" if side else "baseline"] += requests
             self.counted += requests
             self.sampled += sampled
-
-    def poll(self, releases: Mapping[str, Policy], cursors: Cursors | None, now: float) -> Poll:
-        self.polls += 1
-        del releases, cursors
-        traces = tuple(trace for trace in self._pending if trace.ts <= now)
-        scores = tuple(score for score in self._scores if score.at <= now)
-        self._pending = [trace for trace in self._pending if trace.ts > now]
-        self._scores = [score for score in self._scores if score.at > now]
-        return Poll(ok=True, cursors=Cursors(now, now), traces=traces, scores=scores)
-
-    def health(self, now: float) -> SourceHealth:
-        """The world reads nothing from Langfuse: no read health to report."""
-        return SourceHealth(reads=PollHealth().snapshot(now))
 
     def close(self) -> None:
         for store in self.proxies.values():

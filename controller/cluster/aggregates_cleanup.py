@@ -15,10 +15,10 @@ reader reports it, for someone to look at.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from coalmine.shared.aggregates.configmap import AGGREGATES_LABEL, DOCUMENT_KEY, LIST_PAGE
+from coalmine.shared.aggregates.configmap import list_stored, stored_document
 from coalmine.shared.aggregates.model import (
     DEFAULT_RETENTION_SECONDS,
     BadAggregatesError,
@@ -85,7 +85,7 @@ class AggregatesCleanup:
         own = f"{self.prefix}-aggregates-"
         problems: list[str] = []
         deleted = 0
-        for stored in self._list():
+        for stored in list_stored(self._core, self.namespace):
             name = stored.metadata.name
             if not name.startswith(own):
                 continue  # another install's, or someone else's carrying the label
@@ -132,29 +132,10 @@ class AggregatesCleanup:
             return False  # already gone
         return True
 
-    def _list(self) -> Iterator[Any]:
-        token: str | None = None
-        while True:
-            page = kube_call(
-                f"list configmaps {self.namespace} -l {AGGREGATES_LABEL}=true",
-                self._core.list_namespaced_config_map,
-                self.namespace,
-                label_selector=f"{AGGREGATES_LABEL}=true",
-                limit=LIST_PAGE,
-                _continue=token,
-            )
-            yield from page.items
-            token = page.metadata._continue
-            if not token:
-                return
-
 
 def _newest_minute(stored: Any, where: str) -> int | None:
     """The newest minute of a stored document (None: it holds none).
 
     Raises BadAggregatesError when the document cannot be read."""
-    document = (stored.data or {}).get(DOCUMENT_KEY)
-    if not isinstance(document, str):
-        raise BadAggregatesError(f"{where}: no {DOCUMENT_KEY} key")
-    _, cells = decode_document(document, where=where)
+    _, cells = decode_document(stored_document(stored, where), where=where)
     return max((cell.minute for cell in cells), default=None)

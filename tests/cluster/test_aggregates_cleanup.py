@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from coalmine.shared.aggregates import configmap
 from coalmine.shared.aggregates.configmap import AGGREGATES_LABEL, ConfigMapAggregateStore
 from coalmine.shared.aggregates.model import DEFAULT_RETENTION_SECONDS, MinuteCell
-from controller.cluster import aggregates_cleanup
 from controller.cluster.aggregates_cleanup import SWEEP_INTERVAL_SECONDS, AggregatesCleanup
 from controller.cluster.lease import LeaseElector
 from controller.labels import StaticPromptLabels
@@ -120,7 +120,7 @@ def test_a_proxy_whose_configmap_was_deleted_writes_it_again(api: Any) -> None:
 
 
 def test_every_page_of_the_list_is_swept(api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aggregates_cleanup, "LIST_PAGE", 2)
+    monkeypatch.setattr(configmap, "LIST_PAGE", 2)
     for index in range(5):
         write(api, f"pod-{index}", T)
     write(api, "pod-live", AFTER)

@@ -5,20 +5,18 @@ proxies write them, with traces and scores from the sample source."""
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.controller_world import HandsOver
 from coalmine.shared.aggregates.model import MinuteCell, minute_of
 from coalmine.shared.aggregates.sqlite import SqliteAggregateStore
 from coalmine.shared.routing_tables.store import SqliteRoutingStore
 from controller.loop import Controller, ProxyTraffic
 from controller.release_store import ControllerState
-from controller.samples import Cursors, Poll, ScoreSample, TraceSample
+from controller.samples import ScoreSample, TraceSample
 from controller.source.aggregates import ProxyCounts
-from controller.source.health import PollHealth, SourceHealth
-from policies import Policy
 from policies.domain import Arm, Phase
 from policies.latency_bins import sketch_bin
 from tests.controller.release_rig import RELEASE, Labels, write_policy
@@ -28,7 +26,7 @@ MINUTE = 60.0
 
 
 @dataclass
-class World:
+class World(HandsOver):
     """``rate`` requests a minute split by the routing table's weight, answered by two
     proxies (alternately), which count them; the app traces those that did not fail
     (an upstream 5xx leaves no trace) and loses ``canary_lost`` of the canary's traces."""
@@ -46,6 +44,7 @@ class World:
     _scores: list[ScoreSample] = field(default_factory=list)
     _clock: float = T0
     _count: int = 0
+    polls: int = 0
 
     def __post_init__(self) -> None:
         self.random = random.Random(self.seed)
@@ -86,16 +85,6 @@ class World:
                 ],
                 now,
             )
-
-    def poll(self, releases: Mapping[str, Policy], cursors: Cursors | None, now: float) -> Poll:
-        traces = tuple(trace for trace in self._pending if trace.ts <= now)
-        scores = tuple(score for score in self._scores if score.at <= now)
-        self._pending = [trace for trace in self._pending if trace.ts > now]
-        self._scores = [score for score in self._scores if score.at > now]
-        return Poll(ok=True, cursors=Cursors(now, now), traces=traces, scores=scores)
-
-    def health(self, now: float) -> SourceHealth:
-        return SourceHealth(reads=PollHealth().snapshot(now))
 
     def close(self) -> None:
         for store in self.proxies.values():

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from coalmine.shared.aggregates.model import (
@@ -109,7 +109,9 @@ class ConfigMapAggregateStore:
         if stored is not None:
             self._resource_version = stored.metadata.resource_version
             try:
-                _, self._previous = decode_document(_document(stored, self.where), where=self.where)
+                _, self._previous = decode_document(
+                    stored_document(stored, self.where), where=self.where
+                )
             except BadAggregatesError as error:
                 log.warning("proxy counts of a previous run not kept: %s", error)
         self._loaded = True
@@ -171,7 +173,7 @@ class ConfigMapAggregateStore:
         for stored in self._list():
             where = f"configmap {self.namespace}/{stored.metadata.name}"
             try:
-                proxy, found = decode_document(_document(stored, where), where=where)
+                proxy, found = decode_document(stored_document(stored, where), where=where)
             except BadAggregatesError as error:
                 log.warning("proxy counts left out: %s", error)
                 problems.append(str(error))
@@ -183,27 +185,35 @@ class ConfigMapAggregateStore:
         summed = {(cell.arm, cell.minute): cell for cell in merge(cells).values()}
         return Readout(summed, frozenset(proxies), tuple(problems))
 
-    def _list(self) -> Iterable[Any]:
-        token: str | None = None
-        while True:
-            page = kube_call(
-                f"list configmaps {self.namespace} -l {AGGREGATES_LABEL}=true",
-                self._core.list_namespaced_config_map,
-                self.namespace,
-                label_selector=f"{AGGREGATES_LABEL}=true",
-                limit=LIST_PAGE,
-                _continue=token,
-            )
-            yield from page.items
-            token = page.metadata._continue
-            if not token:
-                return
+    def _list(self) -> Iterator[Any]:
+        return list_stored(self._core, self.namespace)
 
     def close(self) -> None:
         """Nothing to release: each call is a request of its own."""
 
 
-def _document(stored: Any, where: str) -> str:
+def list_stored(core: Any, namespace: str) -> Iterator[Any]:
+    """Every proxy's counts ConfigMap in ``namespace``, a page of ``LIST_PAGE`` at a time."""
+    token: str | None = None
+    while True:
+        page = kube_call(
+            f"list configmaps {namespace} -l {AGGREGATES_LABEL}=true",
+            core.list_namespaced_config_map,
+            namespace,
+            label_selector=f"{AGGREGATES_LABEL}=true",
+            limit=LIST_PAGE,
+            _continue=token,
+        )
+        yield from page.items
+        token = page.metadata._continue
+        if not token:
+            return
+
+
+def stored_document(stored: Any, where: str) -> str:
+    """The counts document a listed or read ConfigMap holds.
+
+    Raises BadAggregatesError when it holds none."""
     document = (stored.data or {}).get(DOCUMENT_KEY)
     if not isinstance(document, str):
         raise BadAggregatesError(f"{where}: no {DOCUMENT_KEY} key")
