@@ -190,8 +190,8 @@ def default_regression(metric: Metric) -> float:
     tolerance = metric.tolerance or 0.0
     if metric.effect_size is not None:
         return tolerance + metric.effect_size
-    if metric.source is MetricSource.ERROR_RATE:
-        return tolerance + DEFAULT_EFFECT[MetricSource.ERROR_RATE]
+    if metric.source.is_error_rate:
+        return tolerance + DEFAULT_EFFECT[metric.source]
     if metric.score_type is ScoreType.NUMERIC and metric.range is not None:
         return tolerance + DEFAULT_SCORE_EFFECT * (metric.range.max - metric.range.min)
     return tolerance + DEFAULT_SCORE_EFFECT
@@ -264,7 +264,8 @@ def _score_model(metric: Metric, name: str) -> ScoreModel:
 
 def baseline_description(metric: Metric) -> str:
     """How the baseline's values of a metric are drawn, for the plan's reader."""
-    if metric.source is MetricSource.ERROR_RATE:
+    if metric.source.is_error_rate:
+        # the simulated app traces every failed request with an ERROR observation
         return f"{BASELINE_ERROR_RATE:.0%} of requests fail"
     if metric.source is MetricSource.LATENCY:
         return f"lognormal, median {LATENCY_MEDIAN_MS:g} ms, sigma {LATENCY_SIGMA:g}"
@@ -286,7 +287,7 @@ def degraded(model: ArmModel, metric: Metric, delta: float) -> ArmModel:
     Raises ValueError when the degraded arm cannot be drawn (a rate above 1, a mean
     outside the score's range)."""
     source = metric.source
-    if source is MetricSource.ERROR_RATE:
+    if source.is_error_rate:
         return replace(model, error_rate=_rate(model.error_rate + delta, metric, delta))
     if source is MetricSource.COST:
         return replace(model, cost_factor=model.cost_factor * (1.0 + delta / 100.0))

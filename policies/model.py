@@ -153,6 +153,14 @@ class MetricSource(StrEnum):
     ERROR_RATE = "error_rate"
     COST = "cost"
     LATENCY = "latency"
+    TRACE_ERROR_RATE = "trace_error_rate"
+
+    @property
+    def is_error_rate(self) -> bool:
+        """A share of failures: ``error_rate`` of the requests (from the proxies' counts
+        when they carry the traffic, else from the traces), ``trace_error_rate`` of the
+        traces with an ERROR observation (always from the traces)."""
+        return self in (MetricSource.ERROR_RATE, MetricSource.TRACE_ERROR_RATE)
 
 
 class ScoreType(StrEnum):
@@ -398,7 +406,8 @@ class Metric(_Model):
     """Metric id, unique within the policy."""
 
     source: MetricSource
-    """`score` (a Langfuse score), `error_rate`, `cost` or `latency`."""
+    """`score` (a Langfuse score), `error_rate`, `cost`, `latency` or `trace_error_rate`
+    (the share of traces with an ERROR observation)."""
 
     score: str | None = Field(default=None, min_length=1)
     """The Langfuse score name; required for source score."""
@@ -481,7 +490,7 @@ class _MetricKind:
             is_score=is_score,
             numeric=is_score and metric.score_type is ScoreType.NUMERIC,
             categorical=is_score and metric.score_type is ScoreType.CATEGORICAL,
-            rate=metric.source is MetricSource.ERROR_RATE
+            rate=metric.source.is_error_rate
             or (is_score and metric.score_type is not ScoreType.NUMERIC),
             name=f"{metric.score_type} score" if is_score else metric.source.value,
         )
@@ -545,7 +554,7 @@ def _tolerance_in_the_metric_units(metric: Metric, kind: _MetricKind) -> _Violat
     if (tolerance is None) == (metric.tolerance_percent is None):
         return []  # _one_tolerance tells
     if tolerance is None:
-        if source in (MetricSource.SCORE, MetricSource.ERROR_RATE):
+        if source is MetricSource.SCORE or source.is_error_rate:
             return [
                 (("tolerancePercent",), f"{source} metrics take tolerance, not tolerancePercent")
             ]

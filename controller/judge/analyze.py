@@ -4,7 +4,7 @@ Each metric reduces to a *harm*: an estimate that is positive when the canary is
 with a margin (the tolerance in the same units) and the effect beyond the margin that the
 rollback test is tuned to catch fastest.
 
-- Mean metrics (numeric, boolean and categorical scores; error rate; log cost) use the
+- Mean metrics (numeric, boolean and categorical scores; error rates; log cost) use the
   stratified difference of means over (step, block) cells.
 - Quantile metrics (latency) use, per step, the share of canary requests slower than the
   tolerated threshold (baseline quantile times 1 + tolerance) minus the share the quantile
@@ -25,6 +25,7 @@ MIN_HARMFUL_EVENTS = 5  # a 0/1 metric fails only after this many harmful canary
 VARIANCE_FLOOR = 1e-12
 DEFAULT_EFFECT = {
     MetricSource.ERROR_RATE: 0.02,
+    MetricSource.TRACE_ERROR_RATE: 0.02,
     MetricSource.COST: 20.0,  # percent
 }
 DEFAULT_SCORE_EFFECT = 0.05  # of the score's range; for 0/1 scores: five points of rate
@@ -66,8 +67,8 @@ def margin_and_effect(metric: Metric) -> tuple[float, float]:
     margin = metric.tolerance or 0.0
     if metric.effect_size is not None:
         return margin, metric.effect_size
-    if metric.source is MetricSource.ERROR_RATE:
-        return margin, DEFAULT_EFFECT[MetricSource.ERROR_RATE]
+    if metric.source.is_error_rate:
+        return margin, DEFAULT_EFFECT[metric.source]
     if metric.score_type is ScoreType.NUMERIC and metric.range is not None:
         return margin, DEFAULT_SCORE_EFFECT * (metric.range.max - metric.range.min)
     return margin, DEFAULT_SCORE_EFFECT

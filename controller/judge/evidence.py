@@ -73,7 +73,7 @@ def metric_value(metric: Metric, raw: object) -> float | None:
             return None
         low, high = (0.0, 1.0) if metric.range is None else (metric.range.min, metric.range.max)
         return float(raw) if low <= raw <= high else None
-    if metric.source is MetricSource.ERROR_RATE:
+    if metric.source.is_error_rate:
         return _boolean(raw)
     if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
         return None
@@ -87,7 +87,7 @@ def metric_value(metric: Metric, raw: object) -> float | None:
 def _trace_value(trace: Trace, source: MetricSource) -> object:
     """What a trace itself says about a metric of ``source``; None when it says nothing
     (score metrics: scores arrive on their own)."""
-    if source is MetricSource.ERROR_RATE:
+    if source.is_error_rate:
         return trace.error
     if source is MetricSource.COST:
         return trace.cost_usd
@@ -108,7 +108,7 @@ def _boolean(raw: object) -> float | None:
 
 def is_indicator(metric: Metric) -> bool:
     """True for metrics whose observations are 0/1 (rates)."""
-    return metric.source is MetricSource.ERROR_RATE or (
+    return metric.source.is_error_rate or (
         metric.score_type
         in (
             ScoreType.BOOLEAN,
@@ -374,6 +374,7 @@ class Evidence:
             self.series[metric.name] = series
             if is_score and metric.score is not None:
                 self._by_score.setdefault(metric.score, []).append(series)
+        # trace_error_rate stays on the traces: the ERROR observations only they carry
         counted = (MetricSource.ERROR_RATE, MetricSource.LATENCY) if traffic_from_proxy else ()
         self._from_traces = [s for s in self.series.values() if s.metric.source not in counted]
         self._from_proxy = [s for s in self.series.values() if s.metric.source in counted]

@@ -12,6 +12,7 @@ from controller.planner import (
     PlanSettings,
     RegressionPlan,
     Spread,
+    baseline_description,
     baseline_model,
     default_regression,
     degraded,
@@ -233,3 +234,20 @@ def test_spread_is_the_nearest_rank_and_none_past_the_runs_that_got_there() -> N
     assert Spread.of([1.0, 2.0, math.inf, math.inf]) == Spread(median=2.0, p90=None)
     assert Spread.of([1.0, math.inf, math.inf]) == Spread(median=None, p90=None)
     assert Spread.of([]) == Spread(median=None, p90=None)
+
+
+def test_a_trace_error_rate_metric_is_planned_as_the_errors_the_traces_carry() -> None:
+    extra = "    - {name: app-errors, source: trace_error_rate, tolerance: 0.02, critical: true}\n"
+    policy = small_policy(metrics=extra)
+    metrics = {m.name: m for m in policy.analysis.metrics}
+    assert default_regression(metrics["app-errors"]) == pytest.approx(0.04)  # judge default
+    assert baseline_description(metrics["app-errors"]) == "1% of requests fail"
+    base = baseline_model(policy)
+    assert degraded(base, metrics["app-errors"], 0.1).error_rate == pytest.approx(
+        base.error_rate + 0.1
+    )
+    planned = regression(
+        run(policy, traffic=120.0, runs=4, regressions={"app-errors": 0.15}), "app-errors"
+    )
+    assert planned.expected == "rolled_back"
+    assert planned.outcomes["rolled_back"] == 4
