@@ -188,11 +188,8 @@ class CoalmineJudge:
             _, metric, cell, arm, traces, unscored = update
             evidence.add_coverage(metric, cell, arm, traces, unscored)  # type: ignore[arg-type]
         elif kind == "f":
-            # add_trace counts found traces one at a time; a batch adds a minute's at once
             _, minute, baseline, canary = update
-            found = evidence._found.setdefault(minute, [0, 0])  # type: ignore[arg-type]
-            found[0] += baseline  # type: ignore[operator]
-            found[1] += canary  # type: ignore[operator]
+            evidence.add_found(minute, baseline, canary)  # type: ignore[arg-type]
         else:
             _, metric, arm, bins = update
             evidence.add_quantile_bins(metric, 0, arm, bins)  # type: ignore[arg-type]

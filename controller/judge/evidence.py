@@ -476,6 +476,15 @@ class Evidence:
             found = self._found[minute] = [0, 0]
         found[1 if arm is Arm.CANARY else 0] += 1
 
+    def add_found(self, minute: int, baseline: int, canary: int) -> None:
+        """Traces read of a minute by arm, counted at once (``add_trace`` counts each)."""
+        if minute < self.loss_checked_until:
+            self.late_found += baseline + canary
+            return
+        found = self._found.setdefault(minute, [0, 0])
+        found[0] += baseline
+        found[1] += canary
+
     def _observe_trace_metrics(self, trace: Trace) -> None:
         """The values of the metrics a trace carries itself: errors, cost, latency (the
         first and last from the proxies' counts instead, with ``traffic_from_proxy``)."""

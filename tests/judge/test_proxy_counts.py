@@ -196,6 +196,28 @@ def test_a_trace_read_after_its_minute_was_compared_is_counted_late() -> None:
     assert int(T0) not in evidence._found
 
 
+def test_traces_found_counted_at_once_are_counted_as_one_by_one() -> None:
+    one_by_one, at_once = _evidence(), _evidence()
+    for m, (baseline, canary) in enumerate(((40, 36), (40, 40), (38, 30))):
+        minute = int(T0) + 60 * m
+        for evidence in (one_by_one, at_once):
+            for arm in (Arm.BASELINE, Arm.CANARY):
+                evidence.add_proxy_minute(arm, minute, (40, 0, 40), {})
+        for i in range(baseline):
+            one_by_one.add_trace(Trace(f"{m}-b-{i}", Arm.BASELINE, minute + i % 60))
+        for i in range(canary):
+            one_by_one.add_trace(Trace(f"{m}-c-{i}", Arm.CANARY, minute + i % 60))
+        at_once.add_found(minute, baseline, canary)
+    now = T0 + 3600
+    for evidence in (one_by_one, at_once):
+        evidence.advance(now, traces_read_until=now)
+    assert at_once.loss.totals == one_by_one.loss.totals
+    assert at_once.loss_checked_until == one_by_one.loss_checked_until
+    assert trace_loss(POLICY, at_once) == trace_loss(POLICY, one_by_one)
+    at_once.add_found(int(T0), 2, 1)
+    assert at_once.late_found == 3
+
+
 def test_the_counts_are_refused_by_evidence_judged_on_traces() -> None:
     with pytest.raises(ValueError, match="traces"):
         Evidence(POLICY, T0).add_proxy_minute(Arm.CANARY, int(T0), (1, 0, 1), {})
