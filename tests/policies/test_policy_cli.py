@@ -32,7 +32,7 @@ def test_validate_examples(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.splitlines() == [
         f"ok: {EXAMPLES_DIR / name} (release {release}, 3 steps, {metrics} metrics)"
         for name, release, metrics in [
-            ("agent-canary.yaml", "support-agent-v42", 6),
+            ("agent-canary.yaml", "support-agent-v42", 7),
             ("prompt-canary.yaml", "support-agent-prompt", 4),
             ("prompt-shadow.yaml", "summarizer-shadow", 4),
         ]

@@ -95,6 +95,9 @@ def test_agent_canary_example() -> None:
     assert policy.target.upstreams.canary is not None
     assert policy.routing.stickiness == Stickiness(cookie="session_id")
     assert policy.analysis.on_max_duration is OnMaxDuration.ROLLBACK
+    sources = {metric.name: metric.source for metric in policy.analysis.metrics}
+    assert sources["tool-errors"] is MetricSource.TRACE_ERROR_RATE
+    assert sources["errors"] is MetricSource.ERROR_RATE
 
 
 def test_prompt_shadow_example() -> None:
