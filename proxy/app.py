@@ -14,7 +14,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -27,14 +27,15 @@ from proxy.client_gone import CLIENT_GONE, ClientGone
 from proxy.errors import BodyTooLargeError, ClientGoneError, UpstreamCutError
 from proxy.headers import Headers, response_headers_for_client
 from proxy.metrics import ProxyMetrics, ShadowOutcome
-from proxy.outcome import Failure, RequestOutcome
+from proxy.outcome import Failure, RequestOutcome, Usage
 from proxy.plan import Forward, PlanSettings, Refusal, RequestHead, SystemChance, plan_request
 from proxy.routes import Releases
+from proxy.send_whole import SEND_WHOLE, SendWhole
 from proxy.shadow import ShadowCopy, ShadowMirror
-from proxy.spans import SpanReporter
+from proxy.spans import NoopSpanReporter, SpanReporter
 from proxy.throttle import FailedAttempts
 from proxy.transport import PooledTransport, RawResponse, request_head
-from proxy.usage import UsageReader, reader_for
+from proxy.usage import UsageReader, reader_for, whole_usage
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -50,6 +51,14 @@ _CONTENT_LENGTH = b"content-length"
 # come and close the client's connection; it is optional on a 304 and forbidden on a 204.
 _NO_CONTENT = frozenset({204, 304})
 _CHANCE = SystemChance()
+_NO_EXTENSIONS: dict[str, Any] = {}
+# asyncio.current_task(loop) reads this dict (the C module's): read here without the
+# Python call; a Python without it has the call do it
+_current_tasks: Mapping[asyncio.AbstractEventLoop, asyncio.Task[Any]] = getattr(
+    asyncio.tasks, "_current_tasks", {}
+)
+# module constants: an enum member read off its class goes through EnumType.__getattr__
+_CLIENT_GONE = Failure.CLIENT_GONE
 
 
 class Refresher(Protocol):
@@ -87,6 +96,8 @@ class ProxyApp:
         rather than an httpx request."""
         self.metrics = metrics
         self.spans = spans
+        self.record_span = None if isinstance(spans, NoopSpanReporter) else spans.record
+        """``spans.record``, or None when spans are off (no call a request for nothing)."""
         self.shadow = ShadowMirror(shadow_transport, metrics, spans)
         self.shadow_transport = shadow_transport
         self.settings = PlanSettings(
@@ -162,11 +173,16 @@ class ProxyApp:
             )
         if plan.shadow_dropped:
             self.metrics.shadow_dropped(plan.release, ShadowOutcome.DROPPED_TOO_LARGE)
-        gone = scope.get("extensions", {}).get(CLIENT_GONE, {}).get("gone")
+        extensions = scope.get("extensions") or _NO_EXTENSIONS
+        gone = extensions.get(CLIENT_GONE, _NO_EXTENSIONS).get("gone")
         watch = gone if isinstance(gone, ClientGone) else None
+        whole = extensions.get(SEND_WHOLE, _NO_EXTENSIONS).get("send")
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
-        return _Exchange(self, plan, receive, send, watch).run(start_ns)
+        exchange = _Exchange(self, plan, receive, send, watch)
+        if whole is not None:
+            exchange.send_whole, exchange.scope = whole, scope
+        return exchange.run(start_ns)
 
 
 class _Exchange:
@@ -188,10 +204,13 @@ class _Exchange:
         "plan",
         "reader",
         "receive",
+        "scope",
         "send",
+        "send_whole",
         "started",
         "status",
         "task",
+        "usage",
         "watcher",
     )
 
@@ -212,21 +231,58 @@ class _Exchange:
         self.send = send
         # with its loop given, current_task skips a look for the running loop (in this
         # Python, a getpid system call)
-        self.task = asyncio.current_task(app.loop) or asyncio.current_task()
+        loop = app.loop
+        self.task = (
+            _current_tasks.get(loop) if loop is not None else None
+        ) or asyncio.current_task()
         self.status = 0
         self.failure: Failure | None = None
         self.started = False
         self.gone = False
         self.watcher: asyncio.Task[None] | None = None
         self.reader: UsageReader | None = None
+        self.usage: Usage | None = None
+        """The usage of a body that came whole, read as it was sent (no ``reader``)."""
+        self.send_whole: SendWhole | None = None
+        """The server's call for a whole response at once (coalmine's protocol gives
+        one), with the ``scope`` it takes."""
+        self.scope: Scope = _NO_EXTENSIONS
 
-    async def run(self, start_ns: int) -> None:
+    async def run(  # noqa: C901, PLR0912, PLR0915 (its common path in line: calls cost as much)
+        self, start_ns: int
+    ) -> None:
         """Carry the request out, then record its outcome whatever happened."""
         app = self.app
         app.in_flight += 1
         try:
-            response = await self._call_upstream(await self._body())
-            if response is not None:
+            plan = self.plan
+            gone = self.client_gone
+            if gone is not None and plan.read_whole and plan.content_length is None:
+                # neither a length nor chunked: no body (RFC 9112 6.3), and the server
+                # says when the client goes: nothing to wait for from receive()
+                if gone.fired:
+                    raise ClientGoneError
+                if plan.shadow is None:
+                    gone.then = self._gone  # _body_complete's work, in line
+                else:
+                    self._body_complete(b"")
+                pooled = app.pooled
+                if pooled is not None and plan.target.isascii():
+                    # _call_upstream's, in line: one coroutine less to resume when the
+                    # response comes
+                    try:
+                        origin, head, chunked = upstream_head(plan, b"")
+                        response = await pooled.exchange(
+                            origin, plan.method, head, b"", chunked, plan.timeout
+                        )
+                    except (httpx.HTTPError, BodyTooLargeError) as error:
+                        await self._call_failed(error)
+                        response = None
+                else:
+                    response = await self._call_upstream(b"")
+            else:
+                response = await self._call_upstream(await self._body())
+            if response is not None and not self._sent_whole(response):
                 await self._relay(response)
         except ClientGoneError:
             self.failure = Failure.CLIENT_GONE
@@ -242,13 +298,37 @@ class _Exchange:
             if self.watcher is not None:
                 self.watcher.cancel()
             app.in_flight -= 1
-            outcome = self._outcome(start_ns, time.time_ns())
+            plan = self.plan
+            failure = self.failure
+            # a named tuple's fields by name cost more
+            trace_id, parent_span_id, span_id, _ = plan.trace
+            # by position, in the order of RequestOutcome's fields (keywords cost twice as
+            # much)
+            outcome = RequestOutcome(
+                plan.release,
+                plan.arm,
+                plan.method,
+                plan.path,
+                499 if failure is _CLIENT_GONE and not self.started else self.status,
+                start_ns,
+                time.time_ns(),
+                trace_id,
+                span_id,
+                parent_span_id,
+                plan.request_id,
+                plan.prompt_label,
+                failure,
+                None,
+                plan.sampled,
+                self.usage,
+            )
             if self.reader is not None:
                 self._read_usage(outcome, self.reader)
             app.metrics.observe(outcome)
             if app.aggregates is not None:
                 app.aggregates.record(outcome)
-            app.spans.record(outcome)
+            if app.record_span is not None:
+                app.record_span(outcome)
 
     async def _body(self) -> bytes | AsyncIterator[bytes]:
         """The request body: read whole when the plan says so, else streamed."""
@@ -328,12 +408,40 @@ class _Exchange:
             stream = cast(httpx.AsyncByteStream, response.stream)
             return RawResponse(response.status_code, response.headers.raw, stream)
         except (httpx.HTTPError, BodyTooLargeError) as error:
-            failed = _call_failed(error, plan.arm, plan.body_limit)
+            await self._call_failed(error)
+        return None
+
+    async def _call_failed(self, error: httpx.HTTPError | BodyTooLargeError) -> None:
+        """The client answered for an upstream call that failed before its response."""
+        plan = self.plan
+        failed = _call_failed(error, plan.arm, plan.body_limit)
         self.failure, self.status = failed.failure, failed.status
         if failed.failure is Failure.TOO_LARGE:
             self.app.metrics.refused.labels("body_too_large").inc()
         await _answer(self.send, failed.status, failed.code, failed.message, plan.request_id)
-        return None
+
+    def _sent_whole(self, response: RawResponse) -> bool:
+        """A response whose body came with its head, sent in one call when the server
+        offers it (``proxy.send_whole``); False when it goes by ``_relay`` instead."""
+        body, whole = response.body, self.send_whole
+        if body is None or whole is None:
+            return False
+        self.status = status = response.status
+        headers = response_headers_for_client(response.headers)
+        if status in _NO_CONTENT:
+            headers = [pair for pair in headers if pair[0].lower() != _CONTENT_LENGTH]
+        if self.plan.set_cookie is not None:
+            headers.append((b"set-cookie", self.plan.set_cookie))
+        if not whole(self.scope, status, headers, body):
+            return False
+        self.started = True
+        # read now that the client has it all, without a reader to keep
+        usage, unreadable = whole_usage(headers, body)
+        self.usage = usage
+        if unreadable:
+            plan = self.plan
+            self.app.metrics.usage_unreadable.labels(plan.release, plan.arm.value).inc()
+        return True
 
     async def _relay(self, response: RawResponse) -> None:
         """The upstream's response to the client, chunk by chunk as it comes."""
@@ -345,11 +453,12 @@ class _Exchange:
                 headers = [pair for pair in headers if pair[0].lower() != _CONTENT_LENGTH]
             if self.plan.set_cookie is not None:
                 headers.append((b"set-cookie", self.plan.set_cookie))
+            body = response.body
             await send({"type": "http.response.start", "status": self.status, "headers": headers})
             self.started = True
-            reader = self.reader = reader_for(headers, response.body)
-            if response.body is not None:
-                await send({"type": "http.response.body", "body": response.body})
+            reader = self.reader = reader_for(headers, body)
+            if body is not None:
+                await send({"type": "http.response.body", "body": body})
                 return
             if reader is None:
                 async for chunk in response.stream:
@@ -377,29 +486,6 @@ class _Exchange:
         outcome.usage = reader.result()
         if reader.unreadable:
             self.app.metrics.usage_unreadable.labels(outcome.release, outcome.arm.value).inc()
-
-    def _outcome(self, start_ns: int, end_ns: int) -> RequestOutcome:
-        plan = self.plan
-        gone_early = self.failure is Failure.CLIENT_GONE and not self.started
-        trace = plan.trace
-        # by position, in the order of RequestOutcome's fields (keywords cost twice as much)
-        return RequestOutcome(
-            plan.release,
-            plan.arm,
-            plan.method,
-            plan.path,
-            499 if gone_early else self.status,
-            start_ns,
-            end_ns,
-            trace.trace_id,
-            trace.span_id,
-            trace.parent_span_id,
-            plan.request_id,
-            plan.prompt_label,
-            self.failure,
-            None,
-            plan.sampled,
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,12 +19,15 @@ CLIENT_GONE: Final = "coalmine.client_gone"
 class ClientGone:
     """Calls ``then`` once if the client's connection is lost before the response ends."""
 
-    __slots__ = ("then",)
+    __slots__ = ("fired", "then")
 
     def __init__(self) -> None:
         self.then: Callable[[], None] | None = None
+        self.fired = False
+        """The client went: an application that reads no body learns it here."""
 
     def fire(self) -> None:
+        self.fired = True
         then, self.then = self.then, None
         if then is not None:
             then()

@@ -29,7 +29,9 @@ protocol serves the proxy alone (``ProxyApp``, or any ASGI app that answers with
 It also tells the application when a client goes while its request is answered: each
 request's scope carries a ``ClientGone`` under the ``coalmine.client_gone`` extension,
 fired by ``connection_lost``, which spares the application a task per request that
-waits on ``receive()`` for ``http.disconnect``.
+waits on ``receive()`` for ``http.disconnect``; and, under ``coalmine.send_whole``
+(``proxy/send_whole.py``), a call that writes a whole response at once, which spares it
+the two ``send`` messages of a body that came whole.
 
 Not supported, since the proxy is not configured with them: uvicorn's
 ``limit_concurrency``, ``root_path``, access log and WebSocket upgrades.
@@ -53,6 +55,7 @@ from uvicorn.server import ServerState
 
 from proxy.client_gone import CLIENT_GONE, ClientGone
 from proxy.flow import WriteFlow
+from proxy.send_whole import SEND_WHOLE
 
 log = logging.getLogger("coalmine.proxy")
 
@@ -117,6 +120,7 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 """The scope's ``asgi``, one for all requests (never changed)."""
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _LINE_ENDS_AND_NUL = b"\r\n\x00"
+_new_object = object.__new__
 
 
 class _Cycle:
@@ -158,7 +162,9 @@ class _Cycle:
         self.pending = b""
         """The response head, held until the first body part goes with it."""
         self.waiter: asyncio.Future[None] | None = None
-        self.gone = ClientGone()
+        # ClientGone(), without the call of its __init__
+        self.gone = gone = _new_object(ClientGone)
+        gone.then, gone.fired = None, False
 
 
 class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
@@ -228,6 +234,8 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
         """Armed while a request body is read, re-armed only when it fires early."""
         self._body_from = 0.0
         """When the last byte of the request body being read arrived (loop time)."""
+        self._send_whole = {"send": self.send_whole}
+        """The ``coalmine.send_whole`` extension, one for the connection's requests."""
 
     # -- connection ----------------------------------------------------------------
 
@@ -273,7 +281,9 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
             cycle.keep_alive = False
             self.pipeline.clear()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(  # noqa: C901, PLR0912 (the common feed in line: a call costs as much)
+        self, data: bytes
+    ) -> None:
         self.idle_from = None
         if self._in_head and self._head_started is None:
             self._head_started = self.loop.time()
@@ -282,6 +292,28 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
                     self.limits.header_timeout, self._head_too_slow
                 )
         limit = self.limits.max_head_bytes
+        bounded = self._bounded
+        if not bounded or len(data) <= limit - self._bounded_bytes:
+            # the whole of ``data`` is fed at once (the loop below in one pass, in line)
+            self._entered = False
+            transport = self.transport
+            if self.closing or self.upgrade or self.refusal or transport.is_closing():
+                return
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self._upgraded()
+                return
+            except (httptools.HttpParserError, httptools.HttpParserInvalidURLError) as error:
+                self._refuse(400, "bad_request", f"invalid HTTP request: {error}")
+                return
+            if transport.is_closing() or self.refusal:
+                return
+            if bounded and self._bounded and not self._entered:
+                self._bounded_bytes += len(data)
+            if self.reading is not None:
+                self._watch_body()
+            return
         while data:
             piece = data
             if self._bounded:
@@ -308,14 +340,17 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # the rest of the stream would be another protocol's: read no further
-            self.upgrade = True
-            self._stop_head_timer()
+            self._upgraded()
             return False
         except (httptools.HttpParserError, httptools.HttpParserInvalidURLError) as error:
             self._refuse(400, "bad_request", f"invalid HTTP request: {error}")
             return False
         return not self.transport.is_closing() and not self.refusal
+
+    def _upgraded(self) -> None:
+        # the rest of the stream would be another protocol's: read no further
+        self.upgrade = True
+        self._stop_head_timer()
 
     # -- parser callbacks ------------------------------------------------------------
 
@@ -369,10 +404,15 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
         keep_alive = version != "1.0" and parser.should_keep_alive() and not parser.should_upgrade()
         # an HTTP/1.0 client's expectation is ignored (RFC 9110 10.1.1)
         cycle = _Cycle(scope, keep_alive, self.continue_expected and version != "1.0")
-        scope["extensions"] = {CLIENT_GONE: {"gone": cycle.gone}}
+        scope["extensions"] = {CLIENT_GONE: {"gone": cycle.gone}, SEND_WHOLE: self._send_whole}
         self.reading = cycle
-        if self.cycle is None or self.cycle.response_complete:
-            self._start(cycle)
+        current = self.cycle
+        if current is None or current.response_complete:
+            if self.task is not None:  # _start's common case, in line
+                self.cycle = cycle
+                _release(self.next_request)
+            else:
+                self._start(cycle)
         else:
             self.pipeline.append(cycle)
             self._pause_reading()
@@ -398,9 +438,12 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
         cycle = self.reading
         if cycle is not None:
             cycle.more_body = False
-            _wake(cycle)
+            if cycle.waiter is not None:
+                _wake(cycle)
             self.reading = None
-        self._enter_bounded(head=True)
+        # _enter_bounded(head=True), in line
+        self._bounded = self._entered = self._in_head = True
+        self._bounded_bytes = 0
 
     # -- requests and responses --------------------------------------------------------
 
@@ -420,8 +463,21 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
     async def _serve(self) -> None:
         """The connection's requests, one after another, until it is lost."""
         cycle = self.cycle
+        app = self.app
         while cycle is not None and not self.closing:
-            await self._run(cycle)
+            # in line, not a coroutine of its own per request
+            try:
+                # partials, not closures: the application's await reaches them directly
+                await app(cycle.scope, partial(self._receive, cycle), partial(self._send, cycle))
+            except BaseException as error:
+                if not isinstance(error, asyncio.CancelledError):
+                    log.error("the proxy failed on a request", exc_info=error)
+                self._unanswered(cycle)
+                if not isinstance(error, Exception):
+                    raise
+            else:
+                if not cycle.response_complete:
+                    self._unanswered(cycle)
             while self.cycle is cycle and not self.closing:
                 waiter = asyncio.get_running_loop().create_future()
                 self.next_request = waiter
@@ -430,19 +486,6 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
                 finally:
                     self.next_request = None
             cycle = self.cycle
-
-    async def _run(self, cycle: _Cycle) -> None:
-        try:
-            # partials, not closures: the application's await reaches them directly
-            await self.app(cycle.scope, partial(self._receive, cycle), partial(self._send, cycle))
-        except BaseException as error:
-            if not isinstance(error, asyncio.CancelledError):
-                log.error("the proxy failed on a request", exc_info=error)
-            self._unanswered(cycle)
-            if not isinstance(error, Exception):
-                raise
-        else:
-            self._unanswered(cycle)
 
     def _unanswered(self, cycle: _Cycle) -> None:
         """The application is done with a request: a response it did not begin is a
@@ -508,6 +551,37 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
                 raise RuntimeError("response body shorter than its Content-Length")
             self._complete(cycle)
 
+    def send_whole(
+        self, scope: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> bool:
+        """The whole response of the request of ``scope``, head and body in one write
+        (``proxy.send_whole``): what ``_send`` does for its two messages, but for the
+        wait on a paused write, when False sends the application back to them."""
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not scope or cycle.response_started:
+            return False
+        if cycle.disconnected:
+            return True
+        if self.write_paused:
+            return False
+        cycle.response_started = True
+        cycle.continue_expected = False
+        head = self._response_head(cycle, status, headers)
+        left = cycle.left
+        if cycle.head_only or cycle.chunked or left is None:
+            body = head + self._framed(cycle, body, False)
+        else:  # _framed's case of a length, in line
+            left -= len(body)
+            if left < 0:
+                raise RuntimeError("response body longer than its Content-Length")
+            cycle.left = left
+            body = head + body
+        self.transport.write(body)
+        if cycle.left and not cycle.head_only:
+            raise RuntimeError("response body shorter than its Content-Length")
+        self._complete(cycle)
+        return True
+
     @staticmethod
     def _framed(cycle: _Cycle, body: bytes, more: bool) -> bytes:
         """A part of the response body as it goes on the wire."""
@@ -524,12 +598,15 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
                 raise RuntimeError("response body longer than its Content-Length")
         return body
 
-    def _response_head(self, cycle: _Cycle, status: int, headers: Any) -> bytes:
+    def _response_head(  # noqa: C901, PLR0912 (the framing in line: a call costs as much)
+        self, cycle: _Cycle, status: int, headers: Any
+    ) -> bytes:
         pieces = [_STATUS_LINES[status]]
         ends = 2  # the status line's and the head's
         length: int | None = None
         chunked = close = False
-        for name, value in (*self.server_state.default_headers, *headers):
+        defaults = self.server_state.default_headers
+        for name, value in (*defaults, *headers) if defaults else headers:
             lowered = name.lower()
             if lowered in _FRAMING:
                 if lowered == b"content-length":
@@ -544,9 +621,20 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
             ends += 1
         if close:
             cycle.keep_alive = False
-        if _frame(cycle, status, length, chunked):
+        # how the body goes on the wire (RFC 9112 6.3), in line
+        http11 = cycle.scope["http_version"] == "1.1"
+        if cycle.head_only or status in _NO_BODY_STATUS or status < 200:
+            cycle.left = 0  # whatever its fields say
+        elif chunked and http11:
+            cycle.chunked = True
+        elif length is not None:
+            cycle.left = length
+        elif http11:
+            cycle.chunked = True  # a body without a length: the proxy chunks it
             pieces.append(_CHUNKED_HEADER)
             ends += 1
+        else:
+            cycle.keep_alive = False  # the body ends where the connection does
         if not cycle.keep_alive and not close:
             pieces.append(_CONNECTION_CLOSE)
             ends += 1
@@ -560,7 +648,8 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
 
     def _complete(self, cycle: _Cycle) -> None:
         cycle.response_complete = True
-        _wake(cycle)
+        if cycle.waiter is not None:
+            _wake(cycle)
         self.server_state.total_requests += 1
         if not cycle.keep_alive or self.upgrade:
             self.transport.close()
@@ -575,8 +664,14 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
             self.transport.write(self.refusal)
             self.transport.close()
         else:
-            self._resume_reading()
-            self._idle()
+            if self.read_paused:
+                self._resume_reading()
+            # _idle, in line
+            self.idle_from = self.loop.time()
+            if self.idle_timer is None:
+                self.idle_timer = self.loop.call_later(
+                    self.limits.idle_timeout, self._idle_too_long
+                )
 
     def _answer_500(self, cycle: _Cycle) -> None:
         body = json.dumps(
@@ -736,25 +831,6 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
             return
         self.transport.write(refusal)
         self.transport.close()
-
-
-def _frame(cycle: _Cycle, status: int, length: int | None, chunked: bool) -> bool:
-    """Sets how the response's body goes on the wire (RFC 9112 6.3); True when the
-    proxy chunks a body that came without a length."""
-    no_body = cycle.head_only or status in _NO_BODY_STATUS or status < 200
-    http11 = cycle.scope["http_version"] == "1.1"
-    if no_body:
-        cycle.left = 0  # whatever its fields say
-    elif chunked and http11:
-        cycle.chunked = True
-    elif length is not None:
-        cycle.left = length
-    elif http11:
-        cycle.chunked = True
-        return True
-    else:
-        cycle.keep_alive = False  # the body ends where the connection does
-    return False
 
 
 def _wake(cycle: _Cycle) -> None:

@@ -33,10 +33,11 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-_PREFIX = HEADER_PREFIX.encode()
+COALMINE_PREFIX = HEADER_PREFIX.encode()
+"""Every header a client sends with it is removed before forwarding."""
 # Expect: the proxy reads or streams the body at once, so 100-continue is answered by
 # the server in front and never asked of the upstream.
-_DROPPED_FROM_CLIENT = HOP_BY_HOP | {
+DROPPED_FROM_CLIENT = HOP_BY_HOP | {
     b"host",
     b"content-length",
     b"traceparent",
@@ -44,6 +45,8 @@ _DROPPED_FROM_CLIENT = HOP_BY_HOP | {
     REQUEST_ID_HEADER.encode(),
 }
 _DROPPED_FROM_UPSTREAM = HOP_BY_HOP
+_KEEP_ALIVE = frozenset({b"keep-alive", b"Keep-Alive"})
+"""Connection values that name nothing more to drop (the commonest by far)."""
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
@@ -74,14 +77,16 @@ def request_headers_for_upstream(
     Content length and trace context are set again by the proxy; Host comes from the
     upstream URL.
     """
-    kept = [
-        (name, value)
-        for name, value in headers
-        if name not in _DROPPED_FROM_CLIENT
-        and name not in replaced
-        and not name.startswith(_PREFIX)
-    ]
-    if len(kept) < len(headers) and any(name == b"connection" for name, _ in headers):
+    kept: Headers = []
+    connection = False
+    # one pass: a Connection header is rare, and only then are the names it lists dropped
+    for pair in headers:
+        name = pair[0]
+        if name in DROPPED_FROM_CLIENT:
+            connection = connection or name == b"connection"
+        elif name not in replaced and not name.startswith(COALMINE_PREFIX):
+            kept.append(pair)
+    if connection:
         named = connection_tokens(headers)
         kept = [(name, value) for name, value in kept if name not in named]
     return kept
@@ -90,18 +95,18 @@ def request_headers_for_upstream(
 def response_headers_for_client(raw: list[tuple[bytes, bytes]]) -> Headers:
     """The upstream's response headers minus hop-by-hop ones; names lower-cased."""
     kept: Headers = []
-    dropped = False
+    named: set[bytes] | None = None
     for name, value in raw:
         lowered = name.lower()
-        if lowered in _DROPPED_FROM_UPSTREAM:
-            dropped = True
-        else:
+        if lowered not in _DROPPED_FROM_UPSTREAM:
             kept.append((lowered, value))
-    if dropped:
-        # Connection (itself hop-by-hop) may name more headers to drop
-        named = connection_tokens([(name.lower(), value) for name, value in raw])
-        if named:
-            kept = [(name, value) for name, value in kept if name not in named]
+        elif lowered == b"connection" and value not in _KEEP_ALIVE:
+            # Connection (itself hop-by-hop) may name more headers to drop
+            if named is None:
+                named = set()
+            named.update(part.strip().lower() for part in value.split(b",") if part.strip())
+    if named and not named <= _DROPPED_FROM_UPSTREAM:
+        kept = [(name, value) for name, value in kept if name not in named]
     return kept
 
 
@@ -123,8 +128,9 @@ class TraceContext(NamedTuple):
 class _RandomHex:
     """Hex digits of the operating system's random bytes, read 4 KiB at a time: one
     system call for a few hundred ids instead of one each (the proxy makes three per
-    request), and one conversion to hex for all of them. A forked worker starts with a
-    buffer of its own, never its parent's."""
+    request), and one conversion to hex for all of them. Ids of 32 and of 16 digits are
+    cut ahead, a batch at a time, so that taking one is a list's ``pop``. A forked worker
+    starts with buffers of its own, never its parent's."""
 
     SIZE = 4096
     """Bytes read at a time."""
@@ -132,10 +138,13 @@ class _RandomHex:
     def __init__(self) -> None:
         self._buffer = ""
         self._at = 0
+        self._ids32: list[str] = []
+        self._ids16: list[str] = []
         os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self) -> None:
         self._buffer, self._at = "", 0
+        self._ids32, self._ids16 = [], []
 
     def take(self, digits: int) -> str:
         at = self._at
@@ -144,23 +153,38 @@ class _RandomHex:
         self._at = at + digits
         return self._buffer[at : at + digits]
 
+    def id32(self) -> str:
+        """32 digits, never all zero (a W3C trace id must not be)."""
+        ids = self._ids32
+        if not ids:
+            ids = self._ids32 = _cut(16, _ZERO_TRACE)
+        return ids.pop()
+
+    def id16(self) -> str:
+        """16 digits, never all zero (a W3C span id must not be)."""
+        ids = self._ids16
+        if not ids:
+            ids = self._ids16 = _cut(8, _ZERO_SPAN)
+        return ids.pop()
+
+
+def _cut(size: int, zero: str) -> list[str]:
+    """Ids of ``size`` random bytes in hex, cut by ``hex`` and ``split`` (no Python
+    loop), without the all-zero one."""
+    ids = os.urandom(_RandomHex.SIZE).hex(" ", size).split()
+    return [cut for cut in ids if cut != zero] if zero in ids else ids
+
 
 _random_hex = _RandomHex()
 
+new_span_id: Callable[[], str] = _random_hex.id16
+"""A fresh W3C span id: 16 random hex digits, not all zero."""
 
-def new_span_id() -> str:
-    span = _random_hex.take(16)
-    return span if span != _ZERO_SPAN else new_span_id()
+new_trace_id: Callable[[], str] = _random_hex.id32
+"""A fresh W3C trace id: 32 random hex digits, not all zero."""
 
-
-def new_trace_id() -> str:
-    trace = _random_hex.take(32)
-    return trace if trace != _ZERO_TRACE else new_trace_id()
-
-
-def new_request_id() -> str:
-    """32 random hex digits: a request id, or the sticky key of a new user."""
-    return _random_hex.take(32)
+new_request_id: Callable[[], str] = _random_hex.id32
+"""32 random hex digits: a request id, or the sticky key of a new user."""
 
 
 def trace_context(

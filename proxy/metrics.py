@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from policies.domain import Arm
 from proxy.outcome import Failure, RequestOutcome
 
 LATENCY_BUCKETS = (
@@ -81,6 +82,9 @@ def _le(bound: float) -> str:
 
 
 _CODE_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
+# read once: an enum member's value, or a member read off its class, costs a call
+_ARM_VALUES: dict[str, str] = {arm: arm.value for arm in Arm}
+_CLIENT_GONE, _TOO_LARGE = Failure.CLIENT_GONE, Failure.TOO_LARGE
 """Status class labels by the status's first digit; none for no status (0)."""
 
 
@@ -253,17 +257,26 @@ class ProxyMetrics:
 
     def observe(self, outcome: RequestOutcome) -> None:
         """Count one primary request."""
-        self.answered.add(
-            outcome.release,
-            outcome.arm.value,
-            _CODE_CLASSES.get(outcome.status // 100, "none"),
-            (outcome.end_ns - outcome.start_ns) / 1e9,
-        )
+        arm = _ARM_VALUES[outcome.arm]
+        release = outcome.release
+        # RequestTally.add, in line
+        tally = self.answered
+        key = (release, arm, _CODE_CLASSES.get(outcome.status // 100, "none"))
+        counts = tally.counts
+        counts[key] = counts.get(key, 0) + 1
+        cells = tally.durations.get((release, arm))
+        if cells is None:
+            cells = tally.durations[release, arm] = [0.0] * (len(tally.bounds) + 2)
+        seconds = (outcome.end_ns - outcome.start_ns) / 1e9
+        cells[bisect_left(tally.bounds, seconds)] += 1
+        cells[-1] += seconds
         failure = outcome.failure
-        if failure is Failure.CLIENT_GONE:
-            self.client_gone.labels(outcome.release, outcome.arm.value).inc()
-        elif failure is not None and failure is not Failure.TOO_LARGE:
-            self.upstream_errors.labels(outcome.release, outcome.arm.value, failure.value).inc()
+        if failure is None:
+            return
+        if failure is _CLIENT_GONE:
+            self.client_gone.labels(outcome.release, arm).inc()
+        elif failure is not _TOO_LARGE:
+            self.upstream_errors.labels(outcome.release, arm, failure.value).inc()
 
     def observe_shadow(self, outcome: RequestOutcome) -> None:
         """Count one mirrored copy that was sent (answered or failed)."""

@@ -20,6 +20,7 @@ import hmac
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Final, Protocol
 
 from coalmine.shared.conventions import (
@@ -36,14 +37,16 @@ from coalmine.shared.sampling import is_sampled
 from policies.domain import Arm
 from proxy.assign import arm_at_random, arm_for_key
 from proxy.headers import (
+    COALMINE_PREFIX,
+    DROPPED_FROM_CLIENT,
     Headers,
     TraceContext,
+    connection_tokens,
     cookie_value,
     host_is_valid,
     new_request_id,
     new_span_id,
     new_trace_id,
-    request_headers_for_upstream,
     request_id,
     sticky_cookie,
     trace_context,
@@ -62,6 +65,9 @@ _TRACEPARENT: Final = TRACEPARENT_HEADER.encode()
 _REQUEST_ID: Final = REQUEST_ID_HEADER.encode()
 _ARM: Final = ARM_HEADER.encode()
 _LABEL: Final = PROMPT_LABEL_HEADER.encode()
+_CANARY: Final = Arm.CANARY
+_new_tuple = tuple.__new__
+"""What a named tuple's ``__new__`` calls, without the Python frame of its own."""
 _FORCEABLE: Final = {Arm.BASELINE.value: Arm.BASELINE, Arm.CANARY.value: Arm.CANARY}
 _ARM_HEADERS: Final = {arm: (_ARM, arm.value.encode()) for arm in Arm}
 _SAMPLED_HEADERS: Final = {
@@ -235,28 +241,52 @@ class Forward:
 
 
 class _Incoming:
-    """The request headers the plan looks at, gathered in one pass. Its fields are
-    class attributes until a header sets them: one is made for every request, and most
-    requests set few of its seventeen fields."""
+    """The request headers the plan looks at, gathered in one pass. Slots, every one
+    set at once: a field read off the class, for a header not sent, costs four times a
+    slot's read, and a request reads a dozen."""
 
-    sticky: str | None = None
-    cookie: str | None = None
-    force: str | None = None
-    token: str | None = None
-    traceparent: str | None = None
-    request_id: str | None = None
-    content_length: int | None = None
-    bad_length: bool = False
-    chunked: bool = False
-    forwarded_for: str | None = None
-    forwarded_proto: str | None = None
-    host: str | None = None
-    hosts: int = 0
-    bad_host: bool = False
-    codings: list[str] | None = None
-    """The transfer codings of every ``Transfer-Encoding``, in order; None: none sent.
-    Never changed in place: replaced by a new list."""
-    size: int = 0
+    __slots__ = (
+        "bad_host",
+        "bad_length",
+        "chunked",
+        "codings",
+        "content_length",
+        "cookie",
+        "force",
+        "forwarded",
+        "forwarded_for",
+        "forwarded_proto",
+        "host",
+        "hosts",
+        "request_id",
+        "size",
+        "sticky",
+        "token",
+        "traceparent",
+    )
+
+    def __init__(self) -> None:
+        self.sticky: str | None = None
+        self.cookie: str | None = None
+        self.force: str | None = None
+        self.token: str | None = None
+        self.traceparent: str | None = None
+        self.request_id: str | None = None
+        self.content_length: int | None = None
+        self.bad_length = False
+        self.chunked = False
+        self.forwarded_for: str | None = None
+        self.forwarded_proto: str | None = None
+        self.host: str | None = None
+        self.hosts = 0
+        self.bad_host = False
+        self.codings: list[str] | None = None
+        """The transfer codings of every ``Transfer-Encoding``, in order; None: none
+        sent. Never changed in place: replaced by a new list."""
+        self.size = 0
+        self.forwarded: Headers = []
+        """The client's headers as forwarded (without the ``X-Forwarded-*`` the proxy
+        adds)."""
 
     def add_cookie(self, text: str) -> None:
         self.cookie = text if self.cookie is None else f"{self.cookie}; {text}"
@@ -282,97 +312,180 @@ class _Incoming:
         self.codings = [*(self.codings or []), *codings]
 
 
-def _gather(headers: Headers, sticky_header: bytes | None) -> _Incoming:
+# What the one pass over the request headers does with a name, besides forwarding it or
+# not: an ordinary name (not here) is forwarded unless it is hop-by-hop or a coalmine one.
+_TEXT, _COOKIE, _LENGTH, _HOST, _CODINGS, _FORCE_ARM, _CONNECTION, _FORWARDED_HOST = range(8)
+_ROLES: Final = {
+    **dict.fromkeys(_TEXT_FIELDS, _TEXT),
+    b"cookie": _COOKIE,
+    b"content-length": _LENGTH,
+    b"host": _HOST,
+    b"transfer-encoding": _CODINGS,
+    _FORCE: _FORCE_ARM,
+    b"connection": _CONNECTION,
+    b"x-forwarded-host": _FORWARDED_HOST,
+}
+_X_FORWARDED_FOR: Final = b"x-forwarded-for"
+
+
+def _gather(  # noqa: C901, PLR0912 (one pass over the headers, in line: a call a header would cost more)
+    headers: Headers, sticky_header: bytes | None, client_known: bool
+) -> _Incoming:
+    """The headers the plan reads, and in ``forwarded`` those sent on as
+    ``request_headers_for_upstream`` keeps them (``x-forwarded-for`` replaced when the
+    client is known, ``x-forwarded-host`` when a Host came), in the same pass."""
     seen = _Incoming()
-    size = 0
-    for name, value in headers:
-        size += len(name) + len(value) + 4
+    kept: Headers = []
+    connection = forwarded_host = False
+    for pair in headers:
+        name, value = pair
+        role = _ROLES.get(name)
+        if role is None:
+            if name == sticky_header:
+                seen.sticky = value.decode("latin-1")
+            if name not in DROPPED_FROM_CLIENT and not name.startswith(COALMINE_PREFIX):
+                kept.append(pair)
+            continue
         if name == sticky_header:
             seen.sticky = value.decode("latin-1")
-        elif (field := _TEXT_FIELDS.get(name)) is not None:
-            setattr(seen, field, value.decode("latin-1"))
-        elif name == b"cookie":
+        elif role == _TEXT:
+            setattr(seen, _TEXT_FIELDS[name], value.decode("latin-1"))
+        elif role == _COOKIE:
             seen.add_cookie(value.decode("latin-1"))
-        elif name == b"content-length":
+        elif role == _LENGTH:
             seen.add_length(value)
-        elif name == b"host":
+        elif role == _HOST:
             seen.add_host(value)
-        elif name == b"transfer-encoding":
+        elif role == _CODINGS:
             seen.add_codings(value)
-        elif name == _FORCE:
+        elif role == _FORCE_ARM:
             seen.force = value.decode("latin-1").strip().lower()
-    seen.size = size
+        if role == _CONNECTION:
+            connection = True
+        elif role == _FORWARDED_HOST:
+            forwarded_host = True
+            kept.append(pair)
+        elif name == _X_FORWARDED_FOR:
+            if not client_known:
+                kept.append(pair)
+        elif name not in DROPPED_FROM_CLIENT and not name.startswith(COALMINE_PREFIX):
+            kept.append(pair)
+    # the names' and values' lengths summed without a Python step a header
+    seen.size = sum(map(len, chain.from_iterable(headers))) + 4 * len(headers)
     seen.chunked = seen.codings == ["chunked"]
+    if forwarded_host and seen.host is not None:
+        kept = [pair for pair in kept if pair[0] != b"x-forwarded-host"]
+    if connection:
+        named = connection_tokens(headers)
+        kept = [pair for pair in kept if pair[0] not in named]
+    seen.forwarded = kept
     return seen
 
 
-def plan_request(
+def plan_request(  # noqa: C901, PLR0912, PLR0915 (the common path in line: calls cost as much as the rest)
     head: RequestHead, releases: Releases, settings: PlanSettings, chance: Chance
 ) -> Refusal | Forward:
     """What to do with a request, from its head and the routing tables in force."""
     raw_path, question, query = head.target.partition("?")
-    try:
-        path = target_path(raw_path)
-    except BadPathError as error:
-        return Refusal(400, "bad_path", str(error), None, "bad_request")
-    release = releases.match(path.decoded)
+    if "." not in raw_path and "%" not in raw_path and raw_path.startswith("/"):
+        path_raw = path_decoded = raw_path  # nothing to resolve or decode
+    else:
+        try:
+            path = target_path(raw_path)
+        except BadPathError as error:
+            return Refusal(400, "bad_path", str(error), None, "bad_request")
+        path_raw, path_decoded = path
+    release = releases.match(path_decoded)
     if release is None:
-        message = f"no release serves the path {path.decoded!r}"
+        message = f"no release serves the path {path_decoded!r}"
         return Refusal(404, "no_release", message, None, "no_release")
-    seen = _gather(head.headers, release.sticky_header)
-    rid = request_id(seen.request_id, chance.new_id)
+    seen = _gather(head.headers, release.sticky_header, head.client is not None)
+    incoming_id = seen.request_id
+    rid = chance.new_id() if incoming_id is None else request_id(incoming_id, chance.new_id)
     limit = release.body_limit
-    refused = _refused_head(seen, limit, settings, rid) or _refused_framing(head, seen, rid)
-    if refused is not None:
-        return refused
+    expected = seen.content_length
+    if (
+        seen.size > settings.max_header_bytes
+        or seen.bad_length
+        or (expected is not None and expected > limit)
+        or seen.hosts != 1
+        or seen.bad_host
+        or seen.codings is not None
+    ):  # the checks' common outcome, in line: nothing to refuse
+        refused = _refused_head(seen, limit, settings, rid) or _refused_framing(head, seen, rid)
+        if refused is not None:
+            return refused
     table = release.table  # read once: the refresher may swap it meanwhile
+    routed = release.routed_cache
+    if routed is None or routed.table is not table:
+        routed = release.routed(table)
     if seen.force is not None:
         forced = _forced_arm(seen, settings, head.client or "", rid)
         if isinstance(forced, Refusal):
             return forced
         arm, set_cookie = forced, None
+    elif release.sticky_header is not None and seen.sticky:
+        arm, set_cookie = arm_for_key(release.name, seen.sticky, routed.canary_weight), None
     else:
-        arm, set_cookie = _assign(head, seen, release, table, chance)
-    route = table.canary if arm is Arm.CANARY else table.baseline
-    trace = trace_context(seen.traceparent, chance.new_trace_id, chance.new_span_id)
+        arm, set_cookie = _assign(head, seen, release, routed.canary_weight, chance)
+    route = routed.canary if arm is _CANARY else routed.baseline
+    traceparent = seen.traceparent
+    if traceparent is None:
+        trace_id, span_id = chance.new_trace_id(), chance.new_span_id()
+        trace = _new_tuple(TraceContext, (trace_id, None, span_id, "01"))
+        sent_traceparent = f"00-{trace_id}-{span_id}-01"
+    else:
+        trace = trace_context(traceparent, chance.new_trace_id, chance.new_span_id)
+        trace_id = trace[0]
+        sent_traceparent = trace.traceparent()
     # the rate in force at the request's arrival, not when the table was read: every
     # proxy switches rates at the same instant. A release no rollout has routed yet
     # (version 0: the policy's own table) samples nothing: nothing judges it, and a
     # busy one would have Langfuse reads start on a burst of tagged traces.
-    if table.score_sample:
-        sampled = is_sampled(trace.trace_id, table.sample_rate(head.arrival_ns // 1_000_000_000))
+    if routed.score_sample:
+        sampled = is_sampled(trace_id, table.sample_rate(head.arrival_ns // 1_000_000_000))
     else:
-        sampled = table.version > 0
-    forwarded = _forwarded_headers(head, seen)
+        sampled = routed.version > 0
+    # _forwarded_headers, in line
+    forwarded = seen.forwarded
+    client = head.client
+    if client is not None:
+        if seen.forwarded_for:
+            client = f"{seen.forwarded_for}, {client}"
+        forwarded.append((b"x-forwarded-for", client.encode("latin-1")))
+    if seen.forwarded_proto is None:
+        forwarded.append((b"x-forwarded-proto", head.scheme.encode()))
+    if seen.host:
+        forwarded.append((b"x-forwarded-host", seen.host.encode("latin-1")))
     headers = [
         *forwarded,
         release.release_header,
         _ARM_HEADERS[arm],
         _SAMPLED_HEADERS[sampled],
         (_REQUEST_ID, rid.encode()),
-        (_TRACEPARENT, trace.traceparent().encode()),
+        (_TRACEPARENT, sent_traceparent.encode()),
     ]
-    if route.prompt_label is not None:
-        headers.append((_LABEL, route.prompt_label.encode()))
-    if seen.content_length is not None:
-        headers.append((b"content-length", str(seen.content_length).encode()))
+    if route.label_header is not None:
+        headers.append(route.label_header)
+    if expected is not None:
+        headers.append((b"content-length", str(expected).encode()))
     shadow, shadow_dropped = (
         (None, False)
-        if table.shadow is None
-        else _shadow(table, head.method, seen.content_length, forwarded, chance)
+        if routed.shadow is None
+        else _shadow(table, head.method, expected, forwarded, chance)
     )
-    expected = seen.content_length
+    upstream = route.upstream
     # by position, in the order of Forward's fields: binding 17 keywords cost more than
     # all the rest of its making
     return Forward(
         release.name,
         arm,
-        releases.upstream_of(route),
+        releases.app_url if upstream is None else upstream,
         head.method,
-        path.decoded,
-        path.raw + question + query,
+        path_decoded,
+        path_raw + question + query,
         headers,
-        seen.content_length,
+        expected,
         rid,
         trace,
         route.prompt_label,
@@ -400,20 +513,18 @@ def _refused_head(seen: _Incoming, limit: int, settings: PlanSettings, rid: str)
 
 
 def _assign(
-    head: RequestHead, seen: _Incoming, release: Release, table: RoutingTable, chance: Chance
+    head: RequestHead, seen: _Incoming, release: Release, weight: float, chance: Chance
 ) -> tuple[Arm, bytes | None]:
     """The request's arm by its stickiness key, and the ``Set-Cookie`` that keeps a new
     user in it."""
-    weight = table.canary_weight
-    stickiness = release.policy.routing.stickiness
-    if stickiness is None:
+    if not release.sticky:
         return arm_at_random(weight, chance.percent()), None
     if release.sticky_header is not None:
         key = seen.sticky
         if key:
             return arm_for_key(release.name, key, weight), None
         return arm_at_random(weight, chance.percent()), None
-    cookie_name = stickiness.cookie or ""
+    cookie_name = release.sticky_cookie or ""
     known = cookie_value(seen.cookie, cookie_name) if seen.cookie else None
     if known is not None:
         return arm_for_key(release.name, known, weight), None
@@ -469,34 +580,6 @@ def _forced_arm(seen: _Incoming, settings: PlanSettings, client: str, rid: str) 
         message = f"{FORCE_ARM_HEADER} must be 'baseline' or 'canary'"
         return Refusal(403, "force_arm_refused", message, rid, "force_arm_refused")
     return arm
-
-
-_REPLACED_FOR: Final = frozenset({b"x-forwarded-for"})
-_REPLACED_HOST: Final = frozenset({b"x-forwarded-host"})
-_REPLACED_BOTH: Final = _REPLACED_FOR | _REPLACED_HOST
-_REPLACED: Final = {
-    (False, False): frozenset[bytes](),
-    (True, False): _REPLACED_FOR,
-    (False, True): _REPLACED_HOST,
-    (True, True): _REPLACED_BOTH,
-}
-
-
-def _forwarded_headers(head: RequestHead, seen: _Incoming) -> Headers:
-    """The client's headers as any upstream gets them, with the ``X-Forwarded-*`` the
-    proxy adds."""
-    replaced = _REPLACED[head.client is not None, seen.host is not None]
-    headers = request_headers_for_upstream(head.headers, replaced)
-    if head.client is not None:
-        forwarded = head.client
-        if seen.forwarded_for:
-            forwarded = f"{seen.forwarded_for}, {forwarded}"
-        headers.append((b"x-forwarded-for", forwarded.encode("latin-1")))
-    if seen.forwarded_proto is None:
-        headers.append((b"x-forwarded-proto", head.scheme.encode()))
-    if seen.host:
-        headers.append((b"x-forwarded-host", seen.host.encode("latin-1")))
-    return headers
 
 
 def _shadow(

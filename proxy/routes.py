@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from coalmine.shared.conventions import RELEASE_HEADER
+from coalmine.shared.conventions import PROMPT_LABEL_HEADER, RELEASE_HEADER
 from coalmine.shared.routing_tables.store import BadRoutingTableError, RoutingTableStore
 from coalmine.shared.routing_tables.table import (
     ArmRoute,
@@ -49,6 +49,20 @@ class Release:
     """Bytes of request body past which a request is refused."""
     release_header: tuple[bytes, bytes] = field(init=False, default=(b"", b""))
     """The ``x-coalmine-release`` header its requests carry upstream."""
+    sticky_cookie: str | None = field(init=False, default=None)
+    """The stickiness cookie's name, if the release is sticky by cookie."""
+    sticky: bool = field(init=False, default=False)
+    """The release is sticky (by header or cookie)."""
+    routed_cache: Routed | None = field(init=False, default=None, repr=False, compare=False)
+    """The table last read as ``routed`` gave it."""
+
+    def routed(self, table: RoutingTable) -> Routed:
+        """``table`` (the release's table, read once by the caller) as a request reads it:
+        made once per table, not once per request."""
+        routed = self.routed_cache
+        if routed is None or routed.table is not table:
+            routed = self.routed_cache = Routed(table)
+        return routed
 
     def __post_init__(self) -> None:
         routing = self.policy.routing
@@ -59,12 +73,56 @@ class Release:
         stickiness = routing.stickiness
         if stickiness is not None and stickiness.header is not None:
             self.sticky_header = stickiness.header.lower().encode()
+        if stickiness is not None:
+            self.sticky = True
+            self.sticky_cookie = stickiness.cookie
         self.timeout = {
             "connect": routing.connect_timeout,
             "read": routing.read_timeout,
             "write": routing.read_timeout,
             "pool": routing.connect_timeout,
         }
+
+
+class Routed:
+    """A routing table's values as plain attributes: a pydantic model's are read through
+    its ``__getattr__`` hook, at several times the cost, and a request reads a dozen."""
+
+    __slots__ = (
+        "baseline",
+        "canary",
+        "canary_weight",
+        "score_sample",
+        "shadow",
+        "table",
+        "version",
+    )
+
+    def __init__(self, table: RoutingTable) -> None:
+        self.table = table
+        self.canary_weight = table.canary_weight
+        self.version = table.version
+        self.score_sample = bool(table.score_sample)
+        self.shadow = table.shadow
+        self.baseline = RoutedArm(table.baseline)
+        self.canary = RoutedArm(table.canary)
+
+
+class RoutedArm:
+    """One arm's route as plain attributes."""
+
+    __slots__ = ("label_header", "prompt_label", "route", "upstream")
+
+    def __init__(self, route: ArmRoute) -> None:
+        self.route = route
+        self.upstream = route.upstream
+        """None: the proxy's application."""
+        self.prompt_label = route.prompt_label
+        self.label_header: tuple[bytes, bytes] | None = (
+            None
+            if route.prompt_label is None
+            else (PROMPT_LABEL_HEADER.encode(), route.prompt_label.encode())
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,7 @@ _READABLE = select.POLLIN | select.POLLPRI
 # to join them would cost more than the second write.
 _COALESCE_LIMIT = 64 * 1024
 _NO_TIMEOUTS: Mapping[str, float | None] = {}
+_new_object = object.__new__
 
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 """A response head past this size (status line, header lines, any interim responses
@@ -162,8 +163,14 @@ class _HostPool:
         while idle:
             conn = idle.pop()
             conn.state = _BUSY
-            if not conn.closed and conn.idle_deadline > now and not conn.readable():
-                return conn
+            if not conn.closed and conn.idle_deadline > now:
+                # conn.readable(), in line
+                poller = conn.poller
+                if poller is None:
+                    return conn
+                sock = conn.transport.get_extra_info("socket")
+                if sock is not None and sock.fileno() >= 0 and not poller.poll(0):
+                    return conn
             conn.close()
             self.discard(conn)
         return None
@@ -400,7 +407,9 @@ class _Connection(WriteFlow, asyncio.Protocol):
             self.complete = True
             # it would wait for the body the headers announce, which never comes
             self.parser = None
-        self._wake()
+        waiter = self.waiter  # _wake, in line
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
 
     def on_body(self, body: bytes) -> None:
         if self.complete:
@@ -411,7 +420,8 @@ class _Connection(WriteFlow, asyncio.Protocol):
         buffered = self.buffered + len(body)
         self.buffered = buffered
         pool = self.pool
-        pool.peak_buffered = max(pool.peak_buffered, buffered)
+        if buffered > pool.peak_buffered:  # noqa: PLR1730 (max() is a call: it costs more)
+            pool.peak_buffered = buffered
         if buffered > self.limit and not self.reading_paused and not self.closed:
             self.reading_paused = True
             self.transport.pause_reading()
@@ -422,11 +432,13 @@ class _Connection(WriteFlow, asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.headers_done and not self.complete:
             self.complete = True
-            self._wake()
+            waiter = self.waiter  # _wake, in line
+            if waiter is not None and not waiter.done():
+                waiter.set_result(True)
 
     # -- the exchange's side ----------------------------------------------------------
 
-    async def send(
+    async def send(  # noqa: C901, PLR0912 (the exchange's start in line: a call costs as much)
         self,
         method: str,
         head: bytes,
@@ -441,14 +453,32 @@ class _Connection(WriteFlow, asyncio.Protocol):
         ``StaleConnectionError`` when the connection closed before any byte of the
         response, saying whether any byte of the request may have reached the upstream.
         """
-        self._begin(method == "HEAD")
+        # the exchange begins (in line: a call costs as much as the rest of it)
+        if self.parser is None:
+            self.parser = httptools.HttpResponseParser(self)
+        self.active = True
+        self.head = method == "HEAD"
+        self.status = 0
+        self.reason = b""
+        self.headers = []
+        self.headers_done = self.complete = self.keep_alive = False
+        self.received = self.request_sent = self.junk = False
+        self.head_fed = 0
+        self.error = None
         transport = self.transport
         if self.closed or transport.is_closing():
             raise StaleConnectionError(sent=False)
-        if body is not None:
-            self._write_bytes(head, body, chunked)
-        else:
+        if body is None:
             transport.write(head)
+        else:
+            if chunked:
+                body = _CHUNK % (len(body), body) + _LAST_CHUNK if body else _LAST_CHUNK
+            if len(body) <= _COALESCE_LIMIT:
+                transport.write(head + body)
+            else:
+                transport.write(head)
+                if not transport.is_closing():
+                    transport.write(body)
         if transport.is_closing():
             # the socket refused the first bytes: nothing left, a streamed body is unread
             raise StaleConnectionError(sent=False)
@@ -466,7 +496,12 @@ class _Connection(WriteFlow, asyncio.Protocol):
                 if not self.received:
                     raise StaleConnectionError(sent=True)
                 raise httpx.RemoteProtocolError(_CLOSED_BEFORE_RESPONSE, request=request)
-            await self._wait(read_timeout, request)
+            try:
+                answered = await self._arm(read_timeout)
+            finally:
+                self.waiter = None
+            if not answered:
+                raise httpx.ReadTimeout("the upstream did not answer in time", request=request)
         return self._response(request, read_timeout)
 
     async def next_body(self, request: httpx.Request | None, timeout: float | None) -> None:
@@ -476,7 +511,12 @@ class _Connection(WriteFlow, asyncio.Protocol):
                 raise httpx.RemoteProtocolError(self.error, request=request)
             if self.closed:
                 raise httpx.RemoteProtocolError(_CLOSED_MID_BODY, request=request)
-            await self._wait(timeout, request)
+            try:
+                answered = await self._arm(timeout)
+            finally:
+                self.waiter = None
+            if not answered:
+                raise httpx.ReadTimeout("the upstream did not answer in time", request=request)
 
     def take(self) -> bytes:
         """The oldest buffered body chunk; reading resumes once the buffer has drained."""
@@ -527,34 +567,6 @@ class _Connection(WriteFlow, asyncio.Protocol):
             return True
         return bool(self.poller.poll(0))
 
-    def _begin(self, head: bool) -> None:
-        if self.parser is None:
-            self.parser = httptools.HttpResponseParser(self)
-        self.active = True
-        self.head = head
-        self.status = 0
-        self.reason = b""
-        self.headers = []
-        self.headers_done = False
-        self.head_fed = 0
-        self.complete = False
-        self.keep_alive = False
-        self.received = False
-        self.request_sent = False
-        self.junk = False
-        self.error = None
-
-    def _write_bytes(self, head: bytes, body: bytes, chunked: bool) -> None:
-        if chunked:
-            body = _CHUNK % (len(body), body) + _LAST_CHUNK if body else _LAST_CHUNK
-        transport = self.transport
-        if len(body) <= _COALESCE_LIMIT:
-            transport.write(head + body)
-        else:
-            transport.write(head)
-            if not transport.is_closing():
-                transport.write(body)
-
     async def _write_stream(
         self,
         stream: AsyncIterable[bytes] | None,
@@ -584,7 +596,10 @@ class _Connection(WriteFlow, asyncio.Protocol):
                 "the upstream did not take the request in time", request=request
             )
 
-    async def _wait(self, timeout: float | None, request: httpx.Request | None) -> None:
+    def _arm(self, timeout: float | None) -> asyncio.Future[bool]:
+        """The future a wait for the upstream awaits (True: something came; False: the
+        read timed out), with the read timer armed for it. The caller awaits it and
+        clears ``waiter`` after (a coroutine for the wait cost more than the wait)."""
         waiter = self.loop.create_future()
         self.waiter = waiter
         if timeout is None:
@@ -593,11 +608,7 @@ class _Connection(WriteFlow, asyncio.Protocol):
             self.read_deadline = self.loop.time() + timeout
             if self.read_timer is None:
                 self.read_timer = self.loop.call_later(timeout, self._read_too_slow)
-        try:
-            if not await waiter:
-                raise httpx.ReadTimeout("the upstream did not answer in time", request=request)
-        finally:
-            self.waiter = None
+        return waiter
 
     def _read_too_slow(self) -> None:
         """The read timer: armed by a wait and left armed after it (a timer made and
@@ -648,7 +659,12 @@ class _Connection(WriteFlow, asyncio.Protocol):
         if self.complete:
             body = b"".join(self.chunks)
             self.finish()
-            return RawResponse(status, headers, _NO_BODY, reason, version, body)
+            # RawResponse(status, headers, _NO_BODY, reason, version, body), without the
+            # call of its __init__
+            response = _new_object(RawResponse)
+            response.status, response.headers, response.stream = status, headers, _NO_BODY
+            response.reason, response.version, response.body = reason, version, body
+            return response
         stream = _ResponseStream(self, request, read_timeout)
         return RawResponse(status, headers, stream, reason, version)
 
@@ -876,7 +892,11 @@ class PooledTransport(httpx.AsyncBaseTransport):
         them); errors are httpx's (``request`` is put in them when given)."""
         pool = self._pools.get(origin) or self._new_pool(origin, request)
         whole, stream = (body, None) if isinstance(body, bytes) else (None, body)
-        conn, reused = await self._acquire(pool, request, timeouts)
+        conn = pool.take_idle()
+        if conn is not None:
+            reused = True
+        else:
+            conn, reused = await self._acquire(pool, request, timeouts)
         try:
             return await conn.send(method, head, whole, stream, chunked, timeouts, request)
         except StaleConnectionError as stale:

@@ -67,13 +67,9 @@ class UsageReader(Protocol):
     def result(self) -> Usage | None: ...
 
 
-def reader_for(  # noqa: C901 (one function: a call costs as much as the rest of it)
-    headers: list[tuple[bytes, bytes]], body: bytes | None
-) -> UsageReader | None:
-    """A reader for the response with these headers (names lower-cased), or None when
-    its body is not one that is read. ``body`` is the whole body when it came with the
-    head: then the reader is made only when the body holds ``"usage"``, so that a JSON
-    answer without one costs a look at its headers and one search of its bytes."""
+def _kind_and_cost(headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes | None]:
+    """What kind of body the response headers announce (``_JSON``, ``_EVENTS``; 0 for
+    any other, and for an encoded one, which is not read), and its cost header."""
     kind = 0
     cost: bytes | None = None
     for name, value in headers:
@@ -85,7 +81,16 @@ def reader_for(  # noqa: C901 (one function: a call costs as much as the rest of
             elif name == COST_HEADER:
                 cost = value
             elif value.strip().lower() != b"identity":
-                return None
+                return 0, None
+    return kind, cost
+
+
+def reader_for(headers: list[tuple[bytes, bytes]], body: bytes | None) -> UsageReader | None:
+    """A reader for the response with these headers (names lower-cased), or None when
+    its body is not one that is read. ``body`` is the whole body when it came with the
+    head: then the reader is made only when the body holds ``"usage"``, so that a JSON
+    answer without one costs a look at its headers and one search of its bytes."""
+    kind, cost = _kind_and_cost(headers)
     if kind == _JSON:
         if body is None:
             return JsonBody(cost)
@@ -102,6 +107,37 @@ def reader_for(  # noqa: C901 (one function: a call costs as much as the rest of
             events.feed(body)
         return events
     return None
+
+
+def whole_usage(headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[Usage | None, bool]:
+    """``reader_for(headers, body)`` and its ``result()`` for a body that came whole with
+    its head, in one call and without the reader: the usage, and whether a usage object
+    was there that could not be read."""
+    kind, cost = _kind_and_cost(headers)
+    if kind == _JSON:
+        at = body.rfind(_USAGE)
+        if at < 0 or len(body) > JSON_LIMIT:
+            return _UNREAD
+        try:
+            # json_usage, in line
+            chat = _CHAT_USAGE.match(body, at)
+            if chat is not None and body[0] == 0x7B and body[at - 1] in _BEFORE_KEY:
+                prompt, completion = chat.group(1, 2)
+                prompt_tokens, completion_tokens = int(prompt), int(completion)
+                if prompt_tokens <= MAX_TOKENS and completion_tokens <= MAX_TOKENS:
+                    spent = None if cost is None else header_cost(cost)
+                    return _new_usage(Usage, (prompt_tokens, completion_tokens, spent)), False
+            return usage_of_json(body, cost, nested=False), False
+        except (ValueError, RecursionError):
+            return None, True
+    if kind == _EVENTS:
+        events = EventStream(cost)
+        events.feed(body)
+        return events.result(), events.unreadable
+    return _UNREAD
+
+
+_UNREAD: tuple[Usage | None, bool] = (None, False)
 
 
 _JSON, _EVENTS = 1, 2

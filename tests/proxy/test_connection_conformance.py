@@ -21,6 +21,7 @@ from uvicorn.server import ServerState
 
 from proxy.client_gone import CLIENT_GONE, ClientGone
 from proxy.connection import BODY_BUFFER_BYTES, ConnectionLimits, ProxyHttpProtocol, protocol_with
+from proxy.send_whole import SEND_WHOLE, SendWhole
 from tests.proxy.test_connection import Timers, Transport
 
 Message = dict[str, Any]
@@ -1258,3 +1259,113 @@ def test_fuzzed_input_never_breaks_the_connection(serve: Serve, seed: int) -> No
     rng = random.Random(seed)
     for _ in range(500):
         fuzz_one(serve, rng)
+
+
+def test_client_gone_says_it_fired_to_an_application_that_reads_no_body(serve: Serve) -> None:
+    seen: list[bool] = []
+    release = asyncio.Event()
+
+    async def app(scope: Message, receive: Receive, send: Send) -> None:
+        gone: ClientGone = scope["extensions"][CLIENT_GONE]["gone"]
+        seen.append(gone.fired)
+        await release.wait()
+        seen.append(gone.fired)
+
+    served = serve(app)
+    served.send(GET)
+    served.lose()
+    release.set()
+    served.settle()
+    assert seen == [False, True]
+
+
+# --------------------------------------------------------------------------- whole responses
+
+
+def _whole_app(
+    status: int, headers: list[tuple[bytes, bytes]], body: bytes, sent: list[bool]
+) -> App:
+    async def app(scope: Message, receive: Receive, send: Send) -> None:
+        send_whole: SendWhole = scope["extensions"][SEND_WHOLE]["send"]
+        sent.append(send_whole(scope, status, headers, body))
+        if not sent[-1]:  # as ASGI has it, then
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def _messages_app(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> App:
+    async def app(scope: Message, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "headers", "body"),
+    [
+        (GET, 200, [(b"content-type", b"text/plain"), (b"content-length", b"2")], b"ok"),
+        (GET, 200, [(b"content-type", b"text/plain")], b"chunked"),
+        (GET, 204, [], b""),
+        (GET, 200, [(b"connection", b"close"), (b"content-length", b"2")], b"ok"),
+        (b"HEAD / HTTP/1.1\r\nHost: proxy.test\r\n\r\n", 200, [(b"content-length", b"9")], b""),
+        (b"GET / HTTP/1.0\r\nHost: proxy.test\r\n\r\n", 200, [], b"to the close"),
+    ],
+)
+def test_a_whole_response_goes_on_the_wire_as_its_two_messages_would(
+    serve: Serve,
+    request_bytes: bytes,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+) -> None:
+    sent: list[bool] = []
+    whole = serve(_whole_app(status, headers, body, sent))
+    whole.send(request_bytes + GET)
+    by_messages = serve(_messages_app(status, headers, body))
+    by_messages.send(request_bytes + GET)
+    assert sent[0] is True
+    assert whole.output == by_messages.output
+    assert whole.closed == by_messages.closed
+
+
+def test_a_whole_response_with_a_wrong_length_is_refused_as_its_messages_are(
+    serve: Serve,
+) -> None:
+    sent: list[bool] = []
+    served = serve(_whole_app(200, [(b"content-length", b"5")], b"too long", sent))
+    served.send(GET)
+    assert sent == []  # the call raised: the response is cut, and so is the connection
+    assert served.closed
+    assert served.output == b""
+
+
+def test_a_whole_response_waits_for_a_paused_write_as_messages(serve: Serve) -> None:
+    sent: list[bool] = []
+    served = serve(_whole_app(200, [(b"content-length", b"2")], b"ok", sent))
+    served.protocol.pause_writing()
+    served.send(GET)
+    assert sent == [False]  # the application sends its two messages instead, which wait
+    assert served.output == b""
+    served.protocol.resume_writing()
+    served.settle()
+    assert served.statuses() == [200]
+
+
+def test_a_whole_response_for_another_request_or_a_second_time_is_refused(
+    serve: Serve,
+) -> None:
+    results: list[bool] = []
+
+    async def app(scope: Message, receive: Receive, send: Send) -> None:
+        send_whole: SendWhole = scope["extensions"][SEND_WHOLE]["send"]
+        results.append(send_whole({**scope}, 200, [(b"content-length", b"1")], b"x"))
+        results.append(send_whole(scope, 200, [(b"content-length", b"2")], b"ok"))
+        results.append(send_whole(scope, 200, [(b"content-length", b"2")], b"ok"))
+
+    served = serve(app)
+    served.send(GET)
+    assert results == [False, True, False]
+    assert served.statuses() == [200]

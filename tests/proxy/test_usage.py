@@ -19,6 +19,7 @@ from proxy.usage import (
     json_usage,
     reader_for,
     usage_of_json,
+    whole_usage,
 )
 
 JSON_HEAD = [(b"content-type", b"application/json")]
@@ -456,3 +457,33 @@ def test_the_compact_chat_usage_reads_as_the_general_path(
     assert whole is not None
     assert whole.result() == (None if expected is ValueError else expected)
     assert whole.unreadable == (expected is ValueError)
+    assert whole_usage(head, body) == (whole.result(), whole.unreadable)
+
+
+def _read_whole(head: list[tuple[bytes, bytes]], body: bytes) -> tuple[Usage | None, bool]:
+    reader = reader_for(head, body)
+    return (None, False) if reader is None else (reader.result(), reader.unreadable)
+
+
+def test_fuzz_a_whole_body_reads_as_its_reader_does() -> None:
+    """``whole_usage`` (the usage of a body that came whole, read in one call) gives
+    what ``reader_for`` and its ``result`` give, on compact usages mangled byte by byte
+    and on event streams."""
+    rng = random.Random(2718)
+    alphabet = b'0123456789{},:"_ abcdeilmnoprstuk-'
+    compact = b'{"id":"x","usage":{"prompt_tokens":42,"completion_tokens":7,"total_tokens":49}}'
+    heads = [JSON_HEAD, [*JSON_HEAD, (b"x-litellm-response-cost", b"0.5")], SSE_HEAD]
+    for _ in range(5000):
+        body = bytearray(compact)
+        for _ in range(rng.randint(0, 3)):
+            at = rng.randrange(len(body))
+            change = rng.random()
+            if change < 0.4:
+                body[at] = rng.choice(alphabet)
+            elif change < 0.7:
+                del body[at]
+            else:
+                body.insert(at, rng.choice(alphabet))
+        head = rng.choice(heads)
+        whole = b"data: " + body + b"\n\n" if head is SSE_HEAD else bytes(body)
+        assert whole_usage(head, whole) == _read_whole(head, whole), whole
