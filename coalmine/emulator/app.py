@@ -14,7 +14,24 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from coalmine.emulator import errors, faults, metrics, observations, otel, prompts, scores
+from coalmine.emulator import (
+    annotation_queues,
+    dataset_runs,
+    datasets,
+    errors,
+    experiment_spans,
+    experiments,
+    faults,
+    metrics,
+    observations,
+    otel,
+    projects,
+    prompts,
+    reviews,
+    score_config_checks,
+    score_configs,
+    scores,
+)
 from coalmine.emulator.faults import FaultInjector, FaultMiddleware, parse_fault
 from coalmine.emulator.ratelimit import Clock, RateLimiter, RateLimitMiddleware
 from coalmine.emulator.settings import EmulatorSettings
@@ -60,8 +77,16 @@ def create_app(
     def health() -> dict[str, str]:
         return {"status": "OK", "version": VERSION}
 
+    # These wrap the score and OTLP routes of scores.py and otel.py (checks against
+    # score configs, experiment attributes), so they come first: the first match wins.
+    app.include_router(score_config_checks.router)
+    app.include_router(experiment_spans.router)
     for module in (prompts, scores, otel, observations, metrics):
         app.include_router(module.router)
+    for ladder in (datasets, dataset_runs, experiments, score_configs, annotation_queues):
+        app.include_router(ladder.router)
+    app.include_router(projects.router)
+    app.include_router(reviews.router)
     app.include_router(faults.admin_router)
 
     # add_middleware puts each new layer outside the ones before it.

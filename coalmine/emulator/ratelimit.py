@@ -37,6 +37,8 @@ PUBLIC_API_LEGACY = "public-api-legacy"
 PUBLIC_API_METRICS = "public-api-metrics"
 PUBLIC_API_V2_METRICS = "public-api-v2-metrics"
 PROMPTS = "prompts"
+DATASETS = "datasets"
+ANNOTATION_QUEUES = "annotation-queues"
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
 
@@ -48,6 +50,8 @@ LIMITS: dict[Plan, dict[str, tuple[int, int] | None]] = {
         PUBLIC_API_V2_METRICS: (100, DAY),
         PUBLIC_API_METRICS: (100, DAY),
         PROMPTS: None,
+        DATASETS: (100, MINUTE),
+        ANNOTATION_QUEUES: (100, MINUTE),
     },
     Plan.CORE: {
         INGESTION: (4_000, MINUTE),
@@ -56,6 +60,8 @@ LIMITS: dict[Plan, dict[str, tuple[int, int] | None]] = {
         PUBLIC_API_V2_METRICS: (100, HOUR),
         PUBLIC_API_METRICS: (2_000, DAY),
         PROMPTS: None,
+        DATASETS: (200, MINUTE),
+        ANNOTATION_QUEUES: (1_000, MINUTE),
     },
     Plan.PRO: {
         INGESTION: (20_000, MINUTE),
@@ -64,11 +70,14 @@ LIMITS: dict[Plan, dict[str, tuple[int, int] | None]] = {
         PUBLIC_API_V2_METRICS: (500, HOUR),
         PUBLIC_API_METRICS: (2_000, DAY),
         PROMPTS: None,
+        DATASETS: (1_000, MINUTE),
+        ANNOTATION_QUEUES: (1_000, MINUTE),
     },
 }
 """(points, window in seconds) per plan and bucket; None is unlimited. The published
 limits of Langfuse Cloud; Core's code currently allows more (ingestion 20,000/min,
-public-api 1,000/min) while customers move plans, which the emulator does not copy."""
+public-api 1,000/min, datasets 1,000/min) while customers move plans, which the emulator
+does not copy. Annotation queues have a bucket of their own in the code only."""
 
 _PREFIXES: tuple[tuple[str, str, str], ...] = (
     # (method or "*", path prefix, bucket); the first match wins.
@@ -83,6 +92,11 @@ _PREFIXES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/api/public/traces", PUBLIC_API_LEGACY),
     ("GET", "/api/public/observations", PUBLIC_API_LEGACY),
     ("GET", "/api/public/sessions", PUBLIC_API_LEGACY),
+    ("*", "/api/public/v2/datasets", DATASETS),
+    ("*", "/api/public/datasets", DATASETS),
+    ("*", "/api/public/dataset-items", DATASETS),
+    ("*", "/api/public/dataset-run-items", DATASETS),
+    ("*", "/api/public/annotation-queues", ANNOTATION_QUEUES),
     ("*", "/api/public/", PUBLIC_API),
 )
 

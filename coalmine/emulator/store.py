@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from coalmine.emulator import schema
+from coalmine.emulator import ladder_schema, schema
 from coalmine.emulator.errors import StoreFullError
 
 
@@ -37,6 +37,8 @@ class Store:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
         for ddl in schema.ALL:
+            self._db.executescript(ddl)
+        for ddl in ladder_schema.ALL:
             self._db.executescript(ddl)
 
     @contextmanager

@@ -9,6 +9,8 @@ import httpx
 import pytest
 
 from coalmine.emulator.ratelimit import (
+    ANNOTATION_QUEUES,
+    DATASETS,
     INGESTION,
     PROMPTS,
     PUBLIC_API,
@@ -128,6 +130,14 @@ def test_no_limits_without_a_plan(client: httpx.Client) -> None:
         ("POST", "/api/public/scores", PUBLIC_API),
         ("GET", "/api/public/health", None),
         ("POST", "/emulator/faults", None),
+        ("POST", "/api/public/v2/datasets", DATASETS),
+        ("GET", "/api/public/datasets/golden/runs", DATASETS),
+        ("POST", "/api/public/dataset-items", DATASETS),
+        ("POST", "/api/public/dataset-run-items", DATASETS),
+        ("GET", "/api/public/annotation-queues/q1/items", ANNOTATION_QUEUES),
+        ("GET", "/api/public/experiments", PUBLIC_API),
+        ("GET", "/api/public/experiment-items", PUBLIC_API),
+        ("POST", "/api/public/score-configs", PUBLIC_API),
     ],
 )
 def test_buckets_follow_from_method_and_path(method: str, path: str, bucket: str | None) -> None:
