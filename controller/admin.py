@@ -10,9 +10,9 @@ error is ``{"error": {"code": ..., "message": ...}}``.
                                       read (``langfuseReads``, ``scoreTypeMismatches``)
     GET  /releases/{name}             one release with its last judgement and its history,
                                       and the same two fields for it
-    POST /releases/{name}/{action}    promote, rollback, pause, resume or abort the
-                                      current rollout, or start the next one; body
-                                      optional: {"reason": "..."}
+    POST /releases/{name}/{action}    promote, rollback, pause, resume, abort or
+                                      approve the current rollout, or start the next
+                                      one; body optional: {"reason": "...", "by": "..."}
     GET  /                            the dashboard page (no data; its data calls need
                                       the token)
     GET  /dashboard/data              what the dashboard draws: releases, weight steps,
@@ -44,7 +44,7 @@ from controller.errors import (
     NotLeaderError,
 )
 from controller.evidence_log import judgement_summary
-from controller.lifecycle import ReleaseState, policy_digest
+from controller.lifecycle import ReleaseState, judged_by, policy_digest
 from controller.loop import Controller
 from controller.release_store import Action, DecisionRecord, LabelMove
 from controller.source import health_of
@@ -54,9 +54,9 @@ from policies.domain import Phase
 if TYPE_CHECKING:
     from policies.model import Policy, Step
 
-ACTIONS: Final = ("promote", "rollback", "pause", "resume", "abort", "start")
+ACTIONS: Final = ("promote", "rollback", "pause", "resume", "abort", "start", "approve")
 ACTOR: Final = "admin-api"
-RUNNING: Final = frozenset({Phase.CANARY, Phase.PAUSED})
+RUNNING: Final = frozenset({Phase.CANARY, Phase.APPROVAL, Phase.PAUSED})
 """Phases whose samples the controller polls for (as the loop does)."""
 
 DEFAULT_POLL_STALE_AFTER: Final = 300.0
@@ -71,6 +71,10 @@ class ActionBody(BaseModel):
 
     reason: str = Field(default="", max_length=1000)
     """Why, for the decision log and notifications."""
+
+    by: str = Field(default="", max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
+    """Who asks, as they name themselves (the admin token is shared): recorded as the
+    decision's and the label moves' actor, ``admin-api (NAME)``."""
 
 
 def create_admin_app(
@@ -239,8 +243,9 @@ def _release_routes(controller: Controller, clock: Callable[[], float]) -> APIRo
                 f"release {name!r} has no policy in force (its file was removed or is invalid)",
             )
         reason = body.reason if body is not None else ""
+        actor = f"{ACTOR} ({body.by})" if body is not None and body.by else ACTOR
         try:
-            release = controller.manual(name, action, actor=ACTOR, now=clock(), reason=reason)
+            release = controller.manual(name, action, actor=actor, now=clock(), reason=reason)
         except NotLeaderError as error:
             raise ApiError(
                 503,
@@ -299,6 +304,24 @@ def release_summary(release: ReleaseState, policy: Policy | None) -> dict[str, A
         "policyEdited": policy is not None
         and release.running
         and policy_digest(policy) != release.policy_digest,
+        "approval": approval_summary(release, policy),
+    }
+
+
+def approval_summary(release: ReleaseState, policy: Policy | None) -> dict[str, Any] | None:
+    """Since when a rollout waits for approval, until when, and what then (None: it
+    does not wait)."""
+    since = release.approval_since
+    waits = Phase.APPROVAL in (release.phase, release.resume_phase)
+    if not waits or since is None or policy is None or not release.running:
+        return None
+    judged, _ = judged_by(release, policy)
+    if judged.approval is None:
+        return None
+    return {
+        "since": since,
+        "timeoutAt": since + judged.approval.timeout,
+        "onTimeout": judged.approval.on_timeout.value,
     }
 
 

@@ -57,7 +57,7 @@ PAGE_HEADERS: Final = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-RUNNING: Final = frozenset({Phase.CANARY, Phase.PAUSED})
+RUNNING: Final = frozenset({Phase.CANARY, Phase.APPROVAL, Phase.PAUSED})
 FAILED: Final = "fail"
 
 

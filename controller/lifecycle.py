@@ -20,9 +20,10 @@ from typing import Any
 
 from controller.judge import Decision
 from policies.domain import FINISHED, Phase
+from policies.durations import format_duration
 from policies.model import Policy
 
-RUNNING = frozenset({Phase.CANARY, Phase.PAUSED})
+RUNNING = frozenset({Phase.CANARY, Phase.APPROVAL, Phase.PAUSED})
 """Phases of a rollout that has started and not ended."""
 
 
@@ -36,11 +37,13 @@ class Transition(StrEnum):
     PAUSE = "pause"
     RESUME = "resume"
     ABORT = "abort"
+    AWAIT_APPROVAL = "await_approval"
+    APPROVE = "approve"
 
 
 MANUAL = frozenset(
     {Transition.PROMOTE, Transition.ROLLBACK, Transition.PAUSE, Transition.RESUME}
-    | {Transition.ABORT, Transition.START}
+    | {Transition.ABORT, Transition.START, Transition.APPROVE}
 )
 """Transitions a person may ask for (admin API, CLI, dashboard)."""
 
@@ -122,6 +125,8 @@ class ReleaseState:
     until the rollout ends, so an edit never changes the statistics halfway."""
     waiting: str = ""
     """Why no rollout runs now (pending, or ended and waiting for the next candidate)."""
+    approval_since: float | None = None
+    """When the rollout began to wait for approval (phase ``approval``, or paused in it)."""
 
     @property
     def started_at(self) -> float | None:
@@ -153,6 +158,7 @@ class ReleaseState:
                 "candidateRef": self.candidate_ref,
                 "rolloutPolicy": self.rollout_policy,
                 "waiting": self.waiting,
+                "approvalSince": self.approval_since,
             }
         )
 
@@ -181,7 +187,12 @@ class ReleaseState:
             candidate_ref=data.get("candidateRef"),
             rollout_policy=str(data.get("rolloutPolicy", "")),
             waiting=str(data.get("waiting", "")),
+            approval_since=_optional_float(data.get("approvalSince")),
         )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +337,7 @@ def start(
         rollout=release.rollout + 1,
         rollout_policy=policy.model_dump_json(by_alias=True),
         waiting="",
+        approval_since=None,
     )
     return Change(Transition.START, started, (SetWeight(weight),))
 
@@ -364,6 +376,32 @@ def promote(release: ReleaseState, policy: Policy, *, now: float, reason: str) -
     return Change(Transition.PROMOTE, promoted, tuple(actions))
 
 
+def await_approval(release: ReleaseState, *, now: float, reason: str) -> Change:
+    """The last step passed and the policy wants a person's approval: the canary keeps
+    its weight and is still judged while the rollout waits."""
+    waiting = replace(
+        release, phase=Phase.APPROVAL, approval_since=now, updated_at=now, reason=reason
+    )
+    return Change(Transition.AWAIT_APPROVAL, waiting)
+
+
+def approve(release: ReleaseState, policy: Policy, *, now: float, reason: str) -> Change:
+    """A person approved the rollout waiting for it: it is promoted."""
+    promoted = promote(release, policy, now=now, reason=reason)
+    return Change(Transition.APPROVE, promoted.release, promoted.actions)
+
+
+def approval_timed_out(release: ReleaseState, policy: Policy, now: float) -> str | None:
+    """Why a rollout waiting for approval has waited too long (None: it has not)."""
+    approval = policy.approval
+    since = release.approval_since
+    if release.phase is not Phase.APPROVAL or approval is None or since is None:
+        return None
+    if now - since < approval.timeout:
+        return None
+    return f"no approval within {format_duration(approval.timeout)} (approval.timeout)"
+
+
 def rollback(
     release: ReleaseState,
     policy: Policy,
@@ -399,12 +437,15 @@ def pause(release: ReleaseState, *, now: float, reason: str) -> Change:
 
 
 def resume(release: ReleaseState, *, now: float, reason: str) -> Change:
+    phase = release.resume_phase or Phase.CANARY
     resumed = replace(
         release,
-        phase=release.resume_phase or Phase.CANARY,
+        phase=phase,
         resume_phase=None,
         updated_at=now,
         reason=reason,
+        # back to waiting for approval: the wait starts again
+        approval_since=now if phase is Phase.APPROVAL else release.approval_since,
     )
     return Change(Transition.RESUME, resumed)
 
@@ -438,7 +479,8 @@ def refusal(release: ReleaseState, transition: Transition) -> str | None:
     allowed = {
         Transition.PROMOTE: phase in RUNNING,
         Transition.ROLLBACK: phase in RUNNING or phase is Phase.PROMOTED,
-        Transition.PAUSE: phase is Phase.CANARY,
+        Transition.PAUSE: phase in (Phase.CANARY, Phase.APPROVAL),
+        Transition.APPROVE: phase is Phase.APPROVAL,
         Transition.RESUME: phase is Phase.PAUSED,
         Transition.ABORT: phase in RUNNING,
         Transition.START: phase is Phase.PENDING or phase in FINISHED,
@@ -449,7 +491,9 @@ def refusal(release: ReleaseState, transition: Transition) -> str | None:
         "it is pending" if phase is Phase.PENDING else f"rollout {release.rollout} is {phase.value}"
     )
     hint = ""
-    if transition is Transition.RESUME and phase in FINISHED:
+    if transition is Transition.APPROVE and phase is Phase.CANARY:
+        hint = f" at step {release.step + 1}: it waits for approval once its last step passes"
+    elif transition is Transition.RESUME and phase in FINISHED:
         hint = f"; `coalmine start {release.name}` begins the next rollout"
     elif transition is Transition.START and phase in RUNNING:
         hint = "; abort or roll it back first"

@@ -52,7 +52,7 @@ from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source import SampleSource
 from controller.source.aggregates import ProxyCounts
 from policies.domain import FINISHED, Phase
-from policies.model import Policy
+from policies.model import OnApprovalTimeout, Policy
 
 log = logging.getLogger("coalmine.controller")
 
@@ -60,6 +60,8 @@ SOURCE = "langfuse"
 JUDGEMENTS_KEPT = 1440
 """Judgements kept per release for the dashboard's charts (a day at one a minute), in a
 compact ring (``controller.evidence_log.JudgementRing``): a few hundred bytes each."""
+JUDGED = frozenset({Phase.CANARY, Phase.APPROVAL})
+"""Phases in which the judge looks at a rollout (waiting for approval, only for harm)."""
 HELD_WHILE_BLIND = frozenset({Decision.ADVANCE, Decision.PROMOTE})
 """Decisions never taken on a tick whose poll of Langfuse failed, or that has not read
 Langfuse up to now (a new leader reading a release's history again)."""
@@ -87,12 +89,16 @@ EVENT_REASONS = {
     "pause": "Paused",
     "resume": "Resumed",
     "abort": "Aborted",
+    "await_approval": "AwaitingApproval",
+    "approve": "Approved",
 }
 """The Kubernetes Event reason of each decision."""
 WARNINGS = frozenset({"rollback", "pause", "abort"})
 
 Notify = Callable[[str, ReleaseState, str], None]
-"""Called with (event, release, reason) on promote, rollback and pause."""
+"""Called with (event, release, reason) on the decisions in ``NOTIFIED``."""
+NOTIFIED = frozenset({"promote", "rollback", "pause", "await_approval", "approve"})
+"""Decisions told to the notifiers: those a person acts on or wants to know of."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,8 +281,7 @@ class Controller:
         running = {
             name: policy
             for name, policy in policies.items()
-            if (release := self.state.release(name)) is not None
-            and release.phase in (Phase.CANARY, Phase.PAUSED)
+            if (release := self.state.release(name)) is not None and release.running
         }
         if not running:
             return
@@ -380,13 +385,18 @@ class Controller:
             log.error("release %s: %s", name, problem)
         live = self._live(release, judged)
         self._reconcile_weight(release, policy, report)
-        if release.phase is not Phase.CANARY or now < live.next_look:
+        if release.phase not in JUDGED or now < live.next_look:
             return
-        if self._superseded(release, policy, now, report):
+        ended = self._superseded(release, policy, now, report)
+        if ended or self._approval_timed_out(release, judged, now, report):
             self._after(name, policy, now, report)
             return
         self._bring_up_to(now, release.name, live, report)
-        step = StepStatus(release.step, release.step_started_at or now)
+        step = StepStatus(
+            release.step,
+            release.step_started_at or now,
+            awaiting_approval=release.phase is Phase.APPROVAL,
+        )
         judgement = judge(judged, live.evidence, step, now)
         live.last = judgement
         self._remember(release.name, judgement)
@@ -660,10 +670,28 @@ class Controller:
     ) -> None:
         decision = judgement.decision
         grounds = _Grounds("controller", judgement.reason, judgement_summary(judgement))
-        change = lifecycle.decided(release, policy, decision, now=now, reason=judgement.reason)
+        if decision is Decision.PROMOTE and policy.approval is not None:
+            change = lifecycle.await_approval(release, now=now, reason=judgement.reason)
+        else:
+            change = lifecycle.decided(release, policy, decision, now=now, reason=judgement.reason)
         if change.transition is Transition.ADVANCE:
             self.live[release.name].evidence.open_step(change.release.step, now)
         self._decide(change, policy, grounds, now=now, report=report)
+
+    def _approval_timed_out(
+        self, release: ReleaseState, policy: Policy, now: float, report: TickReport
+    ) -> bool:
+        """A rollout that waited too long for approval: paused or rolled back, as its
+        policy says."""
+        reason = lifecycle.approval_timed_out(release, policy, now)
+        if reason is None or policy.approval is None:
+            return False
+        if policy.approval.on_timeout is OnApprovalTimeout.ROLLBACK:
+            change = self._rollback(release, policy, now=now, reason=reason)
+        else:
+            change = lifecycle.pause(release, now=now, reason=reason)
+        self._decide(change, policy, _Grounds("controller", reason), now=now, report=report)
+        return True
 
     def _rollback(
         self, release: ReleaseState, policy: Policy, *, now: float, reason: str
@@ -727,7 +755,7 @@ class Controller:
             warning=decision in WARNINGS,
         )
         self._run_pending_actions(release.name, policy, now, report)
-        if self.notify is not None and decision in ("promote", "rollback", "pause"):
+        if self.notify is not None and decision in NOTIFIED:
             self.notify(decision, release, reason)
 
     def _plant(self) -> actions.Plant:
@@ -826,6 +854,8 @@ class Controller:
     ) -> Change:
         if transition is Transition.PROMOTE:
             return lifecycle.promote(release, policy, now=now, reason=reason)
+        if transition is Transition.APPROVE:
+            return lifecycle.approve(release, policy, now=now, reason=reason)
         if transition is Transition.ROLLBACK:
             return self._rollback(release, policy, now=now, reason=reason)
         if transition is Transition.PAUSE:

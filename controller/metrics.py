@@ -129,7 +129,7 @@ class ControllerCollector(Collector):
             "decisions": counter(
                 "coalmine_decisions",
                 "Decisions in the decision log (start, advance, promote, rollback, pause, "
-                "resume, abort), by release.",
+                "resume, abort, await_approval, approve), by release.",
                 labels=["release", "decision"],
             ),
             "actions": counter(

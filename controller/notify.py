@@ -1,4 +1,5 @@
-"""Notifications of what releases do (promote, rollback, pause), sent without blocking.
+"""Notifications of what releases do (promote, rollback, pause, await and get approval),
+sent without blocking.
 
 The loop calls ``send`` while it holds its lock, so ``send`` only queues: a background
 thread delivers, retries with backoff when the receiver is down or answers 5xx, and
@@ -273,7 +274,13 @@ def event_payload(
     }
 
 
-_EMOJI: Final = {"rollback": ":rotating_light:", "pause": ":double_vertical_bar:"}
+_EMOJI: Final = {
+    "rollback": ":rotating_light:",
+    "pause": ":double_vertical_bar:",
+    "await_approval": ":raising_hand:",
+    "promote": ":white_check_mark:",
+    "approve": ":white_check_mark:",
+}
 
 
 def _escape(text: str) -> str:
@@ -287,9 +294,7 @@ def slack_payload(
     """A Slack incoming-webhook message: ``text`` for notifications, ``blocks`` to show."""
     step = _step(release)
     where = f"step {step}, canary {release.canary_weight:g}%" if step is not None else "not started"
-    emoji = _EMOJI.get(
-        event, ":white_check_mark:" if event == "promote" else ":information_source:"
-    )
+    emoji = _EMOJI.get(event, ":information_source:")
     name = _escape(release.name)
     rollout = f" rollout {release.rollout}" if release.rollout else ""
     text = (

@@ -76,7 +76,8 @@ class ControllerSettings(LangfuseConnection, AdminToken, ClusterSettings):
     Langfuse's project-less trace URL."""
 
     webhook_url: str | None = None
-    """JSON webhook called on promote, rollback and pause."""
+    """JSON webhook called on promote, rollback, pause, await_approval and approve."""
 
     slack_webhook_url: str | None = None
-    """Slack incoming webhook called on promote, rollback and pause."""
+    """Slack incoming webhook called on promote, rollback, pause, await_approval and
+    approve."""

@@ -25,6 +25,8 @@ class Phase(StrEnum):
     PENDING = "pending"
     """Waiting for a candidate (a canary label on another version, or a canary upstream)."""
     CANARY = "canary"
+    APPROVAL = "approval"
+    """Every step passed; waiting for a person's approval to promote (``approval``)."""
     PAUSED = "paused"
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled_back"

@@ -39,10 +39,12 @@ __all__ = [
     "METRIC_NAME_PATTERN",
     "RELEASE_NAME_PATTERN",
     "Analysis",
+    "Approval",
     "CircuitBreaker",
     "Direction",
     "Metric",
     "MetricSource",
+    "OnApprovalTimeout",
     "OnMaxDuration",
     "Policy",
     "PromptTarget",
@@ -169,6 +171,13 @@ class ScoreType(StrEnum):
     NUMERIC = "numeric"
     BOOLEAN = "boolean"
     CATEGORICAL = "categorical"
+
+
+class OnApprovalTimeout(StrEnum):
+    """What to do when no one approves a rollout within approval.timeout."""
+
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
 
 
 class OnMaxDuration(StrEnum):
@@ -687,6 +696,19 @@ class Analysis(_Model):
         return self
 
 
+class Approval(_Model):
+    """A person's approval before promotion: a rollout whose last step passed waits in
+    phase `approval`, the canary at its last weight and still judged (a regression still
+    rolls it back), until someone approves it (`coalmine approve`, the admin API or the
+    dashboard) or the timeout passes."""
+
+    timeout: Duration = Field(default=86400.0, gt=0, json_schema_extra=_duration_default(86400))
+    """How long to wait for approval."""
+
+    on_timeout: OnApprovalTimeout = OnApprovalTimeout.PAUSE
+    """`pause` (a person resumes it, and the wait starts again) or `rollback`."""
+
+
 class Policy(_Model):
     """A coalmine release policy: one rollout of a candidate against the stable version."""
 
@@ -713,6 +735,9 @@ class Policy(_Model):
 
     analysis: Analysis
     """How the canary is judged."""
+
+    approval: Approval | None = None
+    """Wait for a person's approval before promotion."""
 
     kubernetes: Kubernetes | None = None
     """Kubernetes Events of the release (cluster mode)."""

@@ -1,4 +1,4 @@
-"""`coalmine status [RELEASE]` and `coalmine promote|rollback|pause|resume RELEASE`: the
+"""`coalmine status [RELEASE]` and `coalmine promote|rollback|pause|resume|approve RELEASE`: the
 controller's admin API, from a terminal.
 
 Exit status: 0 on success; 2 when the request is wrong (no token, token refused, no such
@@ -38,6 +38,8 @@ ACTIONS: Final = {
     "resume": "Resume a paused RELEASE.",
     "start": "Start RELEASE's next rollout now, with the candidate its target names (also "
     "one a rollout has already judged).",
+    "approve": "Approve RELEASE's rollout waiting for approval (policy `approval`): it is "
+    "promoted.",
 }
 
 AdminUrl = Annotated[
@@ -61,10 +63,18 @@ TokenFile = Annotated[
 Reason = Annotated[
     str, typer.Option("--reason", help="Why, for the decision log and notifications.")
 ]
+By = Annotated[
+    str | None,
+    typer.Option(
+        "--by",
+        help="Who asks, recorded as the actor of the decision and its label moves. Default: $USER.",
+        show_default=False,
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
-    """Add status, promote, rollback, pause, resume and start to the CLI."""
+    """Add status, promote, rollback, pause, resume, start and approve to the CLI."""
 
     @app.command("status")
     def status(
@@ -109,10 +119,12 @@ def _register_action(app: typer.Typer, action: str, summary: str) -> None:
             str, typer.Argument(help="The release (its policy's name).", metavar="RELEASE")
         ],
         reason: Reason = "",
+        by: By = None,
         admin_url: AdminUrl = DEFAULT_ADMIN_URL,
         token_file: TokenFile = None,
     ) -> None:
-        body = {"reason": reason} if reason else None
+        who = os.environ.get("USER", "") if by is None else by
+        body = {key: value for key, value in (("reason", reason), ("by", who)) if value} or None
         with AdminClient(admin_url, resolve_token(token_file)) as client:
             answer = client.post(f"/releases/{quote(release, safe='')}/{action}", body)
         print(
@@ -295,7 +307,7 @@ def print_releases(releases: list[dict[str, Any]]) -> None:
             f"{release['canaryWeight']:g}%",
             _time(release.get("startedAt")),
             _time(release.get("updatedAt")),
-            release.get("waiting") or release.get("reason") or "",
+            approval_line(release) or release.get("waiting") or release.get("reason") or "",
         )
     console.print(table)
 
@@ -328,6 +340,21 @@ def traffic_line(traffic: dict[str, Any]) -> str:
     return f"traffic: {counted}; {sample}"
 
 
+def approval_line(release: dict[str, Any]) -> str | None:
+    """Since when a rollout waits for approval and what happens without it (None: it
+    does not wait)."""
+    approval = release.get("approval")
+    if not approval:
+        return None
+    then = "paused" if approval["onTimeout"] == "pause" else "rolled back"
+    verb = "waits" if release.get("phase") == "approval" else "waited (now paused)"
+    return (
+        f"{verb} for approval since {_time(approval['since'])}: "
+        f"`coalmine approve {release['name']}`; without it {then} at "
+        f"{_time(approval['timeoutAt'])}"
+    )
+
+
 def _print_candidate(console: Console, detail: dict[str, Any]) -> None:
     if detail.get("candidate"):
         console.print(f"candidate: {detail['candidate']}")
@@ -349,6 +376,9 @@ def print_release(detail: dict[str, Any]) -> None:
     console.print(title)
     if detail.get("waiting"):
         console.print(detail["waiting"])
+    approval = approval_line(detail)
+    if approval:
+        console.print(approval)
     if detail.get("policyDigest"):
         edited = (
             " (edited since this rollout started: the edit's steps and analysis apply from "

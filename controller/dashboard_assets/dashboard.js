@@ -5,24 +5,30 @@
   const SVG_NS = "http://www.w3.org/2000/svg";
   const DEFAULT_REFRESH_SECONDS = 5;
   const ACTIONS = [
-    { name: "pause", label: "Pause", phases: ["canary"] },
+    {
+      name: "approve",
+      label: "Approve",
+      phases: ["approval"],
+      confirm: "Approves the candidate that passed every step: it is promoted and every user gets it.",
+    },
+    { name: "pause", label: "Pause", phases: ["canary", "approval"] },
     { name: "resume", label: "Resume", phases: ["paused"] },
     {
       name: "promote",
       label: "Promote",
-      phases: ["canary", "paused"],
+      phases: ["canary", "approval", "paused"],
       confirm: "Moves the stable label to the candidate version: every user gets it.",
     },
     {
       name: "rollback",
       label: "Roll back",
-      phases: ["canary", "paused", "promoted"],
+      phases: ["canary", "approval", "paused", "promoted"],
       confirm: "Sends all traffic back to the stable version and parks the canary label on it.",
     },
     {
       name: "abort",
       label: "Abort",
-      phases: ["canary", "paused"],
+      phases: ["canary", "approval", "paused"],
       confirm: "Stops the rollout: the canary gets no more traffic and labels stay as they are.",
     },
     {

@@ -105,9 +105,38 @@ def decide(
     checks: tuple[CheckResult, ...],
 ) -> tuple[Decision, str]:
     """Apply the rules, in order, to the metric verdicts and guard checks."""
-    analysis = policy.analysis
     current = policy.steps[step.index]
     last = step.index == len(policy.steps) - 1
+    at_max = (
+        not step.awaiting_approval
+        and current.max_duration is not None
+        and now - step.started_at >= current.max_duration
+    )
+    harm = _harm(policy, results, checks, at_max=at_max)
+    if harm is not None:
+        return harm
+    if step.awaiting_approval:
+        return Decision.CONTINUE, "waiting for approval; no metric shown worse"
+    waiting = _waiting(policy, step, now, results, checks)
+    if not waiting:
+        return (
+            (Decision.PROMOTE, "last step: every metric shown within tolerance")
+            if last
+            else (Decision.ADVANCE, "every metric shown within tolerance")
+        )
+    if at_max:
+        return _at_max_duration(policy.analysis.on_max_duration, results, checks, waiting, last)
+    return Decision.CONTINUE, "waiting: " + "; ".join(waiting)
+
+
+def _harm(
+    policy: Policy,
+    results: tuple[MetricResult, ...],
+    checks: tuple[CheckResult, ...],
+    *,
+    at_max: bool,
+) -> tuple[Decision, str] | None:
+    """A rollback or pause for what the metrics and checks show (None: nothing shown)."""
     by_name = {check.name: check for check in checks}
     if by_name["circuit_breaker"].state is CheckState.FAILED:
         return Decision.ROLLBACK, by_name["circuit_breaker"].reason
@@ -127,24 +156,13 @@ def decide(
     ]
     if broken:
         return Decision.PAUSE, broken[0].reason
-    elapsed = now - step.started_at
-    at_max = current.max_duration is not None and elapsed >= current.max_duration
     if failed:
         why = _listing("non-critical metric shown worse", failed)
-        if at_max and analysis.on_max_duration is OnMaxDuration.ROLLBACK:
+        if at_max and policy.analysis.on_max_duration is OnMaxDuration.ROLLBACK:
             # a release shown worse is not treated more gently than an undecided one
             return Decision.ROLLBACK, f"maxDuration reached, {why}"
         return Decision.PAUSE, why
-    waiting = _waiting(policy, step, now, results, checks)
-    if not waiting:
-        return (
-            (Decision.PROMOTE, "last step: every metric shown within tolerance")
-            if last
-            else (Decision.ADVANCE, "every metric shown within tolerance")
-        )
-    if at_max:
-        return _at_max_duration(analysis.on_max_duration, results, checks, waiting, last)
-    return Decision.CONTINUE, "waiting: " + "; ".join(waiting)
+    return None
 
 
 def _waiting(

@@ -62,6 +62,9 @@ class StepStatus:
 
     index: int
     started_at: float
+    awaiting_approval: bool = False
+    """Every step passed and the rollout waits for a person: a regression still rolls
+    back or pauses it, but nothing moves it forward and maxDuration no longer applies."""
 
 
 @dataclass(frozen=True, slots=True)

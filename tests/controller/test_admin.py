@@ -91,6 +91,7 @@ def test_the_list_shows_each_release_with_its_step_counted_from_one(
         "waiting": None,
         "policyDigest": policy_digest(rig.policies[RELEASE]),
         "policyEdited": False,
+        "approval": None,
     }
 
 

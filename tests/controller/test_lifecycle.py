@@ -299,3 +299,19 @@ def test_a_state_document_written_before_rollouts_reads_as_one_rollout() -> None
     assert ReleaseState.from_json(release.to_json()) == release
     pending = ReleaseState.from_json(old.replace('"promoted"', '"pending"'))
     assert pending.rollout == 0
+
+
+def test_a_rollout_waiting_for_approval_keeps_when_it_began_to_wait() -> None:
+    running = ended(Phase.CANARY)
+    waiting = lifecycle.await_approval(running, now=500.0, reason="last step passed").release
+    assert (waiting.phase, waiting.approval_since) == (Phase.APPROVAL, 500.0)
+    assert waiting.canary_weight == running.canary_weight
+    assert ReleaseState.from_json(waiting.to_json()) == waiting
+    assert ReleaseState.from_json(running.to_json()).approval_since is None
+    paused = lifecycle.pause(waiting, now=600.0, reason="hold").release
+    resumed = lifecycle.resume(paused, now=900.0, reason="go on").release
+    assert (resumed.phase, resumed.approval_since) == (Phase.APPROVAL, 900.0)
+    assert lifecycle.refusal(waiting, lifecycle.Transition.APPROVE) is None
+    assert lifecycle.refusal(waiting, lifecycle.Transition.PAUSE) is None
+    refused = lifecycle.refusal(running, lifecycle.Transition.APPROVE)
+    assert refused is not None and "waits for approval once its last step passes" in refused

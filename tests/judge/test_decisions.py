@@ -724,3 +724,41 @@ def test_the_bounds_of_a_passing_metric_lie_within_its_tolerance(direction: str)
         assert result.lower > -0.05  # is -0.1295
     else:
         assert result.upper < 0.05  # is 0.1295
+
+
+# -- waiting for approval --------------------------------------------------------------------
+
+
+def _awaiting(policy: Policy, evidence: Evidence, now: float) -> Judgement:
+    return judge(policy, evidence, StepStatus(0, 0.0, awaiting_approval=True), now)
+
+
+def test_a_rollout_waiting_for_approval_is_never_moved_forward() -> None:
+    policy = make_policy()
+    evidence = _evidence_until(policy, 10)
+    assert judge(policy, evidence, StepStatus(0, 0.0), 600.0).decision is Decision.PROMOTE
+    waiting = _awaiting(policy, evidence, 600.0)
+    assert waiting.decision is Decision.CONTINUE
+    assert waiting.reason == "waiting for approval; no metric shown worse"
+
+
+def test_a_regression_while_waiting_for_approval_still_rolls_back() -> None:
+    policy = make_policy()
+    traces = scripted_traces(5, ArmScript(scores=(0.9,)), ArmScript(scores=(0.2,)))
+    evidence = Evidence(policy, 0.0)
+    for trace in traces:
+        evidence.add_trace(trace)
+    evidence.advance(300.0)
+    judgement = _awaiting(policy, evidence, 300.0)
+    assert judgement.decision is Decision.ROLLBACK
+    assert "critical metric shown worse" in judgement.reason
+
+
+@pytest.mark.parametrize("on_max", ["pause", "rollback", "promote"])
+def test_max_duration_does_not_apply_while_waiting_for_approval(on_max: str) -> None:
+    policy = make_policy(steps=[SHORT_STEP], onMaxDuration=on_max)
+    evidence = _evidence_until(policy, 10)
+    # far past the step's maxDuration, and the evidence stale: nothing to act on
+    judgement = _awaiting(policy, evidence, 7200.0)
+    assert judgement.decision is Decision.CONTINUE, judgement.reason
+    assert judge(policy, evidence, StepStatus(0, 0.0), 7200.0).decision is not Decision.CONTINUE
