@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "charts" / "coalmine" / "files" / "alerts.yaml"
 ALERTS_TEST = Path(__file__).resolve().parent / "alerts_test.yaml"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
-SEVERITIES = {"warning", "page"}
+SEVERITIES = {"info", "warning", "page"}
 ANNOTATIONS = {"summary", "description", "runbook_url"}
 
 
