@@ -22,6 +22,7 @@ from controller.judge.model import (
     Trace,
     Verdict,
 )
+from controller.judge.paired import PairedResult, PairedSettings, PairedSums, paired_test
 from policies.model import Policy
 
 __all__ = [
@@ -31,6 +32,9 @@ __all__ = [
     "Evidence",
     "Judgement",
     "MetricResult",
+    "PairedResult",
+    "PairedSettings",
+    "PairedSums",
     "Scale",
     "ScoreValue",
     "StepStatus",
@@ -38,6 +42,7 @@ __all__ = [
     "Verdict",
     "judge",
     "judge_samples",
+    "paired_test",
 ]
 
 
