@@ -14,8 +14,6 @@ version, 400): retrying the same call will not help.
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Protocol
 from urllib.parse import quote
@@ -31,6 +29,7 @@ from controller.errors import (
 )
 from controller.source.budget import RequestBudget
 from controller.source.langfuse import error_detail
+from controller.source.public_api import PublicApiClient
 
 __all__ = [
     "LangfusePromptLabels",
@@ -63,7 +62,7 @@ def prompt_path(name: str) -> str:
     return quote(name, safe="")
 
 
-class LangfusePromptLabels:
+class LangfusePromptLabels(PublicApiClient):
     """Prompt labels in Langfuse, through the public API.
 
     ``budget`` is the request budget of the General API bucket (shared with the sample
@@ -85,30 +84,9 @@ class LangfusePromptLabels:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 10.0,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, public_key, secret_key, timeout=timeout, transport=transport)
         self.budget = budget
         self.timeout = timeout
-        self._http = httpx.Client(
-            auth=httpx.BasicAuth(public_key, secret_key),
-            timeout=timeout,
-            transport=transport,
-            headers={"Accept": "application/json", "User-Agent": "coalmine-controller"},
-        )
-        self.request_counts: Counter[tuple[str, str]] = Counter()
-        self._counts_lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"LangfusePromptLabels({self.base_url!r})"
-
-    def __enter__(self) -> LangfusePromptLabels:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self._http.close()
 
     def version_of(self, prompt: str, label: str) -> int | None:
         """``GET /api/public/v2/prompts/{name}?label=…``; a 404 is None."""
@@ -163,10 +141,6 @@ class LangfusePromptLabels:
                 f"{endpoint}: rate limited (429), retry after {wait:g}s", delay=wait
             )
         return response
-
-    def _count(self, endpoint: str, status: str) -> None:
-        with self._counts_lock:
-            self.request_counts[(endpoint, status)] += 1
 
     @staticmethod
     def _raise_for_status(response: httpx.Response, what: str) -> None:

@@ -101,6 +101,7 @@ from controller.judge import ScoreValue
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source.budget import Clock, RequestBudget
 from controller.source.health import EndpointRead, PollHealth, PollRecord, SourceHealth
+from controller.source.public_api import PublicApiClient
 from controller.source.score_types import ScoreTypeBook, seen_type
 from policies.domain import Arm
 from policies.model import MetricSource, Policy
@@ -300,7 +301,7 @@ class _Reading:
         return self.oldest + CLOCK_SKEW
 
 
-class LangfuseSource:
+class LangfuseSource(PublicApiClient):
     """Reads traces and scores of every running release from Langfuse.
 
     ``budget`` is the request budget of Langfuse's General API bucket, shared with the
@@ -340,19 +341,14 @@ class LangfuseSource:
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.budget = budget
         self.settings = settings or SourceSettings()
+        super().__init__(
+            base_url, public_key, secret_key, timeout=self.settings.timeout, transport=transport
+        )
+        self.budget = budget
         self._clock = clock or budget.now
         self._rng = rng or random.Random()
-        self._http = httpx.Client(
-            auth=httpx.BasicAuth(public_key, secret_key),
-            timeout=self.settings.timeout,
-            transport=transport,
-            headers={"Accept": "application/json", "User-Agent": "coalmine-controller"},
-        )
         self._lock = threading.Lock()
-        self.request_counts: Counter[tuple[str, str]] = Counter()
         self._poll_requests: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.consecutive_failures = 0
@@ -364,19 +360,6 @@ class LangfuseSource:
         self._pending: dict[str, _Pending] = {}
         self._finished: dict[str, float] = {}
         self._scheduled = False
-
-    def __repr__(self) -> str:
-        return f"LangfuseSource({self.base_url!r})"
-
-    def __enter__(self) -> LangfuseSource:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self._http.close()
 
     def health(self, now: float) -> SourceHealth:
         """How the reads keep up at ``now``, and the score type mismatches of the
@@ -779,16 +762,16 @@ class LangfuseSource:
         try:
             response = self._http.get(self.base_url + path, params=params)
         except httpx.TimeoutException:
-            self.request_counts[(endpoint, "timeout")] += 1
+            self._count(endpoint, "timeout")
             raise _PollError(f"{endpoint}: no answer within {self.settings.timeout:g}s") from None
         except httpx.TransportError as error:
-            self.request_counts[(endpoint, "connection")] += 1
+            self._count(endpoint, "connection")
             raise _PollError(f"{endpoint}: connection failed ({type(error).__name__})") from None
         except httpx.HTTPError as error:
-            self.request_counts[(endpoint, "error")] += 1
+            self._count(endpoint, "error")
             raise _PollError(f"{endpoint}: request failed ({type(error).__name__})") from None
         status = response.status_code
-        self.request_counts[(endpoint, status_class(status))] += 1
+        self._count(endpoint, status_class(status))
         if status == 429:
             now = self._clock()
             wait = self.budget.hold_off(response.headers.get("retry-after"), now=now)

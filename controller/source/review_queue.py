@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import math
 import random
-import threading
-from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,6 +49,7 @@ from coalmine.shared.errors import PermanentError, TemporaryError
 from coalmine.shared.retry import Outcome, outcome_of, status_class
 from controller.source.budget import RequestBudget
 from controller.source.langfuse import error_detail
+from controller.source.public_api import PublicApiClient
 
 __all__ = [
     "MAX_ITEMS_PER_CALL",
@@ -140,7 +139,7 @@ def choose_traces(
     return chosen + random.Random(seed).sample(others, room)
 
 
-class ReviewQueue:
+class ReviewQueue(PublicApiClient):
     """An annotation queue in Langfuse, through the public API.
 
     ``queue_budget`` is the request budget of the annotation-queues bucket,
@@ -162,31 +161,10 @@ class ReviewQueue:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 10.0,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, public_key, secret_key, timeout=timeout, transport=transport)
         self.queue_budget = queue_budget
         self.score_budget = score_budget
         self.timeout = timeout
-        self._http = httpx.Client(
-            auth=httpx.BasicAuth(public_key, secret_key),
-            timeout=timeout,
-            transport=transport,
-            headers={"Accept": "application/json", "User-Agent": "coalmine-controller"},
-        )
-        self.request_counts: Counter[tuple[str, str]] = Counter()
-        self._counts_lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"ReviewQueue({self.base_url!r})"
-
-    def __enter__(self) -> ReviewQueue:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the HTTP connections."""
-        self._http.close()
 
     # ------------------------------------------------------------------------- queue
 
@@ -392,10 +370,6 @@ class ReviewQueue:
                 f"{endpoint}: rate limited (429), retry after {wait:g}s", delay=wait
             )
         return response
-
-    def _count(self, endpoint: str, status: str) -> None:
-        with self._counts_lock:
-            self.request_counts[(endpoint, status)] += 1
 
 
 @dataclass(frozen=True, slots=True)
