@@ -334,11 +334,15 @@ def proxies_markdown(results: ProxyResults, *, hours: int, rate: int, command: s
         f"{STATE_GOAL_MB:.0f} MB).",
     ]
     if second is not None and last.hour > 2:
-        traced = last.traced_mb / second.traced_mb - 1.0 if results.traced else float("nan")
+        traced = (
+            f"traced memory {last.traced_mb / second.traced_mb - 1.0:+.1%}"
+            if results.traced
+            else "traced memory not measured (tracemalloc off)"
+        )
         state = last.state_mb / second.state_mb - 1.0 if second.state_mb else float("nan")
         lines += [
             "",
-            f"Hour {last.hour} against hour 2: traced memory {traced:+.1%}, RSS "
+            f"Hour {last.hour} against hour 2: {traced}, RSS "
             f"{last.rss_mb / second.rss_mb - 1.0:+.1%}, state file {state:+.1%} (goal: "
             f"traced memory and state file within {GROWTH_GOAL:.0%}).",
         ]

@@ -294,6 +294,7 @@ def render(out: Path) -> str:
         "controller_memory_proxies.md",
         "sampled_reads.md",
         "scale.md",
+        "paired_shadow.md",
         "cluster_speed.md",
         "span_export.md",
         "notify_queue.md",
