@@ -24,13 +24,14 @@ from coalmine.shared.conventions import REQUEST_ID_HEADER
 from policies.domain import Arm
 from proxy.aggregates import AggregateRecorder
 from proxy.client_gone import CLIENT_GONE, ClientGone
+from proxy.direct import DirectRequest, WholeTo
 from proxy.errors import BodyTooLargeError, ClientGoneError, UpstreamCutError
 from proxy.headers import Headers, response_headers_for_client
 from proxy.metrics import ProxyMetrics, ShadowOutcome
 from proxy.outcome import Failure, RequestOutcome, Usage
 from proxy.plan import Forward, PlanSettings, Refusal, RequestHead, SystemChance, plan_request
 from proxy.routes import Releases
-from proxy.send_whole import SEND_WHOLE, SendWhole
+from proxy.send_whole import SEND_WHOLE
 from proxy.shadow import ShadowCopy, ShadowMirror
 from proxy.spans import NoopSpanReporter, SpanReporter
 from proxy.throttle import FailedAttempts
@@ -161,10 +162,51 @@ class ProxyApp:
                 return
 
     def _http(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """The request of an ASGI ``http`` scope, to ``_serve``."""
+        start_ns = time.time_ns()
+        extensions = scope.get("extensions") or _NO_EXTENSIONS
+        gone = extensions.get(CLIENT_GONE, _NO_EXTENSIONS).get("gone")
+        return self._serve(
+            RequestHead.of(scope, start_ns),
+            receive,
+            send,
+            gone if isinstance(gone, ClientGone) else None,
+            extensions.get(SEND_WHOLE, _NO_EXTENSIONS).get("send"),
+            scope,
+            start_ns,
+        )
+
+    def serve_direct(self, request: DirectRequest) -> Awaitable[None]:
+        """``_http`` for a request that coalmine's protocol hands over as it parsed it
+        (``proxy/direct.py``): the same answer without the ASGI scope."""
+        start_ns = time.time_ns()
+        # by position, in the order of RequestHead's fields (keywords cost twice as much)
+        head = RequestHead(
+            request.method,
+            request.path,
+            request.target,
+            request.scheme,
+            request.client_host,
+            request.headers,
+            request.http_version,
+            start_ns,
+        )
+        return self._serve(
+            head, request.receive, request.send, request.gone, request.whole, request, start_ns
+        )
+
+    def _serve(
+        self,
+        head: RequestHead,
+        receive: Receive,
+        send: Send,
+        watch: ClientGone | None,
+        whole: WholeTo | None,
+        scope: object,
+        start_ns: int,
+    ) -> Awaitable[None]:
         """What answers the request: the proxy's refusal, or the exchange with the
         upstream."""
-        start_ns = time.time_ns()
-        head = RequestHead.of(scope, start_ns)
         plan = plan_request(head, self.releases, self.settings, _CHANCE)
         if isinstance(plan, Refusal):
             self.metrics.refused.labels(plan.reason).inc()
@@ -173,10 +215,6 @@ class ProxyApp:
             )
         if plan.shadow_dropped:
             self.metrics.shadow_dropped(plan.release, ShadowOutcome.DROPPED_TOO_LARGE)
-        extensions = scope.get("extensions") or _NO_EXTENSIONS
-        gone = extensions.get(CLIENT_GONE, _NO_EXTENSIONS).get("gone")
-        watch = gone if isinstance(gone, ClientGone) else None
-        whole = extensions.get(SEND_WHOLE, _NO_EXTENSIONS).get("send")
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         exchange = _Exchange(self, plan, receive, send, watch)
@@ -243,10 +281,10 @@ class _Exchange:
         self.reader: UsageReader | None = None
         self.usage: Usage | None = None
         """The usage of a body that came whole, read as it was sent (no ``reader``)."""
-        self.send_whole: SendWhole | None = None
+        self.send_whole: WholeTo | None = None
         """The server's call for a whole response at once (coalmine's protocol gives
-        one), with the ``scope`` it takes."""
-        self.scope: Scope = _NO_EXTENSIONS
+        one), with what it takes first: the request's scope, or the request itself."""
+        self.scope: object = _NO_EXTENSIONS
 
     async def run(  # noqa: C901, PLR0912, PLR0915 (its common path in line: calls cost as much)
         self, start_ns: int

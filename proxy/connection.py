@@ -33,6 +33,9 @@ waits on ``receive()`` for ``http.disconnect``; and, under ``coalmine.send_whole
 (``proxy/send_whole.py``), a call that writes a whole response at once, which spares it
 the two ``send`` messages of a body that came whole.
 
+An application with a ``serve_direct`` (``proxy/direct.py``; the proxy's own) is called
+with each request as parsed instead of by ASGI: no scope, no callables made per request.
+
 Not supported, since the proxy is not configured with them: uvicorn's
 ``limit_concurrency``, ``root_path``, access log and WebSocket upgrades.
 """
@@ -43,10 +46,10 @@ import asyncio
 import json
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from urllib.parse import unquote
 
 import httptools
@@ -54,6 +57,7 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from proxy.client_gone import CLIENT_GONE, ClientGone
+from proxy.direct import SERVE_DIRECT, ServeDirect, WholeTo
 from proxy.flow import WriteFlow
 from proxy.send_whole import SEND_WHOLE
 
@@ -129,26 +133,56 @@ class _Cycle:
     __slots__ = (
         "body",
         "chunked",
+        "client_host",
+        "connection",
         "continue_expected",
         "delivered",
         "disconnected",
         "gone",
         "head_only",
+        "headers",
+        "http_version",
         "keep_alive",
         "left",
+        "method",
         "more_body",
+        "path",
         "pending",
         "response_complete",
         "response_started",
+        "scheme",
         "scope",
+        "target",
         "waiter",
+        "whole",
     )
 
-    def __init__(self, scope: dict[str, Any], keep_alive: bool, continue_expected: bool) -> None:
-        self.scope = scope
+    def __init__(
+        self,
+        connection: ProxyHttpProtocol,
+        method: str,
+        path: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        http_version: str,
+        keep_alive: bool,
+        continue_expected: bool,
+    ) -> None:
+        # the head as a DirectRequest (proxy/direct.py) reads it
+        self.connection = connection
+        self.method = method
+        self.path = path
+        self.target = target
+        self.headers = headers
+        self.http_version = http_version
+        self.scheme = connection.scheme
+        self.client_host = connection.client_host
+        self.whole: WholeTo = connection.whole
+        self.scope: dict[str, Any] | None = None
+        """The ASGI scope, made only for an application served by ASGI."""
         self.keep_alive = keep_alive
         self.continue_expected = continue_expected
-        self.head_only = scope["method"] == "HEAD"
+        self.head_only = method == "HEAD"
         self.body = bytearray()
         self.more_body = True
         self.delivered = False
@@ -165,6 +199,12 @@ class _Cycle:
         # ClientGone(), without the call of its __init__
         self.gone = gone = _new_object(ClientGone)
         gone.then, gone.fired = None, False
+
+    def receive(self) -> Awaitable[dict[str, Any]]:
+        return self.connection._receive(self)
+
+    def send(self, message: Mapping[str, Any]) -> Awaitable[None]:
+        return self.connection._send(self, message)
 
 
 class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
@@ -235,6 +275,12 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
         self._body_from = 0.0
         """When the last byte of the request body being read arrived (loop time)."""
         self._send_whole = {"send": self.send_whole}
+        self.direct: ServeDirect | None = getattr(self.app, SERVE_DIRECT, None)
+        """The application's own call for a request as parsed (``proxy/direct.py``);
+        None: it is served by ASGI."""
+        self.client_host: str | None = None
+        self.whole: WholeTo = self._whole
+        """Bound once: each request's ``DirectRequest.whole``."""
         """The ``coalmine.send_whole`` extension, one for the connection's requests."""
 
     # -- connection ----------------------------------------------------------------
@@ -244,6 +290,7 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
         self.server_state.connections.add(self)  # type: ignore[arg-type]
         self.server = _address(transport.get_extra_info("sockname"))
         self.client = _address(transport.get_extra_info("peername"))
+        self.client_host = self.client[0] if self.client is not None else None
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
         self._idle()
@@ -382,29 +429,43 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
         version = parser.get_http_version()
         parsed = httptools.parse_url(self.url)
         raw_path: bytes = parsed.path
-        path = raw_path.decode("latin-1")
+        query: bytes = parsed.query or b""
+        path = target = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path, encoding="latin-1") if not path.isascii() else unquote(path)
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": _ASGI,
-            "http_version": version,
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "root_path": "",
-            "method": parser.get_method().decode("ascii"),
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": parsed.query or b"",
-            "headers": self.headers,
-            "state": self.app_state.copy(),
-        }
+        if query:
+            target += "?" + query.decode("latin-1")
+        method = parser.get_method().decode("ascii")
         # the proxy upgrades nothing: an upgrade asked for ends the connection, and says so
         keep_alive = version != "1.0" and parser.should_keep_alive() and not parser.should_upgrade()
         # an HTTP/1.0 client's expectation is ignored (RFC 9110 10.1.1)
-        cycle = _Cycle(scope, keep_alive, self.continue_expected and version != "1.0")
-        scope["extensions"] = {CLIENT_GONE: {"gone": cycle.gone}, SEND_WHOLE: self._send_whole}
+        cycle = _Cycle(
+            self,
+            method,
+            path,
+            target,
+            self.headers,
+            version,
+            keep_alive,
+            self.continue_expected and version != "1.0",
+        )
+        if self.direct is None:
+            cycle.scope = {
+                "type": "http",
+                "asgi": _ASGI,
+                "http_version": version,
+                "server": self.server,
+                "client": self.client,
+                "scheme": self.scheme,
+                "root_path": "",
+                "method": method,
+                "path": path,
+                "raw_path": raw_path,
+                "query_string": query,
+                "headers": self.headers,
+                "state": self.app_state.copy(),
+                "extensions": {CLIENT_GONE: {"gone": cycle.gone}, SEND_WHOLE: self._send_whole},
+            }
         self.reading = cycle
         current = self.cycle
         if current is None or current.response_complete:
@@ -463,12 +524,16 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
     async def _serve(self) -> None:
         """The connection's requests, one after another, until it is lost."""
         cycle = self.cycle
-        app = self.app
+        app, direct = self.app, self.direct
         while cycle is not None and not self.closing:
             # in line, not a coroutine of its own per request
             try:
-                # partials, not closures: the application's await reaches them directly
-                await app(cycle.scope, partial(self._receive, cycle), partial(self._send, cycle))
+                if direct is not None:
+                    await direct(cycle)
+                else:
+                    # partials, not closures: the application's await reaches them directly
+                    scope = cast(dict[str, Any], cycle.scope)
+                    await app(scope, partial(self._receive, cycle), partial(self._send, cycle))
             except BaseException as error:
                 if not isinstance(error, asyncio.CancelledError):
                     log.error("the proxy failed on a request", exc_info=error)
@@ -524,7 +589,7 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
         cycle.delivered = not cycle.more_body
         return {"type": "http.request", "body": body, "more_body": cycle.more_body}
 
-    async def _send(self, cycle: _Cycle, message: dict[str, Any]) -> None:
+    async def _send(self, cycle: _Cycle, message: Mapping[str, Any]) -> None:
         if self.write_paused and not cycle.disconnected:
             await self.wait_writable()
         if cycle.disconnected:
@@ -558,7 +623,15 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
         (``proxy.send_whole``): what ``_send`` does for its two messages, but for the
         wait on a paused write, when False sends the application back to them."""
         cycle = self.cycle
-        if cycle is None or cycle.scope is not scope or cycle.response_started:
+        if cycle is None or scope is None or cycle.scope is not scope:
+            return False
+        return self._whole(cycle, status, headers, body)
+
+    def _whole(
+        self, cycle: _Cycle, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> bool:
+        """``send_whole`` for the request of ``cycle`` (a ``DirectRequest``'s ``whole``)."""
+        if cycle is not self.cycle or cycle.response_started:
             return False
         if cycle.disconnected:
             return True
@@ -613,7 +686,7 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
                     length = int(value)
                 elif lowered == b"transfer-encoding":
                     chunked = value.lower() == b"chunked"
-                    if cycle.scope["http_version"] != "1.1":
+                    if cycle.http_version != "1.1":
                         continue  # never sent to an HTTP/1.0 client (RFC 9112 6.1)
                 else:
                     close = b"close" in value.lower()
@@ -622,7 +695,7 @@ class ProxyHttpProtocol(WriteFlow, asyncio.Protocol):
         if close:
             cycle.keep_alive = False
         # how the body goes on the wire (RFC 9112 6.3), in line
-        http11 = cycle.scope["http_version"] == "1.1"
+        http11 = cycle.http_version == "1.1"
         if cycle.head_only or status in _NO_BODY_STATUS or status < 200:
             cycle.left = 0  # whatever its fields say
         elif chunked and http11:
