@@ -318,10 +318,13 @@ def approval_summary(release: ReleaseState, policy: Policy | None) -> dict[str, 
     judged, _ = judged_by(release, policy)
     if judged.approval is None:
         return None
+    queue = judged.approval.queue
     return {
         "since": since,
         "timeoutAt": since + judged.approval.timeout,
         "onTimeout": judged.approval.on_timeout.value,
+        "queue": None if queue is None else queue.name,
+        "reviewTraces": len(release.review_traces),
     }
 
 

@@ -127,6 +127,10 @@ class ReleaseState:
     """Why no rollout runs now (pending, or ended and waiting for the next candidate)."""
     approval_since: float | None = None
     """When the rollout began to wait for approval (phase ``approval``, or paused in it)."""
+    review_queue: str | None = None
+    """The id of the annotation queue its traces were added to for review."""
+    review_traces: tuple[str, ...] = ()
+    """The canary traces added to the review queue, whose reviews are read."""
 
     @property
     def started_at(self) -> float | None:
@@ -159,6 +163,8 @@ class ReleaseState:
                 "rolloutPolicy": self.rollout_policy,
                 "waiting": self.waiting,
                 "approvalSince": self.approval_since,
+                "reviewQueue": self.review_queue,
+                "reviewTraces": list(self.review_traces),
             }
         )
 
@@ -188,6 +194,8 @@ class ReleaseState:
             rollout_policy=str(data.get("rolloutPolicy", "")),
             waiting=str(data.get("waiting", "")),
             approval_since=_optional_float(data.get("approvalSince")),
+            review_queue=data.get("reviewQueue"),
+            review_traces=tuple(str(trace) for trace in data.get("reviewTraces", ())),
         )
 
 
@@ -338,6 +346,8 @@ def start(
         rollout_policy=policy.model_dump_json(by_alias=True),
         waiting="",
         approval_since=None,
+        review_queue=None,
+        review_traces=(),
     )
     return Change(Transition.START, started, (SetWeight(weight),))
 

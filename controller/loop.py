@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from coalmine.shared.errors import PermanentError, TemporaryError
 from coalmine.shared.routing_tables.store import RoutingTableStore, VersionConflictError
 from controller import actions, lifecycle, score_sample
 from controller.cluster.events import EventRecorder, NoopEventRecorder
@@ -50,7 +51,9 @@ from controller.lifecycle import (
 from controller.release_store import ControllerState
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source import SampleSource
+from controller.source import review_queue as review
 from controller.source.aggregates import ProxyCounts
+from controller.source.review_queue import ReviewQueue
 from policies.domain import FINISHED, Phase
 from policies.model import OnApprovalTimeout, Policy
 
@@ -182,6 +185,8 @@ class Controller:
         self.labels = labels
         self.policies = policies
         self.notify = notify
+        self.reviews: ReviewQueue | None = None
+        """Where a policy's ``approval.queue`` is read (None: queue approval is off)."""
         self.lock = threading.RLock()
         self.live: dict[str, _Live] = {}
         self.histories: dict[str, JudgementRing] = {}
@@ -387,8 +392,7 @@ class Controller:
         self._reconcile_weight(release, policy, report)
         if release.phase not in JUDGED or now < live.next_look:
             return
-        ended = self._superseded(release, policy, now, report)
-        if ended or self._approval_timed_out(release, judged, now, report):
+        if self._ended_before_look(release, policy, judged, now, report):
             self._after(name, policy, now, report)
             return
         self._bring_up_to(now, release.name, live, report)
@@ -677,6 +681,105 @@ class Controller:
         if change.transition is Transition.ADVANCE:
             self.live[release.name].evidence.open_step(change.release.step, now)
         self._decide(change, policy, grounds, now=now, report=report)
+        if change.transition is Transition.AWAIT_APPROVAL:
+            self._put_up_for_review(change.release, policy, report)
+
+    def _ended_before_look(
+        self,
+        release: ReleaseState,
+        policy: Policy,
+        judged: Policy,
+        now: float,
+        report: TickReport,
+    ) -> bool:
+        """Whether the rollout ended without a look: superseded by a newer candidate, out
+        of time for approval, or approved or rejected by a reviewer."""
+        return (
+            self._superseded(release, policy, now, report)
+            or self._approval_timed_out(release, judged, now, report)
+            or self._reviewed(release, judged, now, report)
+        )
+
+    def _put_up_for_review(
+        self, release: ReleaseState, policy: Policy, report: TickReport
+    ) -> ReleaseState:
+        """Add the canary's worst traces and a random sample of the others to the
+        policy's review queue, once; the release as it is then."""
+        queue = None if policy.approval is None else policy.approval.queue
+        live = self.live.get(release.name)
+        if queue is None or self.reviews is None or release.review_traces or live is None:
+            return release
+        worst = [
+            trace_id
+            for result in (live.last.metrics if live.last is not None else ())
+            for trace_id in result.worst_traces
+        ]
+        chosen = review.choose_traces(
+            worst,
+            live.evidence.canary_trace_ids(),
+            queue.traces,
+            f"{release.name}/{release.rollout}",
+        )
+        if not chosen:
+            return release
+        try:
+            queue_id = self.reviews.queue_id(queue.name)
+            self.reviews.add_items(queue_id, chosen)
+        except (TemporaryError, PermanentError) as error:
+            problem = f"{release.name}: cannot add traces to review queue {queue.name!r}: {error}"
+            report.action_errors.append(problem)
+            log.warning("release %s", problem)
+            return release
+        queued = replace(release, review_queue=queue_id, review_traces=tuple(chosen))
+        self.state.save_release(queued)
+        log.info(
+            "release %s: %d canary traces added to review queue %r",
+            release.name,
+            len(chosen),
+            queue.name,
+        )
+        return queued
+
+    def _reviewed(
+        self, release: ReleaseState, policy: Policy, now: float, report: TickReport
+    ) -> bool:
+        """A rollout waiting for approval that a reviewer approved or rejected in the
+        policy's review queue: promoted or rolled back (a reject wins)."""
+        queue = None if policy.approval is None else policy.approval.queue
+        if release.phase is not Phase.APPROVAL or queue is None or self.reviews is None:
+            return False
+        release = self._put_up_for_review(release, policy, report)
+        if release.review_queue is None or release.approval_since is None:
+            return False
+        try:
+            found = self.reviews.verdicts(
+                release.review_queue,
+                queue.score_config_id,
+                release.review_traces,
+                release.approval_since,
+                approve=queue.approve_values,
+                reject=queue.reject_values,
+            )
+        except (TemporaryError, PermanentError) as error:
+            problem = f"{release.name}: cannot read review queue {queue.name!r}: {error}"
+            report.action_errors.append(problem)
+            log.warning("release %s", problem)
+            return False
+        rejects = [r for r in found.reviews if r.verdict is review.Verdict.REJECT]
+        approvals = [r for r in found.reviews if r.verdict is review.Verdict.APPROVE]
+        decisive = rejects or approvals
+        if not decisive:
+            return False
+        first = decisive[0]
+        actor = f"langfuse-review ({first.author})"
+        if rejects:
+            reason = f"rejected in review queue {queue.name!r} (trace {first.trace_id})"
+            change = self._rollback(release, policy, now=now, reason=reason)
+        else:
+            reason = f"approved in review queue {queue.name!r} (trace {first.trace_id})"
+            change = lifecycle.approve(release, policy, now=now, reason=reason)
+        self._decide(change, policy, _Grounds(actor, reason), now=now, report=report)
+        return True
 
     def _approval_timed_out(
         self, release: ReleaseState, policy: Policy, now: float, report: TickReport

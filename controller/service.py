@@ -33,6 +33,7 @@ from controller.source import SampleSource
 from controller.source.aggregates import ProxyCounts
 from controller.source.budget import BudgetSettings, RequestBudget
 from controller.source.langfuse import LangfuseSource, SourceSettings
+from controller.source.review_queue import ReviewQueue
 from policies.model import Policy
 from policies.policy_files import PolicyFiles
 
@@ -179,7 +180,13 @@ class ControllerService:
         if self.events is not None:
             self.events.close()
         self.notifier.close()
-        for part in (self.controller.source, self.controller.labels, self.controller.routing):
+        parts = (
+            self.controller.source,
+            self.controller.labels,
+            self.controller.reviews,
+            self.controller.routing,
+        )
+        for part in parts:
             close = getattr(part, "close", None)
             if callable(close):
                 close()
@@ -227,6 +234,7 @@ def build_service(
     Langfuse ones (tests, other backends).
 
     Raises SetupError when it cannot start as configured."""
+    reviews: ReviewQueue | None = None
     if source is None or labels is None:
         keys = settings.langfuse_keys()
         if keys is None:
@@ -248,6 +256,16 @@ def build_service(
             )
         if labels is None:
             labels = LangfusePromptLabels(settings.langfuse_base_url, *keys, budget=budget)
+        # annotation queues are a rate-limit bucket of their own; score reads share the
+        # source's budget
+        reviews = ReviewQueue(
+            settings.langfuse_base_url,
+            *keys,
+            queue_budget=RequestBudget(
+                BudgetSettings(per_minute=settings.requests_per_minute), clock=clock
+            ),
+            score_budget=budget,
+        )
     policy_files = PolicyFiles(list(policy_paths))
     service_box: list[ControllerService] = []
 
@@ -281,6 +299,7 @@ def build_service(
         events=None if cluster is None else cluster.events,
         from_proxies=from_proxies,
     )
+    controller.reviews = reviews
     if cluster is not None:
         controller.fence = cluster.elector.fence
     # the proxies write their ConfigMaps only when the controller judges on their counts

@@ -40,6 +40,7 @@ __all__ = [
     "RELEASE_NAME_PATTERN",
     "Analysis",
     "Approval",
+    "ApprovalQueue",
     "CircuitBreaker",
     "Direction",
     "Metric",
@@ -696,6 +697,40 @@ class Analysis(_Model):
         return self
 
 
+class ApprovalQueue(_Model):
+    """Approval by review in a Langfuse annotation queue: coalmine adds the canary's
+    worst traces and a random sample of the others to the queue, and reads the
+    reviewers' scores of one score config on them. Only a score with a Langfuse user as
+    its author counts (any API key can write the rest); a reject rolls back."""
+
+    name: str = Field(min_length=1, max_length=200)
+    """The annotation queue's name in the Langfuse project."""
+
+    score_config_id: str = Field(min_length=1, max_length=200)
+    """The id of the score config reviewers score with: BOOLEAN (true approves) or
+    CATEGORICAL (see approveValues and rejectValues)."""
+
+    approve_values: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+        default=("approve",), min_length=1
+    )
+    """Labels of a CATEGORICAL config that approve."""
+
+    reject_values: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+        default=("reject",), min_length=1
+    )
+    """Labels of a CATEGORICAL config that reject (the rollout is rolled back)."""
+
+    traces: Count = Field(default=10, ge=1, le=50)
+    """Canary traces added to the queue: the worst first, then a random sample."""
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> ApprovalQueue:
+        both = sorted(set(self.approve_values) & set(self.reject_values))
+        if both:
+            raise _rule((("rejectValues",), f"also in approveValues: {', '.join(both)}"))
+        return self
+
+
 class Approval(_Model):
     """A person's approval before promotion: a rollout whose last step passed waits in
     phase `approval`, the canary at its last weight and still judged (a regression still
@@ -707,6 +742,9 @@ class Approval(_Model):
 
     on_timeout: OnApprovalTimeout = OnApprovalTimeout.PAUSE
     """`pause` (a person resumes it, and the wait starts again) or `rollback`."""
+
+    queue: ApprovalQueue | None = None
+    """Also approve (or reject) by review in a Langfuse annotation queue."""
 
 
 class Policy(_Model):

@@ -348,9 +348,16 @@ def approval_line(release: dict[str, Any]) -> str | None:
         return None
     then = "paused" if approval["onTimeout"] == "pause" else "rolled back"
     verb = "waits" if release.get("phase") == "approval" else "waited (now paused)"
+    queue = approval.get("queue")
+    reviewed = (
+        f" or a review of its {approval.get('reviewTraces', 0)} traces in Langfuse "
+        f"annotation queue '{queue}'"
+        if queue
+        else ""
+    )
     return (
         f"{verb} for approval since {_time(approval['since'])}: "
-        f"`coalmine approve {release['name']}`; without it {then} at "
+        f"`coalmine approve {release['name']}`{reviewed}; without it {then} at "
         f"{_time(approval['timeoutAt'])}"
     )
 

@@ -862,6 +862,11 @@ class Evidence:
         """Whether the record of a trace is held (a score for it still counts)."""
         return trace_id in self._traces
 
+    def canary_trace_ids(self) -> list[str]:
+        """The canary's traces whose records are held (the recent ones)."""
+        canary = Arm.CANARY
+        return [trace_id for trace_id, info in self._traces.items() if info.arm is canary]
+
     def worst_traces(self, name: str) -> tuple[str, ...]:
         series = self.series[name]
         return tuple(trace_id for _, _, trace_id in sorted(series.worst, reverse=True))

@@ -14,7 +14,7 @@ from coalmine.cli.releases import _time
 from controller.admin import create_admin_app
 from controller.errors import ManualActionError
 from controller.lifecycle import ReleaseState
-from policies import load_policy_text
+from policies import PolicyError, load_policy_text
 from policies.domain import Phase
 from tests.controller.release_rig import (
     MINUTE,
@@ -150,6 +150,8 @@ def test_the_admin_api_approves_and_shows_the_wait(rig: Rig) -> None:
             "since": since,
             "timeoutAt": since + 7200,
             "onTimeout": "pause",
+            "queue": None,
+            "reviewTraces": 0,
         }
         bad = client.post(
             f"/releases/{RELEASE}/approve", json={"by": "eve\nforged: yes"}, headers=AUTH
@@ -186,3 +188,15 @@ def test_coalmine_status_shows_the_wait_and_coalmine_approve_approves(
         assert main(["approve", RELEASE, "--admin-url", url, "--reason", "fine"]) == 0
         assert "promoted" in capsys.readouterr().out
     assert decisions(rig)[-1] == ("approve", "admin-api (bob)")
+
+
+def test_a_queue_whose_values_both_approve_and_reject_is_refused() -> None:
+    text = POLICY + (
+        "approval:\n  queue: {name: q, scoreConfigId: c, approveValues: [ok, fine], "
+        "rejectValues: [nope, ok]}\n"
+    )
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text(text, "support.yaml")
+    issue = caught.value.issues[0]
+    assert issue.path == "approval.queue.rejectValues", str(issue)
+    assert "also in approveValues: ok" in issue.message
