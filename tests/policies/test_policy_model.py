@@ -13,6 +13,7 @@ from policies import (
     Direction,
     Metric,
     MetricSource,
+    OnApprovalTimeout,
     OnMaxDuration,
     Policy,
     PromptTarget,
@@ -86,6 +87,14 @@ def test_prompt_canary_example() -> None:
     # trace_error_rate is error_rate's twin for traffic from the proxies (docs/policy.md)
     every_source = set(MetricSource) - {MetricSource.TRACE_ERROR_RATE}
     assert {metric.source for metric in policy.analysis.metrics} == every_source
+
+
+def test_prompt_canary_example_waits_for_approval() -> None:
+    policy = load_policy(EXAMPLES_DIR / "prompt-canary.yaml")
+    assert policy.approval is not None
+    assert policy.approval.timeout == 8 * 3600
+    assert policy.approval.on_timeout is OnApprovalTimeout.PAUSE
+    assert policy.approval.queue is None
 
 
 def test_agent_canary_example() -> None:
