@@ -63,6 +63,9 @@ SOURCE = "langfuse"
 JUDGEMENTS_KEPT = 1440
 """Judgements kept per release for the dashboard's charts (a day at one a minute), in a
 compact ring (``controller.evidence_log.JudgementRing``): a few hundred bytes each."""
+REVIEWS_READ_EVERY = 30.0
+"""Seconds between two reads of a rollout's reviews in its annotation queue (a look may
+come every second; a review waits for a person anyway)."""
 JUDGED = frozenset({Phase.CANARY, Phase.APPROVAL})
 """Phases in which the judge looks at a rollout (waiting for approval, only for harm)."""
 HELD_WHILE_BLIND = frozenset({Decision.ADVANCE, Decision.PROMOTE})
@@ -187,6 +190,7 @@ class Controller:
         self.notify = notify
         self.reviews: ReviewQueue | None = None
         """Where a policy's ``approval.queue`` is read (None: queue approval is off)."""
+        self._reviews_due: dict[str, float] = {}
         self.lock = threading.RLock()
         self.live: dict[str, _Live] = {}
         self.histories: dict[str, JudgementRing] = {}
@@ -748,6 +752,9 @@ class Controller:
         queue = None if policy.approval is None else policy.approval.queue
         if release.phase is not Phase.APPROVAL or queue is None or self.reviews is None:
             return False
+        if now < self._reviews_due.get(release.name, 0.0):
+            return False
+        self._reviews_due[release.name] = now + REVIEWS_READ_EVERY
         release = self._put_up_for_review(release, policy, report)
         if release.review_queue is None or release.approval_since is None:
             return False
