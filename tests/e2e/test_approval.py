@@ -60,6 +60,21 @@ def _queue_and_config(stack: Stack) -> str:
     return config_id
 
 
+def _queue_id(stack: Stack) -> str:
+    with _api(stack) as api:
+        queues = api.get("/api/public/annotation-queues").json()["data"]
+    return str(next(queue["id"] for queue in queues if queue["name"] == QUEUE))
+
+
+def _items(stack: Stack) -> list[str]:
+    """The traces in the review queue (added when a rollout begins to wait)."""
+    queue_id = _queue_id(stack)
+    with _api(stack) as api:
+        answer = api.get(f"/api/public/annotation-queues/{queue_id}/items", params={"limit": 100})
+    assert answer.status_code == 200, answer.text
+    return [str(item["objectId"]) for item in answer.json()["data"]]
+
+
 def _policy(config_id: str) -> str:
     return prompt_policy((30, 60)) + (
         "approval:\n"
@@ -133,6 +148,8 @@ def _cli_then_queue(stack: Stack, langfuse: Langfuse, config_id: str) -> None:
     assert waiting["canaryWeight"] == 60, waiting
     assert waiting["approval"]["queue"] == QUEUE, waiting
     assert stack.labels(PROMPT, ("production",)) == {"production": 1}
+    first_items = _items(stack)
+    assert len(first_items) == 5, first_items
     status = stack.cli("status", RELEASE)
     assert status.returncode == 0, status.stderr
     assert f"`coalmine approve {RELEASE}`" in status.stdout, status.stdout
@@ -152,24 +169,17 @@ def _cli_then_queue(stack: Stack, langfuse: Langfuse, config_id: str) -> None:
         name=PROMPT, prompt=STABLE_PROMPT + " Thank.", config=GOOD_CONFIG, labels=["canary"]
     )
     _waiting(stack, 2)
+    items = _items(stack)
+    added = sorted(set(items) - set(first_items))
+    assert len(items) == 10 and len(added) == 5, items
     with _api(stack) as api:
-        queues = api.get("/api/public/annotation-queues").json()["data"]
-        queue_id = next(queue["id"] for queue in queues if queue["name"] == QUEUE)
-        items = wait_for(
-            "the canary traces in the review queue",
-            lambda: (
-                api.get(f"/api/public/annotation-queues/{queue_id}/items").json()["data"] or None
-            ),
-            within=30,
-        )
-        assert len(items) == 5, items
         score = api.post(
             "/emulator/annotation-scores",
             json={
                 "authorUserId": REVIEWER,
                 "configId": config_id,
-                "traceId": items[0]["objectId"],
-                "queueId": queue_id,
+                "traceId": added[0],
+                "queueId": _queue_id(stack),
                 "value": "ship",
             },
         )
