@@ -43,7 +43,9 @@ RELOAD_MARGIN = 5.0
 connection."""
 TRAFFIC_RATE = 36.0
 """Requests a second to the prompt release, so that a step's samples come in seconds."""
-ROLLOUT_WITHIN = 120.0
+ROLLOUT_WITHIN = 240.0
+"""A rollout's deadline: the first whole minute of counts sizes its score sample (up to a
+minute of waiting), then two steps of seconds each; a loaded machine is slower."""
 
 STABLE_CONFIG = {"quality": 0.85, "error_rate": 0.01}
 BAD_CONFIG = {"quality": 0.55, "error_rate": 0.08}
