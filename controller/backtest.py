@@ -31,13 +31,13 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Protocol
 
 from controller.errors import BacktestError
 from controller.judge import Trace
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source.langfuse import LangfuseSource
+from controller.source.public_api import read_time
 from controller.stream import LateScores
 from policies.model import Policy
 
@@ -76,7 +76,7 @@ class LangfuseHistorySource(LangfuseSource):
 
     def _parse_score(self, raw: object) -> ScoreSample | None:
         score = super()._parse_score(raw)
-        stamped = _timestamp(raw.get("timestamp")) if isinstance(raw, dict) else None
+        stamped = read_time(raw.get("timestamp")) if isinstance(raw, dict) else None
         if score is None or stamped is None or stamped >= score.at:
             return score
         return replace(score, at=stamped)
@@ -219,16 +219,3 @@ def _trace(sample: TraceSample) -> Trace:
         latency_ms=sample.latency_ms,
         cost_usd=sample.cost_usd,
     )
-
-
-def _timestamp(value: object) -> float | None:
-    """Seconds since the epoch of an ISO 8601 time (no offset: UTC), or None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()

@@ -101,7 +101,7 @@ from controller.judge import ScoreValue
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source.budget import Clock, RequestBudget
 from controller.source.health import EndpointRead, PollHealth, PollRecord, SourceHealth
-from controller.source.public_api import PublicApiClient
+from controller.source.public_api import PublicApiClient, read_time
 from controller.source.score_types import ScoreTypeBook, seen_type
 from policies.domain import Arm
 from policies.model import MetricSource, Policy
@@ -622,7 +622,7 @@ class LangfuseSource(PublicApiClient):
 
     def _take_score(self, raw: Any, score: ScoreSample, reading: _Reading, now: float) -> None:
         reading.scores[score.score_id] = score
-        stamp = _time(raw.get("timestamp")) if isinstance(raw, dict) else None
+        stamp = read_time(raw.get("timestamp")) if isinstance(raw, dict) else None
         stamp = score.at if stamp is None else stamp
         if reading.scores_oldest is None or stamp < reading.scores_oldest:
             reading.scores_oldest = stamp
@@ -841,9 +841,9 @@ class LangfuseSource(PublicApiClient):
             return None
         subject = raw.get("subject")
         score_id, name = raw.get("id"), raw.get("name")
-        at = _time(raw.get("createdAt"))
+        at = read_time(raw.get("createdAt"))
         if at is None:
-            at = _time(raw.get("timestamp"))
+            at = read_time(raw.get("timestamp"))
         value = _score_value(raw.get("dataType"), raw.get("value"))
         if (
             not isinstance(score_id, str)
@@ -1002,7 +1002,7 @@ def _optional_string(value: object) -> str | None:
 
 
 def _required_time(value: object) -> float:
-    seconds = _time(value)
+    seconds = read_time(value)
     if seconds is None:
         raise _MalformedError
     return seconds
@@ -1051,19 +1051,6 @@ def _score_value(data_type: object, value: object) -> ScoreValue | None:
     if isinstance(data_type, str) and isinstance(value, str):
         return value
     return None
-
-
-def _time(value: object) -> float | None:
-    """Seconds since the epoch of an ISO 8601 time (no offset: UTC), or None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def _iso(seconds: float) -> str:

@@ -1,15 +1,17 @@
 """What every client of Langfuse's public API holds: the HTTP client with the project's
-keys, and the count of its requests by endpoint and outcome for the metrics."""
+keys, and the count of its requests by endpoint and outcome for the metrics; and how
+its times are read."""
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Self
 
 import httpx
 
-__all__ = ["PublicApiClient"]
+__all__ = ["PublicApiClient", "read_time"]
 
 
 class PublicApiClient:
@@ -54,3 +56,16 @@ class PublicApiClient:
     def _count(self, endpoint: str, status: str) -> None:
         with self._counts_lock:
             self.request_counts[(endpoint, status)] += 1
+
+
+def read_time(value: object) -> float | None:
+    """Seconds since the epoch of an ISO 8601 time (no offset: UTC), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

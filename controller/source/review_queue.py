@@ -49,7 +49,7 @@ from coalmine.shared.errors import PermanentError, TemporaryError
 from coalmine.shared.retry import Outcome, outcome_of, status_class
 from controller.source.budget import RequestBudget
 from controller.source.langfuse import error_detail
-from controller.source.public_api import PublicApiClient
+from controller.source.public_api import PublicApiClient, read_time
 
 __all__ = [
     "MAX_ITEMS_PER_CALL",
@@ -388,7 +388,7 @@ class _Reading:
             return Ignored(None, None, "malformed")
         score_id = raw.get("id") if isinstance(raw.get("id"), str) else None
         trace_id = _trace_of(raw.get("subject"))
-        at = _time(raw.get("timestamp"))
+        at = read_time(raw.get("timestamp"))
         if score_id is None or at is None:
             return Ignored(score_id, trace_id, "malformed")
         if trace_id is None:
@@ -453,19 +453,6 @@ def _batches(trace_ids: list[str]) -> Iterator[list[str]]:
 
 def _queue_path(queue_id: str) -> str:
     return f"{QUEUES_PATH}/{quote(queue_id, safe='')}"
-
-
-def _time(value: object) -> float | None:
-    """Seconds since the epoch of an ISO 8601 time (no offset: UTC), or None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def _ms(seconds: float) -> int:
