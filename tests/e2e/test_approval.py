@@ -1,7 +1,9 @@
-"""The approval rung under a real ``coalmine run``, the emulator, the demo app, its
-evaluator and the official SDK: a good candidate waits for approval after its last
-step, `coalmine approve` promotes it; the next candidate is approved by a reviewer's
-score in a Langfuse annotation queue."""
+"""The approval rung under a real ``coalmine run``, the emulator, the demo app and its
+evaluator: a good candidate waits for approval after its last step, `coalmine approve`
+promotes it; the next candidate is approved by a reviewer's score in a Langfuse
+annotation queue. Prompts are created over the public API (the SDK keeps one client per
+public key for the whole process, and the continuous-releases test's stack uses the same
+keys)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from langfuse import Langfuse
 
 from coalmine.demo.run import Traffic
 from coalmine.demo.scenarios import STABLE_PROMPT
@@ -114,36 +115,40 @@ def test_approval_by_the_cli_then_by_a_review_in_the_annotation_queue(tmp_path: 
         stack.start_emulator()
         config_id = _queue_and_config(stack)
         place(policies / f"{RELEASE}.yaml", _policy(config_id))
-        langfuse = Langfuse(
-            public_key=DEFAULT_PUBLIC_KEY,
-            secret_key=DEFAULT_SECRET_KEY,
-            base_url=stack.emulator_url,
-            tracing_enabled=False,
-        )
-        langfuse.create_prompt(
-            name=PROMPT, prompt=STABLE_PROMPT, config=STABLE_CONFIG, labels=["production"]
-        )
+        _create_prompt(stack, STABLE_PROMPT, STABLE_CONFIG, "production")
         stack.start_app()
         stack.start_coalmine(policies)
         stack.start_evaluator(delay_seconds=1)
         traffic = Traffic(stack.proxy_url, rate=TRAFFIC_RATE)
         traffic.start()
         try:
-            _cli_then_queue(stack, langfuse, config_id)
+            _cli_then_queue(stack, config_id)
         except AssertionError as error:
             raise AssertionError(
                 f"{error}\n--- coalmine run, last lines of its log ---\n{stack.log_tail()}"
             ) from error
         finally:
             traffic.stop()
-            langfuse.shutdown()
 
 
-def _cli_then_queue(stack: Stack, langfuse: Langfuse, config_id: str) -> None:
+def _create_prompt(stack: Stack, text: str, config: dict[str, float], label: str) -> None:
+    with _api(stack) as api:
+        created = api.post(
+            "/api/public/v2/prompts",
+            json={
+                "name": PROMPT,
+                "type": "text",
+                "prompt": text,
+                "config": config,
+                "labels": [label],
+            },
+        )
+    assert created.status_code in (200, 201), created.text
+
+
+def _cli_then_queue(stack: Stack, config_id: str) -> None:
     # rollout 1: waits after its last step, promoted by `coalmine approve`
-    langfuse.create_prompt(
-        name=PROMPT, prompt=STABLE_PROMPT + " Greet.", config=GOOD_CONFIG, labels=["canary"]
-    )
+    _create_prompt(stack, STABLE_PROMPT + " Greet.", GOOD_CONFIG, "canary")
     waiting = _waiting(stack, 1)
     assert waiting["canaryWeight"] == 60, waiting
     assert waiting["approval"]["queue"] == QUEUE, waiting
@@ -165,9 +170,7 @@ def _cli_then_queue(stack: Stack, langfuse: Langfuse, config_id: str) -> None:
     ), first["labelMoves"]
 
     # rollout 2: its canary traces are put up for review; a reviewer's "ship" promotes it
-    langfuse.create_prompt(
-        name=PROMPT, prompt=STABLE_PROMPT + " Thank.", config=GOOD_CONFIG, labels=["canary"]
-    )
+    _create_prompt(stack, STABLE_PROMPT + " Thank.", GOOD_CONFIG, "canary")
     _waiting(stack, 2)
     items = _items(stack)
     added = sorted(set(items) - set(first_items))
