@@ -31,6 +31,7 @@ from fastapi import APIRouter, Depends, Request
 
 from coalmine.emulator.auth import require_project
 from coalmine.emulator.errors import bad_request, invalid, issue
+from coalmine.emulator.paging import positive_int
 from coalmine.emulator.scores import score_v3
 from coalmine.emulator.settings import EmulatorSettings
 from coalmine.emulator.store import Store
@@ -72,24 +73,6 @@ class Query:
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _int(
-    params: Mapping[str, str], key: str, maximum: int, problems: list[dict[str, Any]]
-) -> int | None:
-    text = params.get(key)
-    if not text:
-        return None
-    try:
-        number = int(text)
-    except ValueError:
-        problems.append(issue("invalid_type", [key], "Invalid input: expected int, received NaN"))
-        return None
-    if number < 1:
-        problems.append(issue("too_small", [key], "Too small: expected number to be >=1"))
-    elif number > maximum:
-        problems.append(issue("too_big", [key], f"Too big: expected number to be <={maximum}"))
-    return number
 
 
 def _time(params: Mapping[str, str], key: str, problems: list[dict[str, Any]]) -> int | None:
@@ -174,8 +157,8 @@ def parse_query(
         for group in fields
         if group not in allowed_fields
     )
-    limit = _int(params, "limit", MAX_LIMIT, problems)
-    score_limit = _int(params, "scoreLimit", MAX_SCORE_LIMIT, problems)
+    limit = positive_int(params, "limit", problems, MAX_LIMIT)
+    score_limit = positive_int(params, "scoreLimit", problems, MAX_SCORE_LIMIT)
     from_ms = _time(params, "fromStartTime", problems)
     if "fromStartTime" not in params:
         problems.append(

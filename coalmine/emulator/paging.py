@@ -39,7 +39,7 @@ class Page:
         }
 
 
-def _positive_int(
+def positive_int(
     params: Mapping[str, str], key: str, problems: list[dict[str, Any]], maximum: int | None
 ) -> int | None:
     text = params.get(key)
@@ -62,8 +62,8 @@ def page_of(
 ) -> Page:
     """``page`` and ``limit`` of a query, or a 400 with zod's issues."""
     problems: list[dict[str, Any]] = []
-    page = _positive_int(params, "page", problems, None)
-    limit = _positive_int(params, "limit", problems, max_limit)
+    page = positive_int(params, "page", problems, None)
+    limit = positive_int(params, "limit", problems, max_limit)
     if problems:
         raise invalid(problems)
     return Page(page or 1, limit or default_limit)
