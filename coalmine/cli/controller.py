@@ -25,6 +25,7 @@ from coalmine.cli.proxy import (
     load_routed_policies,
     parse_weights,
 )
+from coalmine.cli.signals import HELD, HeldSignals
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -80,16 +81,17 @@ def register(app: typer.Typer) -> None:
             state=state, admin_listen=admin_listen, metrics_listen=metrics_listen
         )
         _load_at_start(policy)
-        service, token = _service(settings, policy)
-        try:
-            if settings.metrics_listen is not None:
-                _serve_metrics(settings.metrics_listen, service.metrics.registry)
-            admin = _uvicorn(service.admin_app(token), settings.admin_listen, "--admin-listen")
-            _listening_admin(settings.admin_listen)
-            service.start()
-            asyncio.run(_serve_all([admin]))
-        finally:
-            service.stop()
+        with HeldSignals() as held:
+            service, token = _service(settings, policy)
+            try:
+                if settings.metrics_listen is not None:
+                    _serve_metrics(settings.metrics_listen, service.metrics.registry)
+                admin = _uvicorn(service.admin_app(token), settings.admin_listen, "--admin-listen")
+                _listening_admin(settings.admin_listen)
+                service.start()
+                _serve([admin], held)
+            finally:
+                service.stop()
 
     @app.command("run")
     def run(  # noqa: PLR0913 (a command's parameters are its flags)
@@ -133,9 +135,6 @@ def register(app: typer.Typer) -> None:
         The proxy follows the policies the controller reloads, every
         COALMINE_POLICY_RELOAD_INTERVAL seconds (5).
         """
-        from proxy.routes import PolicyFeed  # noqa: PLC0415
-        from proxy.server import build_app, server_config, split_address  # noqa: PLC0415
-
         _logging(log_level)
         settings = _controller_settings(state=state, admin_listen=admin_listen)
         proxy_settings = _proxy_settings(
@@ -147,36 +146,54 @@ def register(app: typer.Typer) -> None:
         policies = _load_at_start(policy, routed=True)
         pins = parse_weights(weight or [])
         check_admin_token(proxy_settings)
-        if proxy_workers > 1:
-            _run_with_workers(settings, proxy_settings, (policy, pins, log_level, proxy_workers))
-            return
-        service, token = _service(settings, policy)
-        try:
-            try:
-                # one view of the policy files: the proxy reloads the controller's
-                proxy_app = build_app(
-                    proxy_settings,
-                    policies,
-                    pins,
-                    policy_feed=PolicyFeed(service.reload_policies, service.policy_files.kept_out),
+        with HeldSignals() as held:
+            if proxy_workers > 1:
+                _run_with_workers(
+                    settings, proxy_settings, (policy, pins, log_level, proxy_workers), held
                 )
-            except ValueError as error:
-                raise InputError(str(error)) from None
-            if proxy_settings.metrics_listen is not None:
-                service.metrics.registry.register(_Merged(proxy_app.metrics.registry))
-                _serve_metrics(proxy_settings.metrics_listen, service.metrics.registry)
-            servers = [
-                # the proxy's own server settings: heads bounded, head and idle timeouts
-                _signal_free(server_config(proxy_app, proxy_settings)),
-                _uvicorn(service.admin_app(token), settings.admin_listen, "--admin-listen"),
-            ]
-            host, _ = split_address(proxy_settings.listen, "--listen")
-            listening("proxy", f"http://{proxy_settings.listen}", host, PROXY_GUARD)
-            _listening_admin(settings.admin_listen)
-            service.start()
-            asyncio.run(_serve_all(servers))
-        finally:
-            service.stop()
+            else:
+                _run_in_process(settings, proxy_settings, (policy, policies, pins), held)
+
+
+def _run_in_process(
+    settings: Any,
+    proxy_settings: Any,
+    policy: tuple[list[Path], list[Any], dict[str, float]],
+    held: HeldSignals,
+) -> None:
+    """``coalmine run``: the proxy and the controller in this process (``policy``: the
+    policy paths, the policies loaded from them, the pinned weights)."""
+    from proxy.routes import PolicyFeed  # noqa: PLC0415
+    from proxy.server import build_app, server_config, split_address  # noqa: PLC0415
+
+    paths, policies, pins = policy
+    service, token = _service(settings, paths)
+    try:
+        try:
+            # one view of the policy files: the proxy reloads the controller's
+            proxy_app = build_app(
+                proxy_settings,
+                policies,
+                pins,
+                policy_feed=PolicyFeed(service.reload_policies, service.policy_files.kept_out),
+            )
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        if proxy_settings.metrics_listen is not None:
+            service.metrics.registry.register(_Merged(proxy_app.metrics.registry))
+            _serve_metrics(proxy_settings.metrics_listen, service.metrics.registry)
+        servers = [
+            # the proxy's own server settings: heads bounded, head and idle timeouts
+            _signal_free(server_config(proxy_app, proxy_settings)),
+            _uvicorn(service.admin_app(token), settings.admin_listen, "--admin-listen"),
+        ]
+        host, _ = split_address(proxy_settings.listen, "--listen")
+        listening("proxy", f"http://{proxy_settings.listen}", host, PROXY_GUARD)
+        _listening_admin(settings.admin_listen)
+        service.start()
+        _serve(servers, held)
+    finally:
+        service.stop()
 
 
 class _Merged:
@@ -190,7 +207,10 @@ class _Merged:
 
 
 def _run_with_workers(
-    settings: Any, proxy_settings: Any, workers: tuple[list[Path], dict[str, float], str, int]
+    settings: Any,
+    proxy_settings: Any,
+    workers: tuple[list[Path], dict[str, float], str, int],
+    held: HeldSignals,
 ) -> None:
     """``coalmine run --proxy-workers N``: the controller in this process, the proxy in N
     worker processes (``workers``: policy paths, pins, log level, N); a worker that ends
@@ -223,7 +243,7 @@ def _run_with_workers(
         listening(f"proxy ({count} workers)", f"http://{proxy_settings.listen}", host, PROXY_GUARD)
         _listening_admin(settings.admin_listen)
         service.start()
-        if asyncio.run(_serve_all([admin], workers=pool)):
+        if _serve([admin], held, workers=pool):
             raise SystemExit(1)
     finally:
         pool.stop(proxy_settings.graceful_shutdown_seconds + STOP_MARGIN_SECONDS)
@@ -360,9 +380,18 @@ def _signal_free(config: Any) -> Any:
     return Server(config)
 
 
-async def _serve_all(servers: list[Any], workers: Any = None) -> bool:
+def _serve(servers: list[Any], held: HeldSignals, workers: Any = None) -> bool:
+    """``_serve_all`` in an event loop of its own; the signals held again once it closed."""
+    try:
+        return asyncio.run(_serve_all(servers, held, workers))
+    finally:
+        held.hold()
+
+
+async def _serve_all(servers: list[Any], held: HeldSignals, workers: Any = None) -> bool:
     """Serve until one server stops (a signal, a failure) or one of the proxy ``workers``
-    (a ``WorkerPool``) ends, then stop the others; whether a worker ended."""
+    (a ``WorkerPool``) ends, then stop the others; whether a worker ended. Signals
+    ``held`` before the loop ran are served first."""
     loop = asyncio.get_running_loop()
 
     def stop(sig: signal.Signals) -> None:
@@ -372,8 +401,10 @@ async def _serve_all(servers: list[Any], workers: Any = None) -> bool:
                 server.force_exit = True  # a second Ctrl-C: no more waiting
             server.should_exit = True
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in HELD:
         loop.add_signal_handler(sig, stop, sig)
+    for sig in held.take():
+        stop(sig)
     tasks = [asyncio.create_task(server.serve()) for server in servers]
     watch = None if workers is None else asyncio.create_task(_first_worker_end(workers))
     await asyncio.wait(
