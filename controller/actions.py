@@ -228,5 +228,8 @@ def describe(action: Action) -> str:
 
 def wanted_shadow(policy: Policy, phase: Phase | None) -> ShadowRoute | None:
     """The mirroring a release's routing table carries: its policy's until the rollout
-    ends (promoted, rolled back, aborted), then none."""
+    ends (promoted, rolled back, aborted), then none; a shadow rung's (``shadow.gate``)
+    only while the rollout stands at that rung."""
+    if policy.shadow is not None and policy.shadow.gate is not None:
+        return shadow_route(policy) if phase is Phase.SHADOW else None
     return None if phase in FINISHED else shadow_route(policy)

@@ -44,7 +44,7 @@ from controller.errors import (
     NotLeaderError,
 )
 from controller.evidence_log import judgement_summary
-from controller.lifecycle import ReleaseState, judged_by, policy_digest
+from controller.lifecycle import ReleaseState, judged_by, ladder_of, policy_digest
 from controller.loop import Controller
 from controller.release_store import Action, DecisionRecord, LabelMove
 from controller.source import health_of
@@ -280,7 +280,7 @@ def source_status(
     or for a source that does not say); ``scoreTypeMismatches``: their scores whose type
     cannot serve the metric that reads them."""
     health = health_of(controller.source, now)
-    running = [(r.name, r.started_at) for r in releases if r.phase in RUNNING]
+    running = [(r.name, r.judged_since) for r in releases if r.phase in RUNNING]
     return {
         "langfuseReads": None if health is None or not running else reads_json(health.reads),
         "scoreTypeMismatches": mismatches_of(health, running),
@@ -305,6 +305,8 @@ def release_summary(release: ReleaseState, policy: Policy | None) -> dict[str, A
         and release.running
         and policy_digest(policy) != release.policy_digest,
         "approval": approval_summary(release, policy),
+        "ladder": None if policy is None else ladder_of(judged_by(release, policy)[0]),
+        "rungSince": release.rung_since,
     }
 
 
@@ -357,6 +359,9 @@ def release_detail(controller: Controller, release: ReleaseState, limit: int) ->
             "judgement": judgement,
             "judgementSource": judged_by,
             "traffic": controller.traffic_of(release.name),
+            "rung": controller.rungs.views.get(release.name)
+            if release.running and release.judged_since == release.rung_since
+            else None,
             "decisions": [_decision(record) for record in decisions],
             "labelMoves": [
                 _label_move(move) for move in controller.state.label_moves(release.name)

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
 from controller.evidence_log import judgement_summary
-from controller.lifecycle import ActionKind, ReleaseState
+from controller.lifecycle import ActionKind, ReleaseState, judged_by, ladder_of
 from controller.release_store import DecisionRecord
 from controller.source import health_of
 from controller.source.status import mismatches_of, reads_json
@@ -201,7 +201,7 @@ def reads_view(controller: Controller, now: float) -> dict[str, Any]:
     rollout runs (None otherwise, or for a source that does not say), and the score type
     mismatches of the running rollouts."""
     health = health_of(controller.source, now)
-    running = [(r.name, r.started_at) for r in controller.state.releases() if r.phase in RUNNING]
+    running = [(r.name, r.judged_since) for r in controller.state.releases() if r.phase in RUNNING]
     reads = None if health is None or not running else reads_json(health.reads)
     return {"langfuseReads": reads, "scoreTypeMismatches": mismatches_of(health, running)}
 
@@ -238,6 +238,10 @@ def release_view(
         "reason": release.reason,
         "rollout": release.rollout,
         "waiting": release.waiting or None,
+        "ladder": None if policy is None else ladder_of(judged_by(release, policy)[0]),
+        "rung": controller.rungs.views.get(release.name)
+        if release.running and release.judged_since == release.rung_since
+        else None,
         "hasPolicy": policy is not None,
         "end": now if release.phase in RUNNING else max(release.updated_at, started or 0.0),
         "weights": weight_steps(current, weights),

@@ -23,7 +23,10 @@ from policies.domain import FINISHED, Phase
 from policies.durations import format_duration
 from policies.model import Policy
 
-RUNNING = frozenset({Phase.CANARY, Phase.APPROVAL, Phase.PAUSED})
+RUNGS = frozenset({Phase.DATASET, Phase.SHADOW})
+"""Phases of the rungs before the canary steps: no user is sent to the candidate."""
+
+RUNNING = frozenset({Phase.DATASET, Phase.SHADOW, Phase.CANARY, Phase.APPROVAL, Phase.PAUSED})
 """Phases of a rollout that has started and not ended."""
 
 
@@ -39,6 +42,7 @@ class Transition(StrEnum):
     ABORT = "abort"
     AWAIT_APPROVAL = "await_approval"
     APPROVE = "approve"
+    PASS_RUNG = "pass_rung"
 
 
 MANUAL = frozenset(
@@ -131,10 +135,20 @@ class ReleaseState:
     """The id of the annotation queue its traces were added to for review."""
     review_traces: tuple[str, ...] = ()
     """The canary traces added to the review queue, whose reviews are read."""
+    rung_since: float | None = None
+    """When the current rung (``dataset``, ``shadow``) began, or began again on resume."""
+    dataset_attempt: int = 0
+    """Runs of the dataset rung in this rollout so far (each run's experiments are named
+    by it, so every attempt has runs of its own in Langfuse)."""
 
     @property
     def started_at(self) -> float | None:
         return self.step_starts[0] if self.step_starts else None
+
+    @property
+    def judged_since(self) -> float | None:
+        """When what is judged now began: the canary steps, else the current rung."""
+        return self.step_starts[0] if self.step_starts else self.rung_since
 
     @property
     def step_started_at(self) -> float | None:
@@ -165,6 +179,8 @@ class ReleaseState:
                 "approvalSince": self.approval_since,
                 "reviewQueue": self.review_queue,
                 "reviewTraces": list(self.review_traces),
+                "rungSince": self.rung_since,
+                "datasetAttempt": self.dataset_attempt,
             }
         )
 
@@ -196,6 +212,8 @@ class ReleaseState:
             approval_since=_optional_float(data.get("approvalSince")),
             review_queue=data.get("reviewQueue"),
             review_traces=tuple(str(trace) for trace in data.get("reviewTraces", ())),
+            rung_since=_optional_float(data.get("rungSince")),
+            dataset_attempt=int(data.get("datasetAttempt", 0)),
         )
 
 
@@ -324,16 +342,46 @@ def pending(name: str, digest: str, *, now: float) -> ReleaseState:
     return ReleaseState(name=name, phase=Phase.PENDING, updated_at=now, policy_digest=digest)
 
 
+def first_rung(policy: Policy) -> Phase:
+    """Where a rollout of ``policy`` begins: the dataset rung, the shadow rung, or the
+    canary steps, whichever the policy has first."""
+    if policy.dataset is not None:
+        return Phase.DATASET
+    return next_rung(policy, Phase.DATASET)
+
+
+def next_rung(policy: Policy, after: Phase) -> Phase:
+    """The rung after ``after`` (``dataset`` or ``shadow``) that the policy has."""
+    if after is Phase.DATASET and policy.shadow is not None and policy.shadow.gate is not None:
+        return Phase.SHADOW
+    return Phase.CANARY
+
+
+def ladder_of(policy: Policy) -> list[str]:
+    """The rungs a rollout of ``policy`` climbs, in order (as phases are named)."""
+    rungs = [Phase.DATASET.value] if policy.dataset is not None else []
+    if next_rung(policy, Phase.DATASET) is Phase.SHADOW:
+        rungs.append(Phase.SHADOW.value)
+    rungs.append(Phase.CANARY.value)
+    if policy.approval is not None:
+        rungs.append(Phase.APPROVAL.value)
+    return rungs
+
+
 def start(
     release: ReleaseState, policy: Policy, candidate: Candidate, digest: str, *, now: float
 ) -> Change:
-    """The next rollout begins at the first step."""
-    weight = policy.steps[0].weight
+    """The next rollout begins at its first rung: no user on the candidate until the
+    canary steps, which begin at the first step's weight."""
+    phase = first_rung(policy)
+    weight = policy.steps[0].weight if phase is Phase.CANARY else 0.0
     started = replace(
         release,
-        phase=Phase.CANARY,
+        phase=phase,
         step=0,
-        step_starts=(now,),
+        step_starts=(now,) if phase is Phase.CANARY else (),
+        rung_since=None if phase is Phase.CANARY else now,
+        dataset_attempt=0,
         canary_weight=weight,
         stable_version=candidate.stable_version,
         candidate_version=candidate.candidate_version,
@@ -350,6 +398,28 @@ def start(
         review_traces=(),
     )
     return Change(Transition.START, started, (SetWeight(weight),))
+
+
+def pass_rung(release: ReleaseState, policy: Policy, *, now: float, reason: str) -> Change:
+    """The rung passed: on to the next rung, or to the canary steps at the first weight."""
+    if release.phase not in RUNGS:
+        raise ValueError(f"release {release.name!r} is {release.phase.value}: not at a rung")
+    phase = next_rung(policy, release.phase)
+    if phase is not Phase.CANARY:
+        moved = replace(release, phase=phase, rung_since=now, updated_at=now, reason=reason)
+        return Change(Transition.PASS_RUNG, moved, (SetWeight(0.0),))
+    weight = policy.steps[0].weight
+    moved = replace(
+        release,
+        phase=Phase.CANARY,
+        step=0,
+        step_starts=(now,),
+        rung_since=None,
+        canary_weight=weight,
+        updated_at=now,
+        reason=reason,
+    )
+    return Change(Transition.PASS_RUNG, moved, (SetWeight(weight),))
 
 
 def advance(release: ReleaseState, policy: Policy, *, now: float, reason: str) -> Change:
@@ -456,6 +526,8 @@ def resume(release: ReleaseState, *, now: float, reason: str) -> Change:
         reason=reason,
         # back to waiting for approval: the wait starts again
         approval_since=now if phase is Phase.APPROVAL else release.approval_since,
+        # back to a rung: it runs again (a dataset run anew, a shadow rung's pairs afresh)
+        rung_since=now if phase in RUNGS else release.rung_since,
     )
     return Change(Transition.RESUME, resumed)
 
@@ -489,7 +561,7 @@ def refusal(release: ReleaseState, transition: Transition) -> str | None:
     allowed = {
         Transition.PROMOTE: phase in RUNNING,
         Transition.ROLLBACK: phase in RUNNING or phase is Phase.PROMOTED,
-        Transition.PAUSE: phase in (Phase.CANARY, Phase.APPROVAL),
+        Transition.PAUSE: phase in (Phase.CANARY, Phase.APPROVAL) or phase in RUNGS,
         Transition.APPROVE: phase is Phase.APPROVAL,
         Transition.RESUME: phase is Phase.PAUSED,
         Transition.ABORT: phase in RUNNING,

@@ -41,6 +41,7 @@ from controller.judge import Decision, Evidence, Judgement, StepStatus, Trace, j
 from controller.judge.checkpoint import restore, snapshot
 from controller.labels import PromptLabels
 from controller.lifecycle import (
+    RUNGS,
     Change,
     ReleaseState,
     Sighting,
@@ -49,6 +50,7 @@ from controller.lifecycle import (
     policy_digest,
 )
 from controller.release_store import ControllerState
+from controller.rungs import RungDriver, RungMove
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source import SampleSource
 from controller.source import review_queue as review
@@ -97,6 +99,7 @@ EVENT_REASONS = {
     "abort": "Aborted",
     "await_approval": "AwaitingApproval",
     "approve": "Approved",
+    "pass_rung": "RungPassed",
 }
 """The Kubernetes Event reason of each decision."""
 WARNINGS = frozenset({"rollback", "pause", "abort"})
@@ -188,6 +191,9 @@ class Controller:
         self.labels = labels
         self.policies = policies
         self.notify = notify
+        self.rungs = RungDriver(state)
+        """The rungs before the canary steps (``rungs.datasets`` runs the dataset rungs)."""
+        self._rung_checked: dict[str, float] = {}
         self.reviews: ReviewQueue | None = None
         """Where a policy's ``approval.queue`` is read (None: queue approval is off)."""
         self._reviews_due: dict[str, float] = {}
@@ -341,6 +347,10 @@ class Controller:
         """Give new samples to the evidence of running releases."""
         by_trace: dict[str, str] = {}
         for trace in traces:
+            if self.rungs.wants(trace.release):
+                self.rungs.add_trace(trace)
+                by_trace[trace.trace_id] = trace.release
+                continue
             live = self.live.get(trace.release)
             if live is None or trace.ts < live.started_at:
                 continue
@@ -367,11 +377,13 @@ class Controller:
         return None
 
     def _add_score(self, release: str, score: ScoreSample) -> None:
+        self.rungs.add_score(release, score)
         live = self.live.get(release)
         if live is not None:
             live.evidence.add_scores(score.trace_id, {score.name: score.value}, score.at)
 
-    def _step(self, name: str, policy: Policy, now: float, report: TickReport) -> None:
+    def _known(self, name: str, policy: Policy, now: float) -> ReleaseState:
+        """The release as stored, first stored as pending when it is new."""
         digest = policy_digest(policy)
         release = self.state.release(name)
         if release is None:
@@ -380,11 +392,16 @@ class Controller:
         elif release.phase is Phase.PENDING and release.policy_digest != digest:
             release = replace(release, policy_digest=digest, updated_at=now)
             self.state.save_release(release)
+        return release
+
+    def _step(self, name: str, policy: Policy, now: float, report: TickReport) -> None:
+        release = self._known(name, policy, now)
         self._run_pending_actions(name, policy, now, report)
         release = self.state.release(name) or release
         if not release.running:
             if release.phase in FINISHED:
                 self.live.pop(name, None)
+                self.rungs.leave(name)
                 self._reconcile_weight(release, policy, report)
             self._maybe_start(release, policy, now, report)
             return
@@ -392,6 +409,11 @@ class Controller:
         if problem is not None:
             report.action_errors.append(f"{name}: {problem}")
             log.error("release %s: %s", name, problem)
+        if not release.step_starts:  # at a rung before the canary steps, or paused at one
+            self._reconcile_weight(release, policy, report)
+            self._at_rung(release, policy, judged, now, report)
+            return
+        self.rungs.leave(name)
         live = self._live(release, judged)
         self._reconcile_weight(release, policy, report)
         if release.phase not in JUDGED or now < live.next_look:
@@ -425,22 +447,62 @@ class Controller:
         self._carry_out(release, judged, judgement, now, report)
         self._after(name, policy, now, report)
 
+    def _at_rung(
+        self,
+        release: ReleaseState,
+        policy: Policy,
+        judged: Policy,
+        now: float,
+        report: TickReport,
+    ) -> None:
+        """A rollout at the dataset or shadow rung: what the rung says, carried out."""
+        name = release.name
+        if release.phase not in RUNGS:  # paused at a rung: nothing runs until it resumes
+            self.rungs.leave(name)
+            return
+        if now >= self._rung_checked.get(name, -math.inf):
+            self._rung_checked[name] = now + judged.analysis.interval
+            if self._superseded(release, policy, now, report):
+                self.rungs.leave(name)
+                self._after(name, policy, now, report)
+                return
+        counted = self.rungs.attempt_to_start(release)
+        if counted is not None:
+            self.state.save_release(counted)
+            release = counted
+        verdict = self.rungs.look(release, judged, now, read_until=self._read_until())
+        if verdict is None:
+            return
+        if verdict.move is RungMove.PASS:
+            change = lifecycle.pass_rung(release, judged, now=now, reason=verdict.reason)
+        elif verdict.move is RungMove.ROLLBACK:
+            change = lifecycle.rollback(release, judged, now=now, reason=verdict.reason)
+        else:
+            change = lifecycle.pause(release, now=now, reason=verdict.reason)
+        if change.release.phase is not release.phase:
+            self.rungs.leave(name)
+        grounds = _Grounds("controller", verdict.reason, verdict.evidence)
+        self._decide(change, judged, grounds, now=now, report=report)
+        self._after(name, policy, now, report)
+
     def _bring_up_to(self, now: float, name: str, live: _Live, report: TickReport) -> None:
         """Make the release's evidence current for a look at ``now``."""
-        cursors = self.state.cursors(SOURCE)
         if live.evidence.traffic_from_proxy:
             self._take_counts(name, live, now, report)
+        scores, traces = self._read_until()
         live.evidence.advance(
             max(now, live.evidence.observed_until),
-            scores_read_until=(
-                self._scores_complete
-                if self._scores_complete is not None
-                else None
-                if cursors is None
-                else cursors.scores_from
-            ),
-            traces_read_until=None if cursors is None else cursors.observations_from,
+            scores_read_until=scores,
+            traces_read_until=traces,
         )
+
+    def _read_until(self) -> tuple[float | None, float | None]:
+        """Until when scores and traces have been read completely (None: not known)."""
+        cursors = self.state.cursors(SOURCE)
+        if cursors is None:
+            return self._scores_complete, None
+        scores = self._scores_complete
+        return (cursors.scores_from if scores is None else scores), cursors.observations_from
 
     def _take_counts(self, name: str, live: _Live, now: float, report: TickReport) -> None:
         """Give the release's evidence the proxies' counts read now."""
@@ -1024,9 +1086,9 @@ def _trace(sample: TraceSample) -> Trace:
 
 def _first_cursors(running: Mapping[str, Policy], state: ControllerState, now: float) -> Cursors:
     starts = [
-        release.started_at
+        release.judged_since
         for name in running
-        if (release := state.release(name)) is not None and release.started_at is not None
+        if (release := state.release(name)) is not None and release.judged_since is not None
     ]
     start = min(starts, default=now)
     return Cursors(observations_from=start, scores_from=start)

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from controller.judge import CheckState, Judgement, Verdict
-from controller.lifecycle import ReleaseState
+from controller.lifecycle import RUNGS, ReleaseState
 from controller.loop import Controller
 from controller.release_store import ActionStatus
 from controller.source import health_of
@@ -118,6 +118,19 @@ class ControllerCollector(Collector):
             "step": gauge(
                 "coalmine_release_step",
                 "Current step of each release, counted from 1; 0 before its canary starts.",
+                labels=["release"],
+            ),
+            "rung_pairs": gauge(
+                "coalmine_rung_pairs",
+                "Pairs compared by the rung a rollout stands at (dataset items scored on "
+                "both arms, or shadow copies scored with their primaries), by release and "
+                "rung.",
+                labels=["release", "rung"],
+            ),
+            "rung_unscored": gauge(
+                "coalmine_rung_unscored_items",
+                "Dataset items the dataset rung a rollout stands at has no pair of scores "
+                "for (an evaluator that failed, a judge that never answered), by release.",
                 labels=["release"],
             ),
             "rollout": gauge(
@@ -263,6 +276,7 @@ class ControllerCollector(Collector):
             started = release.started_at is not None
             families["step"].add_metric([name], release.step + 1 if started else 0)
             families["rollout"].add_metric([name], release.rollout)
+            self._rung(release, families)
             for decision, count in sorted(state.decision_counts(name).items()):
                 families["decisions"].add_metric([name, decision], count)
             pending = 0
@@ -272,6 +286,19 @@ class ControllerCollector(Collector):
                 elif ActionStatus(status) in FINISHED_ACTIONS:
                     families["actions"].add_metric([name, kind, status], count)
             families["pending"].add_metric([name], pending)
+
+    def _rung(
+        self,
+        release: ReleaseState,
+        families: Mapping[str, GaugeMetricFamily | CounterMetricFamily],
+    ) -> None:
+        view = self.controller.rungs.views.get(release.name)
+        if view is None or release.phase not in RUNGS:
+            return
+        rung = str(view.get("rung"))
+        families["rung_pairs"].add_metric([release.name, rung], float(view.get("pairs") or 0))
+        if rung == Phase.DATASET.value:
+            families["rung_unscored"].add_metric([release.name], float(_unscored(view)))
 
     def _proxies_counting(
         self, release: str, family: CounterMetricFamily | GaugeMetricFamily
@@ -387,3 +414,11 @@ class ControllerMetrics:
         )
         self.registry.register(self.collector)
         return self.collector
+
+
+def _unscored(view: Mapping[str, object]) -> int:
+    """What a rung's view counts as unscored: a count, or a count with example ids."""
+    unscored = view.get("unscored")
+    if isinstance(unscored, Mapping):
+        unscored = unscored.get("count")
+    return unscored if isinstance(unscored, int) else 0

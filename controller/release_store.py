@@ -452,7 +452,8 @@ class ControllerState:
             for trace in traces:
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO traces (release, trace_id, arm, ts, error, "
-                    "latency_ms, cost_usd, prompt_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "latency_ms, cost_usd, prompt_version, shadow_of) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         trace.release,
                         trace.trace_id,
@@ -462,6 +463,7 @@ class ControllerState:
                         trace.latency_ms,
                         trace.cost_usd,
                         trace.prompt_version,
+                        trace.shadow_of,
                     ),
                 )
                 if cursor.rowcount:
@@ -484,8 +486,7 @@ class ControllerState:
 
     def traces(self, release: str, since: float) -> list[TraceSample]:
         rows = self._query(
-            "SELECT release, trace_id, arm, ts, error, latency_ms, cost_usd, prompt_version "
-            "FROM traces WHERE release = ? AND ts >= ? ORDER BY ts",
+            f"SELECT {_TRACE_COLUMNS} FROM traces WHERE release = ? AND ts >= ? ORDER BY ts",
             (release, since),
         )
         return [_trace(row) for row in rows]
@@ -624,8 +625,8 @@ class ControllerState:
         """The release's traces stored after row ``row`` that started at ``since`` or
         later, by start time."""
         rows = self._query(
-            "SELECT release, trace_id, arm, ts, error, latency_ms, cost_usd, prompt_version "
-            "FROM traces WHERE release = ? AND ts >= ? AND rowid > ? ORDER BY ts",
+            f"SELECT {_TRACE_COLUMNS} FROM traces "
+            "WHERE release = ? AND ts >= ? AND rowid > ? ORDER BY ts",
             (release, since, row),
         )
         return [_trace(found) for found in rows]
@@ -650,6 +651,12 @@ def _last_row(db: sqlite3.Connection, table: str) -> int:
     return 0 if found is None or found[0] is None else int(found[0])
 
 
+_TRACE_COLUMNS = (
+    "release, trace_id, arm, ts, error, latency_ms, cost_usd, prompt_version, shadow_of"
+)
+"""The columns ``_trace`` reads, in its order."""
+
+
 def _trace(row: tuple[Any, ...]) -> TraceSample:
     return TraceSample(
         release=row[0],
@@ -660,6 +667,7 @@ def _trace(row: tuple[Any, ...]) -> TraceSample:
         latency_ms=row[5],
         cost_usd=row[6],
         prompt_version=row[7],
+        shadow_of=row[8],
     )
 
 
@@ -714,6 +722,7 @@ def _open(path: Path) -> sqlite3.Connection:
 _ADDED_COLUMNS = (
     ("decisions", "rollout", "INTEGER NOT NULL DEFAULT 0"),
     ("label_moves", "rollout", "INTEGER NOT NULL DEFAULT 0"),
+    ("traces", "shadow_of", "TEXT"),
 )
 """Columns added since the first schema: a file written before them gains them, empty."""
 

@@ -29,6 +29,8 @@ class TraceSample:
     """Sum of the costs of the trace's observations; None when none reported a cost."""
     prompt_version: int | None = None
     """Version of the release's prompt the trace used, when a generation links one."""
+    shadow_of: str | None = None
+    """For a shadow copy (arm ``shadow``): the trace id of the primary request it mirrors."""
 
 
 @dataclass(frozen=True, slots=True)

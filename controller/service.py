@@ -24,6 +24,7 @@ from controller.cluster.lease import LeaseElector, LeaseTiming
 from controller.cluster.release_configmaps import ClusterState
 from controller.errors import SetupError
 from controller.labels import LangfusePromptLabels, PromptLabels
+from controller.ladder.dataset_gate import DatasetGates
 from controller.loop import Controller, ProxyTraffic
 from controller.metrics import ControllerMetrics
 from controller.notify import MultiNotifier, Notifier, WebhookNotifier
@@ -184,6 +185,7 @@ class ControllerService:
             self.controller.source,
             self.controller.labels,
             self.controller.reviews,
+            self.controller.rungs,
             self.controller.routing,
         )
         for part in parts:
@@ -235,6 +237,7 @@ def build_service(
 
     Raises SetupError when it cannot start as configured."""
     reviews: ReviewQueue | None = None
+    datasets: DatasetGates | None = None
     if source is None or labels is None:
         keys = settings.langfuse_keys()
         if keys is None:
@@ -265,6 +268,9 @@ def build_service(
                 BudgetSettings(per_minute=settings.requests_per_minute), clock=clock
             ),
             score_budget=budget,
+        )
+        datasets = DatasetGates(
+            base_url=settings.langfuse_base_url, public_key=keys[0], secret_key=keys[1]
         )
     policy_files = PolicyFiles(list(policy_paths))
     service_box: list[ControllerService] = []
@@ -300,6 +306,8 @@ def build_service(
         from_proxies=from_proxies,
     )
     controller.reviews = reviews
+    controller.rungs.datasets = datasets
+    controller.rungs.app_url = settings.app_url
     if cluster is not None:
         controller.fence = cluster.elector.fence
     # the proxies write their ConfigMaps only when the controller judges on their counts

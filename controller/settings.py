@@ -32,6 +32,11 @@ class ControllerSettings(LangfuseConnection, AdminToken, ClusterSettings):
     metrics_listen: str | None = "127.0.0.1:9466"
     """HOST:PORT of the controller's Prometheus metrics; None: no endpoint."""
 
+    app_url: str | None = None
+    """The application the proxy fronts (as the proxy's ``COALMINE_APP_URL``): a prompt
+    release's dataset rung sends each item to it, once per arm. ``coalmine run`` uses its
+    proxy's. None: a prompt release's dataset rung pauses, saying so."""
+
     tick_seconds: float | None = Field(default=None, gt=0)
     """Seconds between two ticks; None: the shortest ``analysis.interval`` of the
     policies (at least 1 s)."""

@@ -24,6 +24,10 @@ class Phase(StrEnum):
 
     PENDING = "pending"
     """Waiting for a candidate (a canary label on another version, or a canary upstream)."""
+    DATASET = "dataset"
+    """The dataset rung: the candidate and the baseline answer a Langfuse dataset."""
+    SHADOW = "shadow"
+    """The shadow rung: live requests mirrored to the candidate, compared in pairs."""
     CANARY = "canary"
     APPROVAL = "approval"
     """Every step passed; waiting for a person's approval to promote (``approval``)."""

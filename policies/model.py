@@ -345,37 +345,6 @@ class Kubernetes(_Model):
     """Object to report the release's Events on; unset: the controller's own pod."""
 
 
-class Shadow(_Model):
-    """Mirror a sample of requests to a staging upstream; its responses are dropped."""
-
-    upstream: HttpUrl
-    """URL of the staging upstream that receives the mirrored requests."""
-
-    percent: Number = Field(gt=0, le=100)
-    """Percent of requests to mirror."""
-
-    methods: tuple[Annotated[str, Field(pattern=METHOD_PATTERN)], ...] = Field(
-        default=("POST",), min_length=1
-    )
-    """HTTP methods that may be mirrored."""
-
-    max_body_bytes: Count = Field(default=1048576, ge=1)
-    """Requests with a larger body are not mirrored."""
-
-    max_in_flight: Count = Field(default=64, ge=1)
-    """Mirrored requests in flight at most; past it a copy is dropped, never queued."""
-
-    @field_validator("methods")
-    @classmethod
-    def _unique_methods(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
-        seen: set[str] = set()
-        for index, method in enumerate(methods):
-            if method in seen:
-                raise _rule(((index,), f"duplicate method '{method}'"))
-            seen.add(method)
-        return methods
-
-
 class ScoreRange(_Model):
     """The range of a numeric score."""
 
@@ -747,6 +716,189 @@ class Approval(_Model):
     """Also approve (or reject) by review in a Langfuse annotation queue."""
 
 
+class OnInconclusive(StrEnum):
+    """What to do when a rung ends without a verdict (too few pairs, scores that never
+    came, its maxDuration reached): never a pass."""
+
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
+
+
+class PairedMetric(_Model):
+    """The score a paired rung compares: the candidate's minus the baseline's on the same
+    input. A call that failed or timed out takes the worst value of the range."""
+
+    score: str = Field(min_length=1, max_length=200)
+    """The Langfuse score's name (NUMERIC or BOOLEAN; a BOOLEAN counts 1 for true)."""
+
+    range: ScoreRange = ScoreRange(min=0.0, max=1.0)
+    """The score's possible values."""
+
+    direction: Direction = Direction.HIGHER
+    """Which way is better."""
+
+    tolerance: Number = Field(default=0.0, ge=0)
+    """The candidate blocks when shown worse than the baseline by more than this."""
+
+    promote_tolerance: Number | None = Field(default=None, ge=0)
+    """The rung passes when the candidate is shown within this of the baseline (unset:
+    tolerance)."""
+
+    effect_size: Number | None = Field(default=None, gt=0)
+    """The harm beyond tolerance the block test is tuned for (unset: 5% of the range)."""
+
+    min_score: Number | None = None
+    """Hard threshold: the candidate's mean score must reach it (worse blocks)."""
+
+    @model_validator(mode="after")
+    def _threshold_in_range(self) -> PairedMetric:
+        low, high = self.range.min, self.range.max
+        if self.min_score is not None and not low <= self.min_score <= high:
+            raise _rule((("minScore",), f"must be within range {_number(low)}..{_number(high)}"))
+        if self.tolerance >= high - low:
+            raise _rule((("tolerance",), "must be smaller than the range"))
+        return self
+
+
+class HttpEvaluator(_Model):
+    """An evaluator behind an HTTP endpoint: coalmine POSTs
+    `{"input", "output", "expectedOutput", "metadata"}` and reads `{"value": number}`
+    (or a list of such objects with `name`, the one named as the metric's score)."""
+
+    url: HttpUrl
+    """The endpoint."""
+
+    timeout: Duration = Field(default=60.0, gt=0, json_schema_extra=_duration_default(60))
+    """How long one evaluation may take; past it the item is reported as not scored."""
+
+
+class DatasetEvaluator(_Model):
+    """Where the dataset gate's scores come from: exactly one of `langfuse`, `http`,
+    `python`."""
+
+    langfuse: Flag = False
+    """Langfuse-managed judges (LLM-as-a-judge rules on the dataset's experiments): their
+    scores (source EVAL, named as the metric's score) on each item's task span."""
+
+    http: HttpEvaluator | None = None
+    """An HTTP endpoint that scores each answer."""
+
+    python: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    """A Python function as `module:function` with the Langfuse SDK's evaluator signature
+    (`input`, `output`, `expected_output`, `metadata` keywords) returning a number, a
+    dict or an `Evaluation` (e.g. a pydantic-evals or SDK evaluator function)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DatasetEvaluator:
+        chosen = [name for name in ("langfuse", "http", "python") if getattr(self, name)]
+        if len(chosen) != 1:
+            found = ", ".join(chosen) or "none"
+            raise _rule(((), f"needs exactly one of langfuse, http, python (found {found})"))
+        return self
+
+
+class DatasetGate(_Model):
+    """The dataset rung: before any user sees the candidate, every item of a Langfuse
+    dataset is sent through the candidate and the baseline (the same app, each arm's
+    prompt label or upstream), each arm recorded as an experiment of the dataset, scored
+    by the evaluator, and compared item by item."""
+
+    name: str = Field(min_length=1, max_length=200)
+    """The Langfuse dataset's name."""
+
+    path: str = Field(default="/", pattern=PATH_PREFIX_PATTERN)
+    """The app's path an item's input is POSTed to, as JSON."""
+
+    metric: PairedMetric
+    """The score compared."""
+
+    evaluator: DatasetEvaluator
+    """Where the scores come from."""
+
+    alpha: Number = Field(default=0.05, gt=0, lt=0.5)
+    """Chance of blocking a candidate within tolerance."""
+
+    min_pairs: Count = Field(default=30, ge=2)
+    """Items scored on both arms below which there is no verdict (inconclusive)."""
+
+    max_unscored: Number = Field(default=0.1, ge=0, le=1)
+    """Share of items that may end without a score on either arm (an evaluator that
+    failed or a judge that never answered); more is inconclusive."""
+
+    concurrency: Count = Field(default=4, ge=1, le=64)
+    """Items in flight at once, per arm."""
+
+    request_timeout: Duration = Field(
+        default=120.0, gt=0, json_schema_extra=_duration_default(120)
+    )
+    """How long the app may take for one item; past it the call counts as failed."""
+
+    score_timeout: Duration = Field(default=900.0, gt=0, json_schema_extra=_duration_default(900))
+    """How long to wait for the scores once every item has run; then the rung ends
+    with what came (inconclusive when too little)."""
+
+    on_inconclusive: OnInconclusive = OnInconclusive.PAUSE
+    """`pause` (a person resumes it, which runs the dataset again, or promotes or rolls
+    back) or `rollback`."""
+
+
+class ShadowGate(_Model):
+    """The shadow rung: live requests are mirrored to the candidate (no user sees its
+    answers), each copy's score compared with its primary's on the same request, and the
+    canary steps start only once the candidate is shown within tolerance."""
+
+    metric: PairedMetric
+    """The score compared (the evaluators score both traces of a pair)."""
+
+    alpha: Number = Field(default=0.05, gt=0, lt=0.5)
+    """Chance of ever blocking a candidate within tolerance, however often it is looked at."""
+
+    min_pairs: Count = Field(default=30, ge=2)
+    """Pairs below which there is no verdict."""
+
+    max_duration: Duration = Field(default=3600.0, gt=0, json_schema_extra=_duration_default(3600))
+    """How long the rung may run without a verdict."""
+
+    on_inconclusive: OnInconclusive = OnInconclusive.PAUSE
+    """At maxDuration: `pause` or `rollback`."""
+
+
+class Shadow(_Model):
+    """Mirror a sample of requests to a staging upstream; its responses are dropped."""
+
+    upstream: HttpUrl
+    """URL of the staging upstream that receives the mirrored requests."""
+
+    percent: Number = Field(gt=0, le=100)
+    """Percent of requests to mirror."""
+
+    methods: tuple[Annotated[str, Field(pattern=METHOD_PATTERN)], ...] = Field(
+        default=("POST",), min_length=1
+    )
+    """HTTP methods that may be mirrored."""
+
+    max_body_bytes: Count = Field(default=1048576, ge=1)
+    """Requests with a larger body are not mirrored."""
+
+    max_in_flight: Count = Field(default=64, ge=1)
+    """Mirrored requests in flight at most; past it a copy is dropped, never queued."""
+
+    gate: ShadowGate | None = None
+    """Make the shadow a rung before the canary steps: the upstream serves the
+    candidate, copies are mirrored only while the rung runs, and each copy's score is
+    compared with its primary's."""
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for index, method in enumerate(methods):
+            if method in seen:
+                raise _rule(((index,), f"duplicate method '{method}'"))
+            seen.add(method)
+        return methods
+
+
 class Policy(_Model):
     """A coalmine release policy: one rollout of a candidate against the stable version."""
 
@@ -768,8 +920,12 @@ class Policy(_Model):
     steps: tuple[Step, ...] = Field(min_length=1)
     """Canary weights in increasing order; after the last step the canary is promoted."""
 
+    dataset: DatasetGate | None = None
+    """The dataset rung: a Langfuse dataset through the candidate and the baseline
+    before any user sees the candidate."""
+
     shadow: Shadow | None = None
-    """Mirror a sample of requests to staging."""
+    """Mirror a sample of requests to staging (with `gate`: the shadow rung)."""
 
     analysis: Analysis
     """How the canary is judged."""

@@ -58,6 +58,8 @@ A_TRACE_TAGS: Final = "langfuse.trace.tags"
 A_OBS_LEVEL: Final = "langfuse.observation.level"
 A_OBS_STATUS_MESSAGE: Final = "langfuse.observation.status_message"
 A_IS_APP_ROOT: Final = "langfuse.internal.is_app_root"
+A_TRACE_SHADOW_OF: Final = "langfuse.trace.metadata.coalmine_shadow_of"
+"""A copy's link to its primary, read by the shadow rung (``controller.source``)."""
 
 _FAILURE_MESSAGES: Final = {
     Failure.CONNECT: "upstream unreachable",
@@ -190,6 +192,9 @@ def _attributes(outcome: RequestOutcome, path: str) -> list[KeyValue]:
         ("coalmine.shadow_of", outcome.shadow_of),
     )
     attributes.extend(_string_kv(key, value) for key, value in optional if value)
+    if outcome.shadow_of:
+        # Langfuse keeps only langfuse.* attributes: as trace metadata the link survives
+        attributes.append(_string_kv(A_TRACE_SHADOW_OF, outcome.shadow_of))
     return attributes
 
 

@@ -140,6 +140,8 @@ def register(app: typer.Typer) -> None:
         proxy_settings = _proxy_settings(
             state=settings.state, listen=listen, app_url=app_url, metrics_listen=metrics_listen
         )
+        if settings.app_url is None:  # the dataset rung sends items to the proxy's app
+            settings = settings.model_copy(update={"app_url": str(proxy_settings.app_url)})
         if proxy_settings.aggregates and "COALMINE_JUDGE_TRAFFIC" not in os.environ:
             # the proxy beside it counts every request: judge traffic on those counts
             settings = settings.model_copy(update={"judge_traffic": "proxy"})

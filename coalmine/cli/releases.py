@@ -340,6 +340,21 @@ def traffic_line(traffic: dict[str, Any]) -> str:
     return f"traffic: {counted}; {sample}"
 
 
+def rung_line(detail: dict[str, Any]) -> str | None:
+    """Where a rollout stands on its ladder and what its rung says (None: no ladder
+    to speak of, or past its rungs)."""
+    ladder = detail.get("ladder") or []
+    rung = detail.get("rung")
+    if len(ladder) < 2 and not rung:
+        return None
+    line = "ladder: " + " → ".join(ladder)
+    if rung:
+        since = _time(detail.get("rungSince"))
+        outcome = rung.get("outcome") or "running"
+        line += f"; {rung['rung']} rung since {since}, {outcome}: {rung.get('reason', '')}"
+    return line
+
+
 def approval_line(release: dict[str, Any]) -> str | None:
     """Since when a rollout waits for approval and what happens without it (None: it
     does not wait)."""
@@ -360,6 +375,17 @@ def approval_line(release: dict[str, Any]) -> str | None:
         f"`coalmine approve {release['name']}`{reviewed}; without it {then} at "
         f"{_time(approval['timeoutAt'])}"
     )
+
+
+def _print_policy(console: Console, detail: dict[str, Any]) -> None:
+    if detail.get("policyDigest"):
+        edited = (
+            " (edited since this rollout started: the edit's steps and analysis apply from "
+            "the next rollout)"
+            if detail.get("policyEdited")
+            else ""
+        )
+        console.print(f"policy in force: {detail['policyDigest']}{edited}")
 
 
 def _print_candidate(console: Console, detail: dict[str, Any]) -> None:
@@ -383,17 +409,10 @@ def print_release(detail: dict[str, Any]) -> None:
     console.print(title)
     if detail.get("waiting"):
         console.print(detail["waiting"])
-    approval = approval_line(detail)
-    if approval:
-        console.print(approval)
-    if detail.get("policyDigest"):
-        edited = (
-            " (edited since this rollout started: the edit's steps and analysis apply from "
-            "the next rollout)"
-            if detail.get("policyEdited")
-            else ""
-        )
-        console.print(f"policy in force: {detail['policyDigest']}{edited}")
+    for line in (rung_line(detail), approval_line(detail)):
+        if line:
+            console.print(line)
+    _print_policy(console, detail)
     _print_candidate(console, detail)
     console.print(
         f"started {_time(detail.get('startedAt'))}, updated {_time(detail.get('updatedAt'))}"

@@ -22,6 +22,7 @@ from coalmine.emulator import (
     experiment_spans,
     experiments,
     faults,
+    judges,
     metrics,
     observations,
     otel,
@@ -87,6 +88,7 @@ def create_app(
         app.include_router(ladder.router)
     app.include_router(projects.router)
     app.include_router(reviews.router)
+    app.include_router(judges.router)
     app.include_router(faults.admin_router)
 
     # add_middleware puts each new layer outside the ones before it.

@@ -11,24 +11,24 @@
       phases: ["approval"],
       confirm: "Approves the candidate that passed every step: it is promoted and every user gets it.",
     },
-    { name: "pause", label: "Pause", phases: ["canary", "approval"] },
+    { name: "pause", label: "Pause", phases: ["dataset", "shadow", "canary", "approval"] },
     { name: "resume", label: "Resume", phases: ["paused"] },
     {
       name: "promote",
       label: "Promote",
-      phases: ["canary", "approval", "paused"],
+      phases: ["dataset", "shadow", "canary", "approval", "paused"],
       confirm: "Moves the stable label to the candidate version: every user gets it.",
     },
     {
       name: "rollback",
       label: "Roll back",
-      phases: ["canary", "approval", "paused", "promoted"],
+      phases: ["dataset", "shadow", "canary", "approval", "paused", "promoted"],
       confirm: "Sends all traffic back to the stable version and parks the canary label on it.",
     },
     {
       name: "abort",
       label: "Abort",
-      phases: ["canary", "approval", "paused"],
+      phases: ["dataset", "shadow", "canary", "approval", "paused"],
       confirm: "Stops the rollout: the canary gets no more traffic and labels stay as they are.",
     },
     {
@@ -494,6 +494,11 @@
       list.append(el("div", {}, el("dt", { text: term }), el("dd", { text: String(value) })));
     };
     if (release.rollout) add("Rollout", `#${release.rollout}`);
+    if (release.ladder && release.ladder.length > 1) add("Ladder", release.ladder.join(" → "));
+    if (release.rung) {
+      const outcome = release.rung.outcome || "running";
+      add(`${release.rung.rung} rung`, `${outcome}: ${release.rung.reason || ""}`);
+    }
     if (release.step !== null) {
       add("Step", release.steps ? `${release.step} of ${release.steps}` : release.step);
     }

@@ -23,6 +23,13 @@ from controller.judge.model import (
     Verdict,
 )
 from controller.judge.paired import PairedResult, PairedSettings, PairedSums, paired_test
+from controller.judge.shadow_pairs import (
+    RungJudgement,
+    RungOutcome,
+    ShadowPairs,
+    judge_shadow,
+    paired_settings,
+)
 from policies.model import Policy
 
 __all__ = [
@@ -35,13 +42,18 @@ __all__ = [
     "PairedResult",
     "PairedSettings",
     "PairedSums",
+    "RungJudgement",
+    "RungOutcome",
     "Scale",
     "ScoreValue",
+    "ShadowPairs",
     "StepStatus",
     "Trace",
     "Verdict",
     "judge",
     "judge_samples",
+    "judge_shadow",
+    "paired_settings",
     "paired_test",
 ]
 

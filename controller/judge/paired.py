@@ -36,6 +36,7 @@ from dataclasses import dataclass, fields, replace
 
 from controller.judge import stats
 from controller.judge.model import Verdict
+from policies.model import DatasetGate, Direction, ShadowGate
 
 # Pairs below which the plug-in variance is not trusted: never a pass or a block.
 DEFAULT_MIN_PAIRS = 30
@@ -87,6 +88,21 @@ class PairedSettings:
 
     def valid(self, value: float) -> bool:
         return math.isfinite(value) and self.low <= value <= self.high
+
+
+def paired_settings(gate: DatasetGate | ShadowGate) -> PairedSettings:
+    """The paired test's settings for a rung's metric (``dataset`` or ``shadow.gate``)."""
+    metric = gate.metric
+    return PairedSettings(
+        low=metric.range.min,
+        high=metric.range.max,
+        higher_is_better=metric.direction is Direction.HIGHER,
+        tolerance=metric.tolerance,
+        promote_tolerance=metric.promote_tolerance,
+        effect=metric.effect_size,
+        alpha=gate.alpha,
+        min_pairs=gate.min_pairs,
+    )
 
 
 @dataclass(frozen=True, slots=True)

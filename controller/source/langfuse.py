@@ -11,7 +11,15 @@ requests grows with traffic, not with the number of releases:
   proxy's root are still counted in its cost and errors. Release and arm come from the
   root's tags; a root whose tags name no running release, no arm, or several of either,
   is skipped and counted in ``skipped["trace_untagged"]``.
-* ``GET /api/public/v3/scores``, filtered on the score names the policies use, with the
+* A shadow copy (arm ``shadow``) names its primary's trace id in the observation
+  metadata key ``coalmine_shadow_of`` (``SHADOW_OF_KEYS``): the app helper propagates it
+  to every span of the copy as ``langfuse.trace.metadata.coalmine_shadow_of``; the
+  root's value is taken first, then the earliest span's. Langfuse v4 keeps only
+  ``langfuse.*.metadata.*`` span attributes as metadata, so the proxy's plain
+  ``coalmine.shadow_of`` attribute is not readable. The ``metadata`` field group is
+  asked for only while a polled policy has a shadow rung (``shadow.gate``).
+* ``GET /api/public/v3/scores``, filtered on the score names the policies use (their
+  score metrics and their shadow rung's metric), with the
   ``subject`` field group (a score's trace is ``subject.id`` for a trace score and
   ``subject.traceId`` for an observation score; session and experiment scores are
   skipped). Every score is reported; the caller joins scores to traces by trace id.
@@ -104,7 +112,7 @@ from controller.source.health import EndpointRead, PollHealth, PollRecord, Sourc
 from controller.source.public_api import PublicApiClient, read_time
 from controller.source.score_types import ScoreTypeBook, seen_type
 from policies.domain import Arm
-from policies.model import MetricSource, Policy
+from policies.model import MetricSource, Policy, ShadowGate
 
 __all__ = [
     "CLOCK_SKEW",
@@ -128,6 +136,12 @@ SCORES: Final = "scores"
 OBSERVATIONS_PATH: Final = "/api/public/v2/observations"
 SCORES_PATH: Final = "/api/public/v3/scores"
 OBSERVATION_FIELDS: Final = "core,basic,usage,trace_context,prompt"
+SHADOW_FIELDS: Final = OBSERVATION_FIELDS + ",metadata"
+"""The field groups while a shadow rung runs: a copy's primary is in its metadata."""
+SHADOW_OF_KEYS: Final = ("coalmine_shadow_of", "coalmine.shadow_of")
+"""Metadata keys naming a shadow copy's primary trace, in order of preference."""
+MAX_TRACE_ID_CHARS: Final = 64
+"""Longest primary trace id read from metadata (W3C trace ids have 32 characters)."""
 SCORE_FIELDS: Final = "subject"
 MAX_OBSERVATIONS_PAGE: Final = 1000
 """Langfuse's largest page of observations v2."""
@@ -235,6 +249,8 @@ class _Observation:
     type: str | None
     prompt_name: str | None
     prompt_version: int | None
+    shadow_of: str | None = None
+    """The primary's trace id its metadata names (a shadow copy's spans)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,7 +612,8 @@ class LangfuseSource(PublicApiClient):
     ) -> None:
         tags = sorted(release_tag(name) for name in releases)
         if tags:
-            for page in self._pages(OBSERVATIONS, self._observation_query(tags, window)):
+            query = self._observation_query(tags, window, shadow=_any_shadow_gate(releases))
+            for page in self._pages(OBSERVATIONS, query):
                 reading.observation_rows += len(page)
                 for raw in page:
                     row = _parse_observation(raw)
@@ -696,7 +713,9 @@ class LangfuseSource(PublicApiClient):
         end = max(cursor, min(now, cursor + self.settings.max_window))
         return _Window(start=cursor - lookback, end=end)
 
-    def _observation_query(self, tags: list[str], window: _Window) -> dict[str, str]:
+    def _observation_query(
+        self, tags: list[str], window: _Window, *, shadow: bool = False
+    ) -> dict[str, str]:
         since, until = _iso(window.start), _iso(window.end)
         conditions = [
             {"type": "arrayOptions", "column": "tags", "operator": "any of", "value": tags},
@@ -715,7 +734,7 @@ class LangfuseSource(PublicApiClient):
                 },
             )
         return {
-            "fields": OBSERVATION_FIELDS,
+            "fields": SHADOW_FIELDS if shadow else OBSERVATION_FIELDS,
             "limit": str(self.settings.page_limit),
             "fromStartTime": since,
             "toStartTime": until,
@@ -830,6 +849,7 @@ class LangfuseSource(PublicApiClient):
                     latency_ms=_milliseconds(root.end - root.start),
                     cost_usd=_cost(observations),
                     prompt_version=_prompt_version(observations, releases[release]),
+                    shadow_of=_shadow_of(root, observations) if arm is Arm.SHADOW else None,
                 )
             )
         samples.sort(key=lambda sample: (sample.ts, sample.trace_id))
@@ -894,13 +914,26 @@ def _trace_query(trace_ids: list[str], names: list[str]) -> dict[str, str]:
 
 
 def _score_names(policies: Iterable[Policy]) -> list[str]:
-    names = {
-        metric.score
-        for policy in policies
-        for metric in policy.analysis.metrics
-        if metric.source is MetricSource.SCORE and metric.score
-    }
+    """The score names the policies read: their score metrics' and their shadow rung's."""
+    names: set[str] = set()
+    for policy in policies:
+        names.update(
+            metric.score
+            for metric in policy.analysis.metrics
+            if metric.source is MetricSource.SCORE and metric.score
+        )
+        gate = _shadow_gate(policy)
+        if gate is not None:
+            names.add(gate.metric.score)
     return sorted(names)
+
+
+def _shadow_gate(policy: Policy) -> ShadowGate | None:
+    return None if policy.shadow is None else policy.shadow.gate
+
+
+def _any_shadow_gate(releases: Mapping[str, Policy]) -> bool:
+    return any(_shadow_gate(policy) is not None for policy in releases.values())
 
 
 def _milliseconds(seconds: float) -> float:
@@ -922,6 +955,15 @@ def _arms(tags: Iterable[str]) -> set[Arm]:
 
 def _start_order(row: _Observation) -> tuple[float, str]:
     return (row.start, row.id)
+
+
+def _shadow_of(root: _Observation, observations: list[_Observation]) -> str | None:
+    """The primary a shadow copy mirrors: as its root's metadata names it, else as its
+    earliest span's does (the app's spans carry it when the proxy's root does not)."""
+    if root.shadow_of is not None:
+        return root.shadow_of
+    named = [row for row in observations if row.shadow_of is not None]
+    return min(named, key=_start_order).shadow_of if named else None
 
 
 def _cost(observations: list[_Observation]) -> float | None:
@@ -986,7 +1028,25 @@ def _observation(raw: object) -> _Observation:
         type=_optional_string(raw.get("type")),
         prompt_name=_optional_string(raw.get("promptName")),
         prompt_version=_integer(raw.get("promptVersion")),
+        shadow_of=_metadata_shadow_of(raw.get("metadata")),
     )
+
+
+def _metadata_shadow_of(metadata: object) -> str | None:
+    """The trace id under ``SHADOW_OF_KEYS`` in an observation's metadata, or None (a
+    value that is no trace id is ignored: metadata is the app's, not this source's)."""
+    if not isinstance(metadata, dict):
+        return None
+    for key in SHADOW_OF_KEYS:
+        value = metadata.get(key)
+        if isinstance(value, str) and value.startswith('"'):
+            try:  # a JSON-encoded value (SDKs that write metadata as JSON)
+                value = json.loads(value)
+            except ValueError:
+                continue
+        if isinstance(value, str) and 0 < len(value.strip()) <= MAX_TRACE_ID_CHARS:
+            return value.strip()
+    return None
 
 
 def _string(value: object) -> str:

@@ -22,6 +22,7 @@ from policies.domain import Arm
 from proxy.metrics import ProxyMetrics
 from proxy.outcome import Failure, RequestOutcome
 from tests.controller.release_rig import RELEASE, make_rig
+from tests.controller.test_ladder_loop import SHADOW, ladder_rig
 from tests.controller.test_judged_on_proxy_counts import _rig as proxy_counts_rig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,11 +165,17 @@ def exported(tmp_path: Path) -> Iterator[dict[str, dict[str, set[str]]]]:
     """What a live controller and proxy export, by sample name: label name -> values.
 
     A real controller on the release rig runs a canary (polls, judgements), is answered
-    429 once and rolls back; another judges a canary on two proxies' counts; a real
-    proxy's metrics count answered, failed and mirrored requests."""
+    429 once and rolls back; another judges a canary on two proxies' counts; a third
+    stands at a shadow rung; a real proxy's metrics count answered, failed and mirrored
+    requests."""
     rig = make_rig(tmp_path)
     counted = proxy_counts_rig(tmp_path / "counted")
+    (tmp_path / "shadowed").mkdir()
+    shadowed = ladder_rig(tmp_path / "shadowed", SHADOW.replace("percent: 50", "percent: 1"))
     try:
+        at_rung = ControllerMetrics()
+        at_rung.watch(shadowed.controller, clock=shadowed.clock)
+        shadowed.run(3)
         controller = ControllerMetrics()
         controller.watch(
             rig.controller,
@@ -190,7 +197,8 @@ def exported(tmp_path: Path) -> Iterator[dict[str, dict[str, set[str]]]]:
         on_counts.watch(counted.controller, clock=lambda: counted.now)
         counted.run(3)
         samples: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-        for registry in (controller.registry, on_counts.registry, proxy.registry):
+        registries = (controller.registry, on_counts.registry, at_rung.registry, proxy.registry)
+        for registry in registries:
             text = generate_latest(registry).decode()
             for family in text_string_to_metric_families(text):
                 for sample in family.samples:
@@ -200,6 +208,7 @@ def exported(tmp_path: Path) -> Iterator[dict[str, dict[str, set[str]]]]:
         yield samples
     finally:
         rig.close()
+        shadowed.close()
         if counted.controller.counts is not None:
             counted.controller.counts.close()
         counted.world.close()

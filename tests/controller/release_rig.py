@@ -82,6 +82,9 @@ class Traffic:
     routing: SqliteRoutingStore
     rate: int = 120
     canary_share: float | None = None
+    shadow_delta: float = 0.0
+    """While the table mirrors (``shadow``), a copy of each mirrored request, scored this
+    much above its primary (the candidate's difference on the same input)."""
     down: bool = False
     request_counts: dict[tuple[str, str], int] = field(default_factory=dict)
     _last: float | None = None
@@ -120,6 +123,14 @@ class Traffic:
             traces.append(TraceSample(RELEASE, trace_id, arm, ts, error, 400.0, 0.001))
             value = min(1.0, max(0.0, self._random.gauss(0.8, 0.1)))
             scores.append(ScoreSample(f"s{self._count}", trace_id, "helpfulness", value, ts))
+            mirror = None if table is None else table.shadow
+            if mirror is not None and self._random.random() * 100 < mirror.percent:
+                copy_id = f"{trace_id}-copy"
+                traces.append(
+                    TraceSample(RELEASE, copy_id, Arm.SHADOW, ts, False, 400.0, 0.001, None, trace_id)
+                )
+                copied = min(1.0, max(0.0, value + self.shadow_delta))
+                scores.append(ScoreSample(f"s{copy_id}", copy_id, "helpfulness", copied, ts))
         return Poll(ok=True, cursors=Cursors(now, now), traces=tuple(traces), scores=tuple(scores))
 
     def health(self, now: float) -> SourceHealth:

@@ -92,6 +92,8 @@ def test_the_list_shows_each_release_with_its_step_counted_from_one(
         "policyDigest": policy_digest(rig.policies[RELEASE]),
         "policyEdited": False,
         "approval": None,
+        "ladder": ["canary"],
+        "rungSince": None,
     }
 
 

@@ -30,11 +30,12 @@ def test_validate_examples(capsys: pytest.CaptureFixture[str]) -> None:
     out, err = capsys.readouterr()
     assert err == ""
     assert out.splitlines() == [
-        f"ok: {EXAMPLES_DIR / name} (release {release}, 3 steps, {metrics} metrics)"
-        for name, release, metrics in [
-            ("agent-canary.yaml", "support-agent-v42", 7),
-            ("prompt-canary.yaml", "support-agent-prompt", 4),
-            ("prompt-shadow.yaml", "summarizer-shadow", 4),
+        f"ok: {EXAMPLES_DIR / name} (release {release}, {steps} steps, {metrics} metrics)"
+        for name, release, steps, metrics in [
+            ("agent-canary.yaml", "support-agent-v42", 3, 7),
+            ("prompt-canary.yaml", "support-agent-prompt", 3, 4),
+            ("prompt-shadow.yaml", "summarizer-shadow", 3, 4),
+            ("release-ladder.yaml", "faq-ladder", 2, 3),
         ]
     ]
 

@@ -212,6 +212,8 @@ def test_shadow_copy_names_its_original_and_omits_a_missing_status() -> None:
     span = only_span(export_request([outcome(arm=Arm.SHADOW, status=0, shadow_of=original)], "p"))
     found = attributes(span)
     assert found["coalmine.shadow_of"] == original
+    # what Langfuse keeps of it: trace metadata, which the shadow rung reads
+    assert found["langfuse.trace.metadata.coalmine_shadow_of"] == original
     assert found["langfuse.trace.tags"] == trace_tags("summarizer-v2", Arm.SHADOW)
     assert "http.response.status_code" not in found
 
