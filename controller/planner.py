@@ -580,11 +580,39 @@ def _regression_plan(metric: Metric, delta: float, runs: Sequence[RunResult]) ->
 
 
 def _warnings(policy: Policy, settings: PlanSettings, steps: Sequence[StepPlan]) -> Iterator[str]:
+    yield from _rungs(policy, settings)
     for index, step in enumerate(policy.steps):
         yield from _held(policy, settings, index)
         yield from _too_short(step.max_duration, steps[index])
         yield from _unbounded(step.max_duration, steps[index])
         yield from _too_little_traffic(policy, settings, index)
+
+
+def _rungs(policy: Policy, settings: PlanSettings) -> Iterator[str]:
+    """What the plan leaves out: the rungs before the steps, which no user sees."""
+    dataset = policy.dataset
+    if dataset is not None:
+        yield (
+            f"dataset rung: not simulated; before the steps, dataset '{dataset.name}' runs "
+            f"through both arms and waits up to scoreTimeout {_span(dataset.score_timeout)} "
+            f"for its scores (at least {dataset.min_pairs} items scored on both arms to pass)"
+        )
+    shadow = policy.shadow
+    if shadow is not None and shadow.gate is not None:
+        gate = shadow.gate
+        mirrored = settings.traffic_per_minute * shadow.percent / 100.0
+        scored = mirrored * settings.scores_per_trace * (1.0 - BASELINE_ERROR_RATE)
+        seconds = 60.0 * gate.min_pairs / scored + policy.analysis.score_settle
+        bounded = (
+            f"; more than its maxDuration {_span(gate.max_duration)}: it ends inconclusive"
+            if seconds >= gate.max_duration
+            else ""
+        )
+        yield (
+            f"shadow rung: not simulated; at {shadow.percent:g}% mirrored, "
+            f"{gate.min_pairs} scored pairs take at least {_span(seconds)} before the "
+            f"steps{bounded}"
+        )
 
 
 def _too_short(max_duration: float | None, step: StepPlan) -> Iterator[str]:

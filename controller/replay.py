@@ -79,9 +79,14 @@ class Replay:
         """Apply one record at its time, after every look that falls before it."""
         if self.evidence is None:
             self.evidence = Evidence(self.policy, record.ts)
-            self.release = lifecycle.start(
+            started = lifecycle.start(
                 self.release, self.policy, REPLAYED, self.release.policy_digest, now=record.ts
             ).release
+            while started.phase in lifecycle.RUNGS:  # a replay judges the canary steps
+                started = lifecycle.pass_rung(
+                    started, self.policy, now=record.ts, reason="replayed"
+                ).release
+            self.release = started
             self.clock = record.ts
             self.next_look = record.ts + self.interval
         yield from self._look_until(record.ts)

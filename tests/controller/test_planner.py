@@ -251,3 +251,84 @@ def test_a_trace_error_rate_metric_is_planned_as_the_errors_the_traces_carry() -
     )
     assert planned.expected == "rolled_back"
     assert planned.outcomes["rolled_back"] == 4
+
+
+def test_the_rungs_before_the_steps_are_said_not_simulated_with_the_least_shadow_time() -> None:
+    ladder = small_policy().model_copy(
+        update={
+            "dataset": load_policy_text(
+                """\
+apiVersion: coalmine/v1
+kind: Release
+name: plan-test
+target: {prompt: {name: plan-test}}
+steps: [{weight: 20}]
+dataset:
+  name: golden
+  metric: {score: helpfulness}
+  evaluator: {langfuse: true}
+shadow:
+  upstream: http://staging:8080
+  percent: 10
+  gate: {metric: {score: helpfulness}, minPairs: 60, maxDuration: 20m}
+analysis:
+  metrics: [{name: errors, source: error_rate, tolerance: 0.05}]
+""",
+                "ladder.yaml",
+            ).dataset
+        }
+    )
+    notes = [w for w in run(ladder, runs=1).warnings if "rung" in w]
+    assert notes == [
+        "dataset rung: not simulated; before the steps, dataset 'golden' runs through both "
+        "arms and waits up to scoreTimeout 15m for its scores (at least 30 items scored on "
+        "both arms to pass)"
+    ]
+    shadowed = load_policy_text(
+        """\
+apiVersion: coalmine/v1
+kind: Release
+name: plan-test
+target: {prompt: {name: plan-test}}
+steps: [{weight: 20, minDuration: 5m, maxDuration: 1h}]
+shadow:
+  upstream: http://staging:8080
+  percent: 10
+  gate: {metric: {score: helpfulness}, minPairs: 60, maxDuration: 20m}
+analysis:
+  metrics: [{name: errors, source: error_rate, tolerance: 0.05}]
+""",
+        "ladder.yaml",
+    )
+    # 60 requests a minute, 10% mirrored, 99% scored: 60 pairs in about 10.1 minutes
+    (note,) = [w for w in run(shadowed, runs=1).warnings if "rung" in w]
+    assert note == (
+        "shadow rung: not simulated; at 10% mirrored, 60 scored pairs take at least 10m "
+        "before the steps"
+    )
+    (slow,) = [w for w in run(shadowed, 12.0, runs=1).warnings if "rung" in w]
+    assert slow.endswith(
+        "take at least 51m before the steps; more than its maxDuration 20m: it ends inconclusive"
+    )
+
+
+def test_a_ladder_is_planned_from_its_canary_steps_as_without_its_rungs() -> None:
+    plain = small_policy()
+    dataset = load_policy_text(
+        """\
+apiVersion: coalmine/v1
+kind: Release
+name: plan-test
+target: {prompt: {name: plan-test}}
+steps: [{weight: 20}]
+dataset: {name: golden, metric: {score: helpfulness}, evaluator: {langfuse: true}}
+analysis:
+  metrics: [{name: errors, source: error_rate, tolerance: 0.05}]
+""",
+        "ladder.yaml",
+    ).dataset
+    ladder = plain.model_copy(update={"dataset": dataset})
+    with_rungs, without = run(ladder, runs=4), run(plain, runs=4)
+    assert with_rungs.equal == without.equal
+    assert without.equal.outcomes.get("promoted", 0) > 0
+    assert with_rungs.steps == without.steps
