@@ -22,8 +22,8 @@ from policies.domain import Arm
 from proxy.metrics import ProxyMetrics
 from proxy.outcome import Failure, RequestOutcome
 from tests.controller.release_rig import RELEASE, make_rig
-from tests.controller.test_ladder_loop import SHADOW, ladder_rig
 from tests.controller.test_judged_on_proxy_counts import _rig as proxy_counts_rig
+from tests.controller.test_ladder_loop import SHADOW, ladder_rig
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "charts" / "coalmine" / "files" / "alerts.yaml"

@@ -127,7 +127,9 @@ class Traffic:
             if mirror is not None and self._random.random() * 100 < mirror.percent:
                 copy_id = f"{trace_id}-copy"
                 traces.append(
-                    TraceSample(RELEASE, copy_id, Arm.SHADOW, ts, False, 400.0, 0.001, None, trace_id)
+                    TraceSample(
+                        RELEASE, copy_id, Arm.SHADOW, ts, False, 400.0, 0.001, None, trace_id
+                    )
                 )
                 copied = min(1.0, max(0.0, value + self.shadow_delta))
                 scores.append(ScoreSample(f"s{copy_id}", copy_id, "helpfulness", copied, ts))
