@@ -352,6 +352,12 @@ def rung_line(detail: dict[str, Any]) -> str | None:
         since = _time(detail.get("rungSince"))
         outcome = rung.get("outcome") or "running"
         line += f"; {rung['rung']} rung since {since}, {outcome}: {rung.get('reason', '')}"
+        unscored = rung.get("unscored")
+        if isinstance(unscored, dict) and unscored.get("count"):
+            ids = ", ".join(str(item) for item in unscored.get("itemIds") or [])
+            more = unscored["count"] - len(unscored.get("itemIds") or [])
+            listed = f" ({ids}{f' and {more} more' if more > 0 else ''})" if ids else ""
+            line += f"\nunscored items: {unscored['count']}{listed}"
     return line
 
 
