@@ -7,22 +7,18 @@ moved and read back, and the move recorded in the label history in the same tran
 that marks the action done. A temporary error leaves the action pending (the next tick
 tries again, and later actions wait); a permanent one marks it failed.
 
-The routing table is also repaired level-triggered: it must hold the weight the release's
-state says, the arms its policy names, and the policy's shadow only while a rollout runs.
+The routes are also repaired level-triggered (``controller.routers``): they must hold the
+weight the release's state says, the arms its policy names, and the policy's shadow only
+while the rollout wants it; each repair is counted and reported as an event.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from coalmine.shared.routing_tables.store import RoutingTableStore, VersionConflictError
-from coalmine.shared.routing_tables.table import (
-    RoutingTable,
-    ShadowRoute,
-    initial_table,
-    shadow_route,
-)
+from coalmine.shared.routing_tables.table import ShadowRoute, shadow_route
 from controller import lifecycle
 from controller.cluster.events import EventRecorder
 from controller.errors import (
@@ -33,6 +29,7 @@ from controller.errors import (
 from controller.labels import PromptLabels
 from controller.lifecycle import ActionKind, MoveLabel, ReleaseState, SetWeight
 from controller.release_store import Action, ActionStatus, ControllerState, LabelMove
+from controller.routers import Router
 from policies.domain import FINISHED, Phase
 from policies.model import Policy
 
@@ -42,19 +39,44 @@ RETRIED = (LabelTemporaryError, RoutingConflictError)
 """Errors of a journalled action that leave it pending, to be carried out next tick."""
 REFUSED = (LabelPermanentError, ValueError)
 """Errors of a journalled action that mark it failed."""
-WRITE_ATTEMPTS = 5
-"""Compare-and-set attempts of one routing table write before it counts as a conflict."""
+PROXY_PROVIDER = "proxy"
+"""``routing.provider`` of the proxies' routing tables."""
+
+
+@dataclass(frozen=True, slots=True)
+class Routers:
+    """The routers a controller can put a release's routes in force with, by
+    ``routing.provider``; ``default`` for the proxies' routing tables."""
+
+    default: Router
+    others: Mapping[str, Router] = field(default_factory=dict)
+
+    def of(self, policy: Policy) -> Router:
+        """The router of ``policy``. Raises ValueError for a provider with none."""
+        provider = policy.routing.provider
+        if provider == PROXY_PROVIDER:
+            return self.default
+        router = self.others.get(provider)
+        if router is None:
+            raise ValueError(
+                f"routing.provider '{provider}': this controller has no such router configured"
+            )
+        return router
 
 
 @dataclass(frozen=True, slots=True)
 class Plant:
-    """What actions act on: the state, the routing tables, the prompt labels, and where
-    their events go."""
+    """What actions act on: the state, the routers, the prompt labels, and where their
+    events go; ``repairs`` counts the routes put back per release."""
 
     state: ControllerState
-    routing: RoutingTableStore
+    routers: Routers
     labels: PromptLabels
     events: EventRecorder
+    repairs: dict[str, int] = field(default_factory=dict)
+
+    def router(self, policy: Policy) -> Router:
+        return self.routers.of(policy)
 
 
 @dataclass(slots=True)
@@ -95,7 +117,7 @@ def execute(plant: Plant, action: Action, policy: Policy, now: float) -> tuple[s
     release = plant.state.release(action.release)
     if isinstance(act, SetWeight):
         shadow = wanted_shadow(policy, None if release is None else release.phase)
-        write_weight(plant.routing, policy, act.weight, shadow)
+        plant.router(policy).set_routes(policy, act.weight, shadow)
         plant.state.finish_action(action, at=now)
         return "WeightSet", describe(action)
     return _move_label(plant, action, act, release, now)
@@ -132,90 +154,37 @@ def _move_label(
     return "LabelMoved", f"{describe(action)} ({moved})"
 
 
-def wanted_table(
-    policy: Policy, table: RoutingTable | None, weight: float, shadow: ShadowRoute | None
-) -> RoutingTable | None:
-    """The table to write so that the release's routing holds ``weight``, ``shadow`` and
-    the arms its policy names; None when ``table`` already does."""
-    arms = initial_table(policy)
-    if table is None:
-        return arms.model_copy(
-            update={"canary_weight": weight, "shadow": shadow, "reason": "controller"}
-        )
-    if (
-        table.canary_weight == weight
-        and table.shadow == shadow
-        and (table.baseline, table.canary) == (arms.baseline, arms.canary)
-    ):
-        return None
-    return table.model_copy(
-        update={
-            "canary_weight": weight,
-            "shadow": shadow,
-            "baseline": arms.baseline,
-            "canary": arms.canary,
-            "reason": "controller",
-        }
-    )
-
-
-def write_weight(
-    routing: RoutingTableStore, policy: Policy, weight: float, shadow: ShadowRoute | None
-) -> None:
-    """Make the release's routing table hold ``weight``, ``shadow`` and the policy's arms
-    (compare-and-set; raises RoutingConflictError when it keeps changing underneath)."""
-    for _ in range(WRITE_ATTEMPTS):
-        table = routing.read(policy.name)
-        wanted = wanted_table(policy, table, weight, shadow)
-        if wanted is None:
-            return
-        try:
-            routing.write(wanted, None if table is None else table.version)
-            return
-        except VersionConflictError:
-            continue
-    raise RoutingConflictError(f"routing table of '{policy.name}' keeps changing under the writer")
-
-
 def reconcile(plant: Plant, release: ReleaseState, policy: Policy) -> str | None:
-    """Level-triggered repair of the release's routing table; the error, if it could not
-    be repaired this time."""
+    """Level-triggered repair of the release's routes; the error, if they could not be
+    repaired this time."""
     if release.rollout == 0 or plant.state.pending_actions(release.name):
         return None
     shadow = wanted_shadow(policy, release.phase)
-    table = plant.routing.read(policy.name)
-    if wanted_table(policy, table, release.canary_weight, shadow) is None:
+    router = plant.router(policy)
+    drift = router.drift(policy, release.canary_weight, shadow)
+    if drift is None:
         return None
     log.warning(
-        "release %s: routing table holds weight %s, shadow %s and arms %s, the release "
-        "wants %s, %s and its policy's: repairing",
+        "release %s: %s; the release wants weight %s and shadow %s: repairing",
         release.name,
-        None if table is None else table.canary_weight,
-        None if table is None or table.shadow is None else table.shadow.upstream,
-        None if table is None else f"{table.baseline.upstream}|{table.canary.upstream}",
+        drift,
         release.canary_weight,
         None if shadow is None else shadow.upstream,
     )
+    plant.repairs[release.name] = plant.repairs.get(release.name, 0) + 1
+    plant.events.record(release.name, "RoutesRepaired", drift, warning=True)
     try:
-        write_weight(plant.routing, policy, release.canary_weight, shadow)
+        router.set_routes(policy, release.canary_weight, shadow)
     except RETRIED as error:
         return f"{release.name}: {error}"
     return None
 
 
-def unroute(plant: Plant, name: str, reason: str) -> str | None:
-    """No more canary traffic or shadow copies for a release whose policy is gone."""
-    table = plant.routing.read(name)
-    if table is None or (table.canary_weight == 0.0 and table.shadow is None):
-        return None
-    try:
-        plant.routing.write(
-            table.model_copy(update={"canary_weight": 0.0, "shadow": None, "reason": reason}),
-            table.version,
-        )
-    except VersionConflictError as error:
-        return f"{name}: {error}"
-    return None
+def unroute(plant: Plant, name: str, policy: Policy | None, reason: str) -> str | None:
+    """No more canary traffic or shadow copies for a release whose policy is gone
+    (``policy``: the one its rollout ran by, which says its router)."""
+    router = plant.routers.default if policy is None else plant.router(policy)
+    return router.clear(name, reason)
 
 
 def describe(action: Action) -> str:

@@ -50,6 +50,7 @@ from controller.lifecycle import (
     policy_digest,
 )
 from controller.release_store import ControllerState
+from controller.routers import NoopRouter, ProxyTableRouter
 from controller.rungs import RungDriver, RungMove
 from controller.samples import Cursors, Poll, ScoreSample, TraceSample
 from controller.source import SampleSource
@@ -57,7 +58,7 @@ from controller.source import review_queue as review
 from controller.source.aggregates import ProxyCounts
 from controller.source.review_queue import ReviewQueue
 from policies.domain import FINISHED, Phase
-from policies.model import OnApprovalTimeout, Policy
+from policies.model import OnApprovalTimeout, Policy, RoutingProvider
 
 log = logging.getLogger("coalmine.controller")
 
@@ -187,6 +188,12 @@ class Controller:
         (cluster mode: it does not hold the Lease)."""
         self.events: EventRecorder = events or NoopEventRecorder()
         self.routing = routing
+        self.routers = actions.Routers(
+            ProxyTableRouter(routing), {RoutingProvider.NONE: NoopRouter()}
+        )
+        """Where releases' routes are put in force, by ``routing.provider``."""
+        self.route_repairs: dict[str, int] = {}
+        """Routes found drifted and put back, by release (since this process started)."""
         self.source = source
         self.labels = labels
         self.policies = policies
@@ -931,7 +938,9 @@ class Controller:
             self.notify(decision, release, reason)
 
     def _plant(self) -> actions.Plant:
-        return actions.Plant(self.state, self.routing, self.labels, self.events)
+        return actions.Plant(
+            self.state, self.routers, self.labels, self.events, repairs=self.route_repairs
+        )
 
     def _run_pending_actions(
         self, name: str, policy: Policy, now: float, report: TickReport
@@ -966,7 +975,7 @@ class Controller:
             f"rollout {release.rollout}: abort by controller: {reason}",
             warning=True,
         )
-        error = actions.unroute(self._plant(), release.name, "policy removed")
+        error = actions.unroute(self._plant(), release.name, _ran_by(release), "policy removed")
         if error is not None:
             report.action_errors.append(error)
         self.live.pop(release.name, None)
@@ -1082,6 +1091,16 @@ def _trace(sample: TraceSample) -> Trace:
         latency_ms=sample.latency_ms,
         cost_usd=sample.cost_usd,
     )
+
+
+def _ran_by(release: ReleaseState) -> Policy | None:
+    """The policy the release's last rollout ran by (None: none, or it no longer loads)."""
+    if not release.rollout_policy:
+        return None
+    try:
+        return Policy.model_validate_json(release.rollout_policy)
+    except ValueError:
+        return None
 
 
 def _first_cursors(running: Mapping[str, Policy], state: ControllerState, now: float) -> Cursors:

@@ -120,6 +120,13 @@ class ControllerCollector(Collector):
                 "Current step of each release, counted from 1; 0 before its canary starts.",
                 labels=["release"],
             ),
+            "route_repairs": counter(
+                "coalmine_route_repairs",
+                "Times a release's routes were found different from what its state wants "
+                "(a routing table or route changed behind the controller's back) and put "
+                "back, since the controller started, by release.",
+                labels=["release"],
+            ),
             "rung_pairs": gauge(
                 "coalmine_rung_pairs",
                 "Pairs compared by the rung a rollout stands at (dataset items scored on "
@@ -277,6 +284,9 @@ class ControllerCollector(Collector):
             families["step"].add_metric([name], release.step + 1 if started else 0)
             families["rollout"].add_metric([name], release.rollout)
             self._rung(release, families)
+            families["route_repairs"].add_metric(
+                [name], float(self.controller.route_repairs.get(name, 0))
+            )
             for decision, count in sorted(state.decision_counts(name).items()):
                 families["decisions"].add_metric([name, decision], count)
             pending = 0

@@ -269,10 +269,24 @@ def _stickiness_schema(schema: dict[str, Any]) -> None:
     choices.insert(-1, {"const": "none", "description": "Assign every request afresh."})
 
 
+class RoutingProvider(StrEnum):
+    """What puts a release's canary weight and mirroring in force."""
+
+    PROXY = "proxy"
+    """coalmine's proxy, by the routing tables the controller writes."""
+    NONE = "none"
+    """Another system (Argo Rollouts, Flagger, a person): coalmine judges and moves
+    labels, and never touches the traffic."""
+
+
 class Routing(_Model):
-    """How the proxy assigns requests to arms."""
+    """How requests are assigned to arms."""
 
     model_config = ConfigDict(json_schema_extra=_stickiness_schema)
+
+    provider: RoutingProvider = RoutingProvider.PROXY
+    """`proxy` (coalmine's proxy) or `none` (another system moves the traffic; the
+    fields below are the proxy's and then unused)."""
 
     stickiness: Stickiness | None = Stickiness(header=STICKINESS_DEFAULT_HEADER)
     """`{header: NAME}`, `{cookie: NAME}` or `none` (no stickiness)."""
@@ -828,9 +842,7 @@ class DatasetGate(_Model):
     concurrency: Count = Field(default=4, ge=1, le=64)
     """Items in flight at once, per arm."""
 
-    request_timeout: Duration = Field(
-        default=120.0, gt=0, json_schema_extra=_duration_default(120)
-    )
+    request_timeout: Duration = Field(default=120.0, gt=0, json_schema_extra=_duration_default(120))
     """How long the app may take for one item; past it the call counts as failed."""
 
     score_timeout: Duration = Field(default=900.0, gt=0, json_schema_extra=_duration_default(900))

@@ -23,7 +23,7 @@ from coalmine.shared.routing_tables.table import (
     check_upstreams,
     initial_table,
 )
-from policies.model import Policy
+from policies.model import Policy, RoutingProvider
 from policies.policy_set import check_policy_set
 
 log = logging.getLogger("coalmine.proxy.routing")
@@ -164,6 +164,11 @@ class _View:
         return cls(releases, tuple(ordered))
 
 
+def _routed(policy: Policy) -> bool:
+    """Whether the proxy routes the release (another system may move its traffic)."""
+    return policy.routing.provider is RoutingProvider.PROXY
+
+
 def _clashes(policies: Iterable[Policy]) -> dict[str, str]:
     """The policies that cannot be routed beside the ones before them, by release, with
     why: a release name or a path prefix claimed before (which prompts the releases move
@@ -189,6 +194,7 @@ class Releases:
         app_url: str,
     ) -> None:
         pins = dict(pins or {})
+        policies = [policy for policy in policies if _routed(policy)]
         unknown = sorted(set(pins) - {policy.name for policy in policies})
         if unknown:
             raise ValueError(f"--weight names no release of the given policies: {unknown[0]}")
@@ -261,6 +267,7 @@ class Releases:
         prefix), is kept out.
         """
         tables = tables or {}
+        policies = {name: policy for name, policy in policies.items() if _routed(policy)}
         with self._lock:
             old = self._view.by_name
             in_force_first = sorted(policies.values(), key=lambda policy: policy.name not in old)

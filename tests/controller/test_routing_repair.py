@@ -73,10 +73,14 @@ def test_a_canary_pointed_at_staging_is_put_back(rig: Rig) -> None:
     table = stored(rig)
     tamper(rig, canary=table.canary.model_copy(update={"upstream": STAGING}))
     assert stored(rig).canary.upstream == STAGING
+    assert rig.controller.route_repairs == {}
 
     rig.run(1)
 
     assert_as_the_policy_says(stored(rig))
+    assert rig.controller.route_repairs == {RELEASE: 1}
+    rig.run(2)  # nothing drifted since: nothing more put back
+    assert rig.controller.route_repairs == {RELEASE: 1}
 
 
 def test_a_baseline_pointed_at_staging_is_put_back(rig: Rig) -> None:

@@ -224,7 +224,7 @@ def test_schema_properties_match_the_model(name: str) -> None:
 def test_every_model_is_in_the_schema() -> None:
     schema = policy_json_schema()
     enums = {"Direction", "MetricSource", "OnApprovalTimeout", "OnInconclusive", "OnMaxDuration"}
-    enums |= {"ScoreType"}
+    enums |= {"RoutingProvider", "ScoreType"}
     assert set(schema["$defs"]) == set(_models()) - {"Policy"} | enums
 
 
