@@ -2,7 +2,8 @@
 (``helm_python``, Helm v4 as a library, offline) and the rendered manifests parsed.
 
 Rendering is offline, so ``lookup`` returns nothing: the admin token Secret is always
-the freshly generated one.
+the freshly generated one. ``render`` gives the app image a tag (the chart has no default
+one); ``render_as_given`` renders exactly the values it is given.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
-import jsonschema
-import kubernetes_validate
+import jsonschema  # type: ignore[import-untyped]
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -27,7 +28,13 @@ HERE = Path(__file__).resolve().parent
 
 
 # The newest Kubernetes version kubernetes-validate has schemas for (1.37 here).
-KUBE_VERSION = kubernetes_validate.latest_version()
+KUBE_VERSION: str = kubernetes_validate.latest_version()
+# The oldest the chart supports (Chart.yaml's kubeVersion; native sidecars are on by
+# default from this version).
+OLDEST_KUBE_VERSION = "1.29.0"
+
+# The app image has no default tag: every render but the ones about that gives it one.
+APP_TAG = {"app": {"image": {"tag": "1.4.2"}}}
 
 # Kinds kubernetes-validate has no schema for: validated against the small schemas of the
 # fields the chart uses, kept next to this file.
@@ -65,12 +72,36 @@ class Target:
 TARGET = Target()
 
 
+def merged(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of value overlays (later wins)."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merged(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def with_app_tag(values: dict[str, Any] | None) -> dict[str, Any]:
+    """``values`` with the app image tag of APP_TAG unless they set one."""
+    return merged(APP_TAG, values or {})
+
+
+def is_hook(manifest: dict[str, Any]) -> bool:
+    annotations = manifest.get("metadata", {}).get("annotations") or {}
+    return "helm.sh/hook" in annotations
+
+
 @dataclass
 class Rendered:
-    """One rendering of the chart: every manifest parsed, and NOTES.txt."""
+    """One rendering of the chart: the release's manifests parsed, its hooks (`helm
+    test`) apart as Helm keeps them, and NOTES.txt."""
 
     manifests: list[dict[str, Any]]
     notes: str
+    hooks: list[dict[str, Any]]
 
     def kinds(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.manifests if m["kind"] == kind]
@@ -86,6 +117,7 @@ class Rendered:
         return spec
 
     def container(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any]
         (found,) = [c for c in self.pod_spec["containers"] if c["name"] == name]
         return found
 
@@ -95,22 +127,27 @@ class Rendered:
 
 def parse_manifests(rendered: dict[str, str]) -> Rendered:
     """Parse Helm's output (template path -> text) into manifests and notes."""
-    manifests: list[dict[str, Any]] = []
+    documents: list[dict[str, Any]] = []
     notes = ""
     for path, text in sorted(rendered.items()):
         if path.endswith("NOTES.txt"):
             notes = text
             continue
-        manifests.extend(doc for doc in yaml.safe_load_all(text) if doc)
-    return Rendered(manifests, notes)
+        documents.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return Rendered(
+        [doc for doc in documents if not is_hook(doc)],
+        notes,
+        [doc for doc in documents if is_hook(doc)],
+    )
 
 
-def validate_manifest(manifest: dict[str, Any]) -> None:
-    """Strict schema validation: built-in kinds with kubernetes-validate, the two
-    Prometheus Operator kinds with the chart tests' own schemas."""
+def validate_manifest(manifest: dict[str, Any], version: str = KUBE_VERSION) -> None:
+    """Strict schema validation: built-in kinds with kubernetes-validate (the schemas of
+    Kubernetes `version`), the two Prometheus Operator kinds with the chart tests' own
+    schemas."""
     crd = CRD_SCHEMAS.get((manifest["apiVersion"], manifest["kind"]))
     if crd is None:
-        kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
+        kubernetes_validate.validate(manifest, version, strict=True)
     else:
         jsonschema.Draft202012Validator(json.loads(crd.read_text())).validate(manifest)
 
@@ -133,7 +170,14 @@ def alerts_file() -> Path:
 
 
 @pytest.fixture(scope="session")
-def validate() -> Callable[[dict[str, Any]], None]:
+def oldest_kube_version() -> str:
+    """The oldest Kubernetes version the chart supports."""
+    return OLDEST_KUBE_VERSION
+
+
+@pytest.fixture(scope="session")
+def validate() -> Callable[..., None]:
+    """``validate(manifest, version=newest)``."""
     return validate_manifest
 
 
@@ -155,7 +199,7 @@ def chart(chart_dir: Path) -> Iterator[helm.Chart]:
 
 
 @pytest.fixture(scope="session")
-def render(chart: helm.Chart) -> Callable[..., Rendered]:
+def render_as_given(chart: helm.Chart) -> Callable[..., Rendered]:
     """Render the chart as `helm install shop --namespace llm` would, with `values`."""
 
     def _render(values: dict[str, Any] | None = None) -> Rendered:
@@ -163,5 +207,15 @@ def render(chart: helm.Chart) -> Callable[..., Rendered]:
             values or {}, name=TARGET.release, namespace=TARGET.namespace, is_install=True
         )
         return parse_manifests(output)
+
+    return _render
+
+
+@pytest.fixture(scope="session")
+def render(render_as_given: Callable[..., Rendered]) -> Callable[..., Rendered]:
+    """As `render_as_given`, the app image tagged unless `values` tag it."""
+
+    def _render(values: dict[str, Any] | None = None) -> Rendered:
+        return render_as_given(with_app_tag(values))
 
     return _render

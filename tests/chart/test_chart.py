@@ -21,6 +21,7 @@ import yaml
 from controller.settings import ControllerSettings
 from policies.loader import load_policy_text
 from proxy.settings import ProxySettings
+from tests.chart.conftest import with_app_tag
 
 ROOT = Path(__file__).resolve().parents[2]
 # Fixtures of conftest.py: `render(values)` returns a conftest.Rendered (manifests, notes,
@@ -238,7 +239,7 @@ def test_renders_exactly_the_expected_resources(
 def test_every_manifest_passes_strict_schema_validation(
     rendered: Rendered, validate: Callable[[dict[str, Any]], None]
 ) -> None:
-    for manifest in rendered.manifests:
+    for manifest in rendered.manifests + rendered.hooks:
         validate(manifest)
 
 
@@ -246,7 +247,11 @@ def test_lint_reports_no_warning_or_error(
     chart_dir: Path, values: dict[str, Any], target: Any, kube_version: str
 ) -> None:
     report = helm.lint(
-        chart_dir, values, strict=True, namespace=target.namespace, kube_version=f"v{kube_version}"
+        chart_dir,
+        with_app_tag(values),
+        strict=True,
+        namespace=target.namespace,
+        kube_version=f"v{kube_version}",
     )
     assert report["errors"] == []
     # Severity 1 is "info" (e.g. "icon is recommended"); 2 warning, 3 error.
@@ -757,7 +762,9 @@ def documented_leaves(path: Path) -> Iterator[tuple[str, bool]]:
             else:
                 yield name, here
 
-    yield from visit(yaml.compose(path.read_text()), "", False)
+    root = yaml.compose(path.read_text())
+    assert root is not None
+    yield from visit(root, "", False)
 
 
 def test_every_value_is_commented(chart_dir: Path) -> None:

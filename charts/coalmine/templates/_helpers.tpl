@@ -155,3 +155,21 @@ capabilities:
       name: {{ .Values.langfuse.existingSecret }}
       key: {{ .Values.langfuse.secretKeyKey }}
 {{- end }}
+
+{{/*
+Labels of the `helm test` resources: not the pods' selector labels, so that neither the
+Service nor the PodDisruptionBudget ever counts the test Pod as one of coalmine's.
+*/}}
+{{- define "coalmine.testLabels" -}}
+helm.sh/chart: {{ include "coalmine.chart" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: coalmine
+app.kubernetes.io/component: test
+{{- end }}
+
+{{/* The Service of the admin port that `helm test` uses in sidecar mode (only while it runs). */}}
+{{- define "coalmine.testAdminService" -}}
+{{- printf "%s-test-admin" (include "coalmine.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
