@@ -37,7 +37,7 @@ from tests.fakes.kube_api.listing import (
     parse_version,
 )
 from tests.fakes.kube_api.registry import Outcome, Registry
-from tests.fakes.kube_api.resources import BY_PATH, ResourceType
+from tests.fakes.kube_api.resources import BY_PATH, STATUS_BY_PATH, ResourceType
 from tests.fakes.kube_api.store import Change, ObjectStore, TooOldError
 from tests.fakes.kube_api.watching import encode_event, error_event, watch_event
 
@@ -203,13 +203,17 @@ class KubeApi:
                     raise errors.not_found("", "namespaces", rest[1])
                 raise errors.generic(404)
             namespace, rest = rest[1], rest[2:]
-        rt = BY_PATH.get((group, version, rest[0]))
-        if rt is None or len(rest) > 2 or (namespace is None and len(rest) == 2):
+        key = (group, version, rest[0])
+        if len(rest) == 3:
+            rt = STATUS_BY_PATH.get(key) if rest[2] == "status" else None
+        else:
+            rt = BY_PATH.get(key)
+        if rt is None or len(rest) > 3 or (namespace is None and len(rest) >= 2):
             raise errors.generic(404)
-        name = rest[1] if len(rest) == 2 else None
+        name = rest[1] if len(rest) >= 2 else None
         watching = (query.get("watch") or [""])[-1] in {"true", "1"}
         verb = _verb(method, namespace, name, watching)
-        if verb is None:
+        if verb is None or (len(rest) == 3 and verb not in {"get", "update", "patch"}):
             raise errors.generic(405)
         return Target(rt, namespace, name, verb)
 

@@ -17,7 +17,7 @@ from typing import Any
 from tests.fakes.kube_api import errors, kinds
 from tests.fakes.kube_api.errors import ApiError, not_supported
 from tests.fakes.kube_api.resources import ResourceType
-from tests.fakes.kube_api.schema import DecodeError, Struct, decode
+from tests.fakes.kube_api.schema import DecodeError, decode
 
 Query = Mapping[str, Sequence[str]]
 """Query parameters, each with every value it was given."""
@@ -43,6 +43,8 @@ REGISTERED = {
     "events.k8s.io/v1": {"Event"},
     "events.k8s.io/v1beta1": {"Event"},
     "apps/v1": {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"},
+    "gateway.networking.k8s.io/v1": {"HTTPRoute", "Gateway", "GatewayClass", "GRPCRoute"},
+    "gateway.networking.k8s.io/v1beta1": {"HTTPRoute", "Gateway", "GatewayClass"},
 }
 """Kinds the real server knows, so that a wrong kind fails with the right message."""
 
@@ -85,7 +87,8 @@ def summarize(raw: bytes, limit: int = 30) -> str:
     return raw[:limit].hex() + (" ..." if len(raw) > limit else "")
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """How Go's decoder names a JSON value's type in its errors."""
     if isinstance(value, list):
         return "array"
     if isinstance(value, bool):
@@ -132,30 +135,30 @@ def read_object(
         raise unrecognized(str(error)) from error
     if not isinstance(body, dict):
         raise unrecognized(
-            f"json: cannot unmarshal {_json_type(body)} into Go value of type struct "
+            f"json: cannot unmarshal {json_type(body)} into Go value of type struct "
             '{ APIVersion string "json:\\"apiVersion,omitempty\\""; '
             'Kind string "json:\\"kind,omitempty\\"" }'
         )
     for field in ("apiVersion", "kind"):
         if body.get(field) is not None and not isinstance(body[field], str):
             raise unrecognized(
-                f"json: cannot unmarshal {_json_type(body[field])} into Go struct field "
+                f"json: cannot unmarshal {json_type(body[field])} into Go struct field "
                 f".{field} of type string"
             )
     _check_kind(rt, body.get("apiVersion") or rt.api_version, body.get("kind") or rt.kind)
-    obj, warnings = decode_typed(rt.schema, body, rt.kind, rt.version, field_validation)
+    obj, warnings = decode_typed(rt, body, field_validation)
     obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
     return obj, warnings
 
 
 def decode_typed(
-    schema: Struct, body: Any, kind: str, version: str, field_validation: str
+    rt: ResourceType, body: Any, field_validation: str
 ) -> tuple[dict[str, Any], list[str]]:
     try:
-        decoded = decode(schema, body, kind)
+        decoded = rt.decode(body)
     except DecodeError as error:
         raise errors.bad_request(
-            f'{kind} in version "{version}" cannot be handled as a {kind}: {error}'
+            f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: {error}'
         ) from error
     return decoded.value, unknown_field_warnings(decoded.unknown, field_validation)
 
@@ -220,7 +223,7 @@ def delete_options(raw: bytes, query: Query) -> DeleteOptions:
             ) from error
         if not isinstance(body, dict):
             raise errors.bad_request(
-                f"json: cannot unmarshal {_json_type(body)} into Go value of type v1.DeleteOptions"
+                f"json: cannot unmarshal {json_type(body)} into Go value of type v1.DeleteOptions"
             )
         try:
             options = decode(kinds.DELETE_OPTIONS, body, "DeleteOptions").value

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.fakes.kube_api.resources import ALL, ResourceType
+from tests.fakes.kube_api.resources import ALL, STATUS_BY_PATH, ResourceType
 
 VERSION = {
     "major": "1",
@@ -73,16 +73,33 @@ def _resource(rt: ResourceType) -> dict[str, Any]:
     }
     if rt.short_names:
         entry["shortNames"] = list(rt.short_names)
+    if rt.categories:
+        entry["categories"] = list(rt.categories)
     return entry
+
+
+def _status(rt: ResourceType) -> dict[str, Any]:
+    return {
+        "name": f"{rt.plural}/status",
+        "singularName": "",
+        "namespaced": True,
+        "kind": rt.kind,
+        "verbs": ["get", "patch", "update"],
+    }
 
 
 def api_resource_list(group: str, version: str) -> dict[str, Any] | None:
     served = [rt for rt in ALL if (rt.group, rt.version) == (group, version)]
     if not served:
         return None
+    resources = []
+    for rt in served:
+        resources.append(_resource(rt))
+        if (rt.group, rt.version, rt.plural) in STATUS_BY_PATH:
+            resources.append(_status(rt))
     return {
         "kind": "APIResourceList",
         "apiVersion": "v1",
         "groupVersion": f"{group}/{version}" if group else version,
-        "resources": [_resource(rt) for rt in served],
+        "resources": resources,
     }

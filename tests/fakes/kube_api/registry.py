@@ -24,6 +24,7 @@ from tests.fakes.kube_api.bodies import (
     DeleteOptions,
     JsonError,
     WriteOptions,
+    json_type,
     parse_json,
     read_object,
     unknown_field_warnings,
@@ -37,7 +38,7 @@ from tests.fakes.kube_api.patches import (
     strategic_merge_patch,
 )
 from tests.fakes.kube_api.resources import ResourceType
-from tests.fakes.kube_api.schema import DecodeError, decode
+from tests.fakes.kube_api.schema import DecodeError
 from tests.fakes.kube_api.store import Decision, Delete, ObjectStore, Put
 from tests.fakes.kube_api.timefmt import now_time
 from tests.fakes.kube_api.validation import common_meta_errors
@@ -161,6 +162,8 @@ class Registry:
             meta["name"] = meta["generateName"][:58] + suffix
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_time()
+        if rt.prepare_create is not None:
+            obj = rt.prepare_create(obj)
         obj = rt.as_stored(obj)
         problems = rt.validate(obj) or common_meta_errors(obj, None)
         if problems:
@@ -197,8 +200,9 @@ class Registry:
         raw: bytes,
         options: WriteOptions,
     ) -> Outcome:
-        if content_type not in PATCH_TYPES:
-            raise errors.unsupported_media_type(content_type, PATCH_TYPES)
+        accepted = PATCH_TYPES if rt.strategic_merge else [JSON_PATCH, MERGE_PATCH]
+        if content_type not in accepted:
+            raise errors.unsupported_media_type(content_type, accepted)
         try:
             patch = parse_json(raw)
         except JsonError as error:
@@ -243,11 +247,11 @@ class Registry:
 
         if not isinstance(patched, dict):
             raise rejected(
-                f"json: cannot unmarshal {type(patched).__name__} into Go value of "
+                f"json: cannot unmarshal {json_type(patched)} into Go value of "
                 f"type {rt.schema.go_name}"
             )
         try:
-            decoded = decode(rt.schema, patched, rt.kind)
+            decoded = rt.decode(patched)
         except DecodeError as error:
             raise rejected(str(error)) from error
         try:
@@ -361,6 +365,8 @@ class Registry:
             and meta.get("deletionGracePeriodSeconds") is None
         ):
             meta["deletionGracePeriodSeconds"] = old_meta["deletionGracePeriodSeconds"]
+        if rt.prepare_update is not None:
+            new = rt.prepare_update(new, old)
         new = rt.as_stored(new)
         problems = common_meta_errors(new, old) + rt.validate_update(new, old)
         if problems:

@@ -3,22 +3,28 @@ and the update policy of its registry strategy.
 
 ``configmaps`` and ``events`` (core/v1), ``leases`` (coordination.k8s.io/v1), and
 ``events`` again in events.k8s.io/v1: a second view of the core events, converted field
-by field, with the stricter validation that API version applies.
+by field, with the stricter validation that API version applies. Custom resources come
+from CRD files (``crd``): the Gateway API's ``httproutes`` (gateway.networking.k8s.io/v1),
+when its CRD is found in the shared reference folder beside the repository.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from tests.fakes.kube_api import kinds, validation
+from tests.fakes.kube_api import crd, kinds, validation
 from tests.fakes.kube_api.errors import FieldError
-from tests.fakes.kube_api.schema import Struct, canonical
+from tests.fakes.kube_api.schema import Decoded, Struct, canonical, decode
 
 Validate = Callable[[dict[str, Any]], list[FieldError]]
 ValidateUpdate = Callable[[dict[str, Any], dict[str, Any]], list[FieldError]]
 Convert = Callable[[dict[str, Any]], dict[str, Any]]
+Prepare = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 
 META_FIELDS = {"metadata.name": "metadata.name", "metadata.namespace": "metadata.namespace"}
 CORE_EVENT_FIELDS = {
@@ -83,6 +89,17 @@ class ResourceType:
     """A stored object in this API version's form."""
     from_view: Convert
     """An object in this API version's form, as stored."""
+    decoder: Callable[[Any], Decoded] | None = None
+    """How a body is read, if not by ``schema`` (custom resources)."""
+    canonicalize: Convert | None = None
+    """How the server writes an object out, if not by ``storage_schema``."""
+    prepare_create: Convert | None = None
+    """The strategy's ``PrepareForCreate``: fields the server sets or clears."""
+    prepare_update: Prepare | None = None
+    """The strategy's ``PrepareForUpdate`` (new, old): fields an update cannot change."""
+    strategic_merge: bool = True
+    """Whether strategic merge patches apply (not to custom resources)."""
+    categories: tuple[str, ...] = ()
 
     @property
     def api_version(self) -> str:
@@ -101,7 +118,16 @@ class ResourceType:
 
     def as_stored(self, obj: dict[str, Any]) -> dict[str, Any]:
         """A stored-form object the server changed, written as it would serialise it."""
+        if self.canonicalize is not None:
+            return self.canonicalize(obj)
         return canonical(self.storage_schema, obj, self.kind)
+
+    def decode(self, body: Any) -> Decoded:
+        """A request body read into this API version's form (``DecodeError`` if it does
+        not fit), with the paths of the unknown fields dropped."""
+        if self.decoder is not None:
+            return self.decoder(body)
+        return decode(self.schema, body, self.kind)
 
 
 def selectable_fields(stored: dict[str, Any]) -> dict[str, str]:
@@ -233,6 +259,67 @@ EVENTS_V1 = ResourceType(
     from_view=_events_v1_to_core,
 )
 
-ALL = (CONFIG_MAPS, CORE_EVENTS, LEASES, EVENTS_V1)
+HTTPROUTES_CRD = (
+    Path(__file__).resolve().parents[3].parent
+    / "shared/reference/gateway-api/httproutes-v1.6.1.yaml"
+)
+"""The Gateway API's HTTPRoute CRD (v1.6.1, standard channel), kept beside the repository."""
+
+UNSTRUCTURED = Struct("map[string]interface {}", {})
+
+
+def custom_resource(definition: crd.CustomResource) -> ResourceType:
+    """A resource served by the custom-resource registry: kept as given, less what its
+    schema prunes, validated by its schema and CEL rules."""
+
+    def view(obj: dict[str, Any]) -> dict[str, Any]:
+        return definition.canonical(copy.deepcopy(obj))
+
+    return ResourceType(
+        group=definition.group,
+        version=definition.version,
+        plural=definition.plural,
+        singular=definition.singular,
+        kind=definition.kind,
+        storage=definition.plural,
+        schema=UNSTRUCTURED,
+        storage_schema=UNSTRUCTURED,
+        short_names=definition.short_names,
+        validate=definition.validate,
+        validate_update=definition.validate_update,
+        allow_create_on_update=False,
+        allow_unconditional_update=False,
+        field_labels=META_FIELDS,
+        to_view=view,
+        from_view=view,
+        decoder=definition.decode,
+        canonicalize=view,
+        prepare_create=definition.prepare_create,
+        prepare_update=definition.prepare_update,
+        strategic_merge=False,
+        categories=definition.categories,
+    )
+
+
+def status_subresource(definition: crd.CustomResource) -> ResourceType:
+    """The ``/status`` subresource of a custom resource: writes change only the status."""
+    return dataclasses.replace(
+        custom_resource(definition),
+        prepare_create=None,
+        prepare_update=definition.prepare_status_update,
+    )
+
+
+DEFINITIONS = crd.load(HTTPROUTES_CRD) if HTTPROUTES_CRD.exists() else ()
+CUSTOM = tuple(custom_resource(d) for d in DEFINITIONS)
+HTTPROUTES = next((rt for rt in CUSTOM if rt.plural == "httproutes"), None)
+
+ALL = (CONFIG_MAPS, CORE_EVENTS, LEASES, EVENTS_V1, *CUSTOM)
 BY_PATH = {(rt.group, rt.version, rt.plural): rt for rt in ALL}
 """(group, version, plural) → resource; the core group is ""."""
+STATUS_BY_PATH = {
+    (d.group, d.version, d.plural): status_subresource(d)
+    for d in DEFINITIONS
+    if d.status_subresource
+}
+"""The resources with a ``/status`` subresource, as that subresource."""

@@ -25,7 +25,8 @@ START_TIMEOUT = 10.0
 
 
 class FakeKubeServer:
-    """A fake Kubernetes API server for configmaps, leases and events, on loopback."""
+    """A fake Kubernetes API server for configmaps, leases, events and httproutes, on
+    loopback."""
 
     def __init__(
         self,
@@ -123,7 +124,7 @@ class FakeKubeServer:
         """Fail the next ``n`` matching requests with the Status the real server would
         send for ``status`` (409 on create is AlreadyExists, on any other write Conflict).
         ``verbs``: get, list, watch, create, update, patch, delete, deletecollection;
-        ``resources``: configmaps, leases, events; None matches all."""
+        ``resources``: configmaps, leases, events, httproutes; None matches all."""
         self.faults.fail_next(n, status, verbs, resources)
 
     def set_delay(self, seconds: float) -> None:
