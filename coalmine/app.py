@@ -181,8 +181,17 @@ def prompt_label(default: str = DEFAULT_PROMPT_LABEL) -> str:
 # ------------------------------------------------------------------------- headers
 
 
+ARM_ENV: Final = "COALMINE_ARM"
+RELEASE_ENV: Final = "COALMINE_RELEASE"
+"""Where a Deployment behind a Gateway API route (no coalmine proxy) says which release
+and arm it serves: the canary Deployment sets ``COALMINE_ARM=canary``, the stable one
+``baseline``. A request's own headers (a proxy's, or a route's header modifier) win."""
+
+
 def context_from_headers(headers: HeaderSource) -> ReleaseContext:
     """Read coalmine's headers (names in any case); malformed values count as absent.
+    Without a release or an arm header, the ``COALMINE_RELEASE`` and ``COALMINE_ARM``
+    environment variables stand in for them.
 
     ``headers`` is a mapping of names to values (Starlette's ``Headers``, a ``dict``)
     or the ASGI list of ``(name, value)`` byte pairs. When a header is repeated the
@@ -199,6 +208,10 @@ def context_from_headers(headers: HeaderSource) -> ReleaseContext:
             value = _text(raw_value)
             if value is not None:
                 values[name] = value.strip()
+    if ARM_HEADER not in values and RELEASE_HEADER not in values:
+        # no coalmine proxy in front (a Gateway API route): the Deployment says its arm
+        values[ARM_HEADER] = os.environ.get(ARM_ENV, "")
+        values[RELEASE_HEADER] = os.environ.get(RELEASE_ENV, "")
     arm = values.get(ARM_HEADER, "").lower()
     arm_value = arm if arm in _ARMS else None
     release = values.get(RELEASE_HEADER)

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from coalmine.shared.errors import PermanentError, TemporaryError
 from coalmine.shared.routing_tables.table import ShadowRoute, shadow_route
 from controller import lifecycle
 from controller.cluster.events import EventRecorder
@@ -29,7 +30,7 @@ from controller.errors import (
 from controller.labels import PromptLabels
 from controller.lifecycle import ActionKind, MoveLabel, ReleaseState, SetWeight
 from controller.release_store import Action, ActionStatus, ControllerState, LabelMove
-from controller.routers import Router
+from controller.routers import ProxyTableRouter, Router
 from policies.domain import FINISHED, Phase
 from policies.model import Policy
 
@@ -48,7 +49,7 @@ class Routers:
     """The routers a controller can put a release's routes in force with, by
     ``routing.provider``; ``default`` for the proxies' routing tables."""
 
-    default: Router
+    default: ProxyTableRouter
     others: Mapping[str, Router] = field(default_factory=dict)
 
     def of(self, policy: Policy) -> Router:
@@ -182,9 +183,15 @@ def reconcile(plant: Plant, release: ReleaseState, policy: Policy) -> str | None
 
 def unroute(plant: Plant, name: str, policy: Policy | None, reason: str) -> str | None:
     """No more canary traffic or shadow copies for a release whose policy is gone
-    (``policy``: the one its rollout ran by, which says its router)."""
-    router = plant.routers.default if policy is None else plant.router(policy)
-    return router.clear(name, reason)
+    (``policy``: the one its rollout ran by, which says its router; None: the proxies'
+    routing table is cleared)."""
+    if policy is None:
+        return plant.routers.default.clear(name, reason)
+    try:
+        plant.router(policy).set_routes(policy, 0.0, None)
+    except (*RETRIED, *REFUSED, TemporaryError, PermanentError) as error:
+        return f"{name}: {error}"
+    return None
 
 
 def describe(action: Action) -> str:

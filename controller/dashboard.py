@@ -239,9 +239,7 @@ def release_view(
         "rollout": release.rollout,
         "waiting": release.waiting or None,
         "ladder": None if policy is None else ladder_of(judged_by(release, policy)[0]),
-        "rung": controller.rungs.views.get(release.name)
-        if release.running and release.judged_since == release.rung_since
-        else None,
+        "rung": controller.rungs.view_of(release),
         "hasPolicy": policy is not None,
         "end": now if release.phase in RUNNING else max(release.updated_at, started or 0.0),
         "weights": weight_steps(current, weights),

@@ -258,12 +258,23 @@ class Waiting:
 
 
 def agent_ref(policy: Policy) -> str | None:
-    """An agent release's candidate as the policy names it (None: no canary upstream)."""
-    upstreams = policy.target.upstreams
-    if upstreams is None or upstreams.canary is None:
+    """An agent release's candidate as the policy names it (None: no canary upstream or
+    Service)."""
+    where = _canary_of(policy)
+    if where is None:
         return None
     version = policy.target.version
-    return str(upstreams.canary) if version is None else f"{upstreams.canary} ({version})"
+    return where if version is None else f"{where} ({version})"
+
+
+def _canary_of(policy: Policy) -> str | None:
+    upstreams = policy.target.upstreams
+    if upstreams is not None and upstreams.canary is not None:
+        return str(upstreams.canary)
+    gateway = policy.routing.gateway_api
+    if gateway is not None and gateway.canary is not None:
+        return f"service {gateway.canary.name}:{gateway.canary.port}"
+    return None
 
 
 def find_candidate(
@@ -303,7 +314,10 @@ def find_candidate(
         )
     ref = agent_ref(policy)
     if ref is None:
-        return Waiting("waiting for a candidate: target.upstreams.canary is not set")
+        return Waiting(
+            "waiting for a candidate: target.upstreams.canary (or routing.gatewayApi.canary) "
+            "is not set"
+        )
     # a rollout recorded before candidates were is taken to have judged this one
     judged = release.candidate_ref in (None, ref)
     if release.rollout and judged and not again:
@@ -447,8 +461,7 @@ def promote(release: ReleaseState, policy: Policy, *, now: float, reason: str) -
     if prompt is not None and release.candidate_version is not None:
         actions.append(MoveLabel(prompt.name, prompt.stable_label, release.candidate_version))
         actions.append(MoveLabel(prompt.name, prompt.canary_label, release.candidate_version))
-    upstreams = policy.target.upstreams
-    weight = 100.0 if upstreams is not None and upstreams.canary is not None else 0.0
+    weight = 100.0 if _canary_of(policy) is not None else 0.0
     actions.append(SetWeight(weight))
     promoted = replace(
         release, phase=Phase.PROMOTED, canary_weight=weight, updated_at=now, reason=reason

@@ -473,7 +473,7 @@ class Controller:
                 self.rungs.leave(name)
                 self._after(name, policy, now, report)
                 return
-        counted = self.rungs.attempt_to_start(release)
+        counted = self.rungs.attempt_to_start(release, judged, now)
         if counted is not None:
             self.state.save_release(counted)
             release = counted

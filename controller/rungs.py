@@ -25,6 +25,7 @@ from controller.lifecycle import ReleaseState
 from controller.release_store import ControllerState
 from controller.samples import ScoreSample, TraceSample
 from policies.domain import Arm, Phase
+from policies.durations import format_duration
 from policies.model import DatasetGate, OnInconclusive, Policy
 
 log = logging.getLogger("coalmine.controller.rungs")
@@ -123,19 +124,43 @@ class RungDriver:
         self.leave(release.name)
         return None
 
+    def view_of(self, release: ReleaseState) -> dict[str, Any] | None:
+        """What the rung ``release`` stands at (or is paused at) said last; None when
+        it is at no rung, or its rung has not said anything yet."""
+        view = self.views.get(release.name)
+        at = release.resume_phase if release.phase is Phase.PAUSED else release.phase
+        if view is None or view.get("rollout") != release.rollout or view.get("rung") != at:
+            return None
+        if view.get("since") != release.rung_since:
+            return None
+        return {key: value for key, value in view.items() if key not in ("rollout", "since")}
+
+    def _show(self, release: ReleaseState, view: dict[str, Any]) -> None:
+        self.views[release.name] = {
+            "rung": release.phase.value,
+            "rollout": release.rollout,
+            "since": release.rung_since,
+            **view,
+        }
+
     def leave(self, name: str) -> None:
         """The release is no longer at a rung: its dataset runs stop, its pairs go."""
         if self._runs.pop(name, None) is not None and self.datasets is not None:
             self.datasets.cancel(name)
         self._pairs.pop(name, None)
 
-    def attempt_to_start(self, release: ReleaseState) -> ReleaseState | None:
-        """The release with its dataset attempt counted, when the rung needs a run this
+    def attempt_to_start(
+        self, release: ReleaseState, policy: Policy, now: float
+    ) -> ReleaseState | None:
+        """The release with its dataset attempt counted, when the rung starts a run this
         process has not started (the first, after a resume, or after a restart)."""
-        if release.phase is not Phase.DATASET or release.rung_since is None:
+        since, gate = release.rung_since, policy.dataset
+        if release.phase is not Phase.DATASET or since is None or gate is None:
+            return None
+        if now < since + gate.start_after:
             return None
         run = self._runs.get(release.name)
-        if run is not None and (run.rollout, run.since) == (release.rollout, release.rung_since):
+        if run is not None and (run.rollout, run.since) == (release.rollout, since):
             return None
         return replace(release, dataset_attempt=release.dataset_attempt + 1)
 
@@ -152,27 +177,21 @@ class RungDriver:
                 "dataset rung: Langfuse is not configured (LANGFUSE_BASE_URL and keys), so "
                 f"dataset '{gate.name}' cannot be run",
             )
-        run = self._runs.get(release.name)
-        if run is None or (run.rollout, run.since) != (release.rollout, since):
-            try:
-                arms = arm_endpoints(policy, self.app_url)
-            except ValueError as error:
-                return RungVerdict(RungMove.PAUSE, f"dataset rung: {error}")
-            if run is not None:
-                self.datasets.cancel(release.name)
-            run = _DatasetRun(release.rollout, since, release.dataset_attempt)
-            self._runs[release.name] = run
-            self.datasets.ensure(release.name, run.rollout, run.attempt, gate, arms, now)
+        run = self._run(release, policy, gate, since, now)
+        if not isinstance(run, _DatasetRun):
+            return run
         result = self.datasets.result(release.name, run.rollout, run.attempt, now)
         if result is None:  # gone from the runner: run it again as a new attempt
             self._runs.pop(release.name, None)
             return None
-        self.views[release.name] = {
-            "rung": "dataset",
-            "outcome": None if result.outcome is None else result.outcome.value,
-            "reason": result.reason,
-            **result.summary,
-        }
+        self._show(
+            release,
+            {
+                "outcome": None if result.outcome is None else result.outcome.value,
+                "reason": result.reason,
+                **result.summary,
+            },
+        )
         if result.outcome is None:
             return None
         evidence = {"rung": "dataset", **result.summary}
@@ -181,6 +200,29 @@ class RungDriver:
         if result.outcome is GateOutcome.BLOCKED:
             return RungVerdict(RungMove.ROLLBACK, result.reason, evidence)
         return _inconclusive(gate.on_inconclusive, result.reason, evidence)
+
+    def _run(
+        self, release: ReleaseState, policy: Policy, gate: DatasetGate, since: float, now: float
+    ) -> _DatasetRun | RungVerdict | None:
+        """The dataset run of the rung as it stands, started when it needs one; a
+        verdict when it cannot be, None while it waits to start."""
+        assert self.datasets is not None
+        run = self._runs.get(release.name)
+        if run is not None and (run.rollout, run.since) == (release.rollout, since):
+            return run
+        if now < since + gate.start_after:
+            self._show(release, {"outcome": None, "reason": _waiting_caches(gate)})
+            return None
+        try:
+            arms = arm_endpoints(policy, self.app_url)
+        except ValueError as error:
+            return RungVerdict(RungMove.PAUSE, f"dataset rung: {error}")
+        if run is not None:
+            self.datasets.cancel(release.name)
+        run = _DatasetRun(release.rollout, since, release.dataset_attempt)
+        self._runs[release.name] = run
+        self.datasets.ensure(release.name, run.rollout, run.attempt, gate, arms, now)
+        return run
 
     def _look_shadow(
         self,
@@ -199,12 +241,10 @@ class RungDriver:
         held.next_look = now + policy.analysis.interval
         held.pairs.advance(now, scores_read_until=read_until[0], traces_read_until=read_until[1])
         judgement = judge_shadow(gate, held.pairs, since=since, now=now)
-        self.views[release.name] = {
-            "rung": "shadow",
-            "outcome": judgement.outcome.value,
-            "reason": judgement.reason,
-            **judgement.summary,
-        }
+        self._show(
+            release,
+            {"outcome": judgement.outcome.value, "reason": judgement.reason, **judgement.summary},
+        )
         evidence = {"rung": "shadow", **judgement.summary}
         if judgement.outcome is RungOutcome.PASSED:
             return RungVerdict(RungMove.PASS, judgement.reason, evidence)
@@ -253,6 +293,13 @@ class RungDriver:
 
 def _add_trace(pairs: ShadowPairs, trace: TraceSample) -> None:
     pairs.add_trace(trace.trace_id, trace.arm, trace.ts, trace.error, trace.shadow_of)
+
+
+def _waiting_caches(gate: DatasetGate) -> str:
+    return (
+        f"dataset '{gate.name}': items are sent {format_duration(gate.start_after)} after the "
+        "rollout began (dataset.startAfter), once the app's prompt caches hold the new label"
+    )
 
 
 def _inconclusive(

@@ -18,6 +18,7 @@ from coalmine.shared.admin_token import weak_token
 from coalmine.shared.kube.client import KubeError, api_client
 from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
 from coalmine.shared.routing_tables.store import RoutingTableStore, SqliteRoutingStore
+from controller.actions import Routers
 from controller.cluster.aggregates_cleanup import AggregatesCleanup
 from controller.cluster.events import KubeEventRecorder, ObjectRef
 from controller.cluster.lease import LeaseElector, LeaseTiming
@@ -29,13 +30,14 @@ from controller.loop import Controller, ProxyTraffic
 from controller.metrics import ControllerMetrics
 from controller.notify import MultiNotifier, Notifier, WebhookNotifier
 from controller.release_store import ControllerState
+from controller.routers import GatewayApiRouter
 from controller.settings import ControllerSettings
 from controller.source import SampleSource
 from controller.source.aggregates import ProxyCounts
 from controller.source.budget import BudgetSettings, RequestBudget
 from controller.source.langfuse import LangfuseSource, SourceSettings
 from controller.source.review_queue import ReviewQueue
-from policies.model import Policy
+from policies.model import Policy, RoutingProvider
 from policies.policy_files import PolicyFiles
 
 log = logging.getLogger("coalmine.controller")
@@ -306,6 +308,11 @@ def build_service(
         from_proxies=from_proxies,
     )
     controller.reviews = reviews
+    if cluster is not None:
+        controller.routers = Routers(
+            controller.routers.default,
+            {**controller.routers.others, RoutingProvider.GATEWAY_API: cluster.gateway},
+        )
     controller.rungs.datasets = datasets
     controller.rungs.app_url = settings.app_url
     if cluster is not None:
@@ -354,6 +361,7 @@ class _Cluster:
     events: KubeEventRecorder
     counts: ProxyCounts
     cleanup: AggregatesCleanup
+    gateway: GatewayApiRouter
 
 
 def _cluster(
@@ -402,7 +410,8 @@ def _cluster(
     cleanup = AggregatesCleanup(
         client, namespace, settings.configmap_prefix, leading=elector.is_leader
     )
-    return _Cluster(elector, state, routing, events, counts, cleanup)
+    gateway = GatewayApiRouter(client, namespace)
+    return _Cluster(elector, state, routing, events, counts, cleanup, gateway)
 
 
 def _notification_counts(notifiers: Sequence[Notifier]) -> dict[str, int]:

@@ -241,7 +241,9 @@ class Target(_Model):
 
     @model_validator(mode="after")
     def _something(self) -> Target:
-        if self.prompt is None and self.upstreams is None:
+        # an agent released through a Gateway API route has a version and Services
+        # (checked with the routing, by Policy)
+        if self.prompt is None and self.upstreams is None and self.version is None:
             raise _rule(((), "needs prompt or upstreams"))
         return self
 
@@ -274,9 +276,51 @@ class RoutingProvider(StrEnum):
 
     PROXY = "proxy"
     """coalmine's proxy, by the routing tables the controller writes."""
+    GATEWAY_API = "gatewayApi"
+    """A Kubernetes Gateway API HTTPRoute: one named rule of it, which coalmine owns."""
     NONE = "none"
     """Another system (Argo Rollouts, Flagger, a person): coalmine judges and moves
     labels, and never touches the traffic."""
+
+
+DNS_LABEL: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class ServiceRef(_Model):
+    """A Kubernetes Service an HTTPRoute sends requests to."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    """The Service's name."""
+
+    port: Count = Field(ge=1, le=65535)
+    """The Service's port."""
+
+
+class GatewayApiRoute(_Model):
+    """The HTTPRoute rule coalmine owns: it sets the rule's `backendRefs` and its
+    `RequestMirror` filter, and never touches the route's other rules or fields."""
+
+    http_route: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
+    """The HTTPRoute's name (gateway.networking.k8s.io/v1)."""
+
+    namespace: str | None = Field(default=None, pattern=DNS_LABEL, max_length=63)
+    """Its namespace; unset: the controller's."""
+
+    rule: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
+    """The `name` of the rule coalmine owns in it (the rule and its `matches` are yours
+    to write; coalmine fills in where its requests go)."""
+
+    stable: ServiceRef
+    """The Service of the stable version."""
+
+    canary: ServiceRef | None = None
+    """The Service of the candidate (an agent release); unset: a prompt release, whose
+    arms both go to `stable`, each with the arm and prompt-label headers set."""
+
+    mirror: ServiceRef | None = None
+    """Where `shadow` copies go (the Service of `shadow.upstream`'s deployment); needed
+    when the policy has `shadow`."""
 
 
 class Routing(_Model):
@@ -285,8 +329,12 @@ class Routing(_Model):
     model_config = ConfigDict(json_schema_extra=_stickiness_schema)
 
     provider: RoutingProvider = RoutingProvider.PROXY
-    """`proxy` (coalmine's proxy) or `none` (another system moves the traffic; the
-    fields below are the proxy's and then unused)."""
+    """`proxy` (coalmine's proxy), `gatewayApi` (an HTTPRoute rule, `gatewayApi`) or
+    `none` (another system moves the traffic); the fields after `gatewayApi` are the
+    proxy's."""
+
+    gateway_api: GatewayApiRoute | None = None
+    """The HTTPRoute rule of `provider: gatewayApi`."""
 
     stickiness: Stickiness | None = Stickiness(header=STICKINESS_DEFAULT_HEADER)
     """`{header: NAME}`, `{cookie: NAME}` or `none` (no stickiness)."""
@@ -313,6 +361,15 @@ class Routing(_Model):
         if isinstance(value, str):
             raise ValueError("must be {header: NAME}, {cookie: NAME} or none")
         return value
+
+    @model_validator(mode="after")
+    def _gateway_api_with_its_provider(self) -> Routing:
+        gateway = self.provider is RoutingProvider.GATEWAY_API
+        if gateway and self.gateway_api is None:
+            raise _rule((("gatewayApi",), "is required with provider gatewayApi"))
+        if not gateway and self.gateway_api is not None:
+            raise _rule((("gatewayApi",), "goes with provider gatewayApi"))
+        return self
 
 
 class Step(_Model):
@@ -842,6 +899,11 @@ class DatasetGate(_Model):
     concurrency: Count = Field(default=4, ge=1, le=64)
     """Items in flight at once, per arm."""
 
+    start_after: Duration = Field(default=60.0, ge=0, json_schema_extra=_duration_default(60))
+    """How long after the rollout starts the items are sent: an app caches the prompt a
+    label names (the Langfuse SDK for 60 s by default), and until its cache has run out
+    the candidate's label may still answer with the previous version."""
+
     request_timeout: Duration = Field(default=120.0, gt=0, json_schema_extra=_duration_default(120))
     """How long the app may take for one item; past it the call counts as failed."""
 
@@ -964,6 +1026,41 @@ class Policy(_Model):
         if violations:
             raise RuleError(violations)
         return steps
+
+    @model_validator(mode="after")
+    def _gateway_api_names_every_service(self) -> Policy:
+        gateway = self.routing.gateway_api
+        target = self.target
+        if gateway is None:
+            if target.prompt is None and target.upstreams is None:
+                raise _rule((("target",), "needs prompt or upstreams"))
+            return self
+        violations: list[tuple[FieldPath, str]] = []
+        if self.target.upstreams is not None:
+            violations.append(
+                (
+                    ("target", "upstreams"),
+                    "not with routing.provider gatewayApi: name the Services in routing.gatewayApi",
+                )
+            )
+        if gateway.canary is None and self.target.prompt is None:
+            violations.append(
+                (
+                    ("routing", "gatewayApi", "canary"),
+                    "is required without target.prompt: "
+                    "an agent release's candidate is its canary Service",
+                )
+            )
+        if self.shadow is not None and gateway.mirror is None:
+            violations.append(
+                (
+                    ("routing", "gatewayApi", "mirror"),
+                    "is required with shadow: the Service the copies go to",
+                )
+            )
+        if violations:
+            raise RuleError(violations)
+        return self
 
 
 def _number(value: float) -> str:

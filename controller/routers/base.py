@@ -1,5 +1,5 @@
-"""The Protocol every router keeps: set a release's routes, say how what is in force
-differs from what is wanted, and take a release's routes away."""
+"""The Protocol every router keeps: set a release's routes, and say how what is in force
+differs from what is wanted."""
 
 from __future__ import annotations
 
@@ -23,9 +23,4 @@ class Router(Protocol):
     def drift(self, policy: Policy, weight: float, shadow: ShadowRoute | None) -> str | None:
         """How the routes in force differ from ``weight`` and ``shadow`` (None: they do
         not), in words for the log and the events."""
-        ...
-
-    def clear(self, name: str, reason: str) -> str | None:
-        """No more canary traffic or mirroring for release ``name``, whose policy is gone;
-        the error, if it could not be done this time."""
         ...

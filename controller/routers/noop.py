@@ -15,6 +15,3 @@ class NoopRouter:
 
     def drift(self, policy: Policy, weight: float, shadow: ShadowRoute | None) -> str | None:
         return None
-
-    def clear(self, name: str, reason: str) -> str | None:
-        return None

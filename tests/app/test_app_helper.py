@@ -424,3 +424,26 @@ def test_a_plain_asgi_app_gets_its_context() -> None:
     with TestClient(CoalmineMiddleware(app, langfuse=False)) as client:
         assert client.get("/", headers=proxied()).status_code == 204
     assert seen and seen[0].arm == "canary"
+
+
+def test_without_coalmine_headers_the_deployment_environment_says_the_arm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COALMINE_ARM", "canary")
+    monkeypatch.setenv("COALMINE_RELEASE", "support")
+    ctx = context_from_headers({"content-type": "application/json"})
+    assert (ctx.release, ctx.arm) == ("support", Arm.CANARY)
+    # a route's header modifier (or a proxy) wins over the environment
+    routed = context_from_headers({"x-coalmine-arm": "baseline", "x-coalmine-release": "other"})
+    assert (routed.release, routed.arm) == ("other", Arm.BASELINE)
+    monkeypatch.setenv("COALMINE_ARM", "sideways")
+    assert context_from_headers({}).arm is None
+
+
+def test_without_headers_or_environment_there_is_no_release(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("COALMINE_ARM", raising=False)
+    monkeypatch.delenv("COALMINE_RELEASE", raising=False)
+    ctx = context_from_headers({})
+    assert (ctx.release, ctx.arm) == (None, None)

@@ -5,7 +5,7 @@ Time moves only when a test says so. Also: serving an ASGI app on loopback."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +82,9 @@ class Traffic:
     routing: SqliteRoutingStore
     rate: int = 120
     canary_share: float | None = None
+    share_of: Callable[[], float] | None = None
+    """Where the canary's share comes from when routes are not a routing table (a
+    Gateway API route): called at each poll."""
     shadow_delta: float = 0.0
     """While the table mirrors (``shadow``), a copy of each mirrored request, scored this
     much above its primary (the candidate's difference on the same input)."""
@@ -109,7 +112,7 @@ class Traffic:
         start = cursors.observations_from if self._last is None else self._last
         self._last = now
         table = self.routing.read(RELEASE)
-        share = self.canary_share
+        share = self.canary_share if self.share_of is None else self.share_of()
         if share is None:
             share = 0.0 if table is None else table.canary_weight / 100.0
         traces: list[TraceSample] = []

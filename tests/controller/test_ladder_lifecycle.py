@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from coalmine.shared.routing_tables.table import initial_table
 from controller import lifecycle
 from controller.actions import wanted_shadow
 from controller.lifecycle import Candidate, MoveLabel, ReleaseState, SetWeight, Transition
@@ -196,3 +197,8 @@ def test_a_shadow_rung_mirrors_only_while_the_rollout_stands_at_it(
 )
 def test_a_plain_shadow_mirrors_until_the_rollout_ends(phase: Phase, mirrored: bool) -> None:
     assert (wanted_shadow(policy(DATASET, PLAIN_SHADOW), phase) is not None) is mirrored
+
+
+def test_a_table_no_rollout_has_set_mirrors_only_a_plain_shadow() -> None:
+    assert initial_table(policy(DATASET, SHADOW)).shadow is None
+    assert initial_table(policy(PLAIN_SHADOW)).shadow is not None

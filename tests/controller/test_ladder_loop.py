@@ -174,6 +174,38 @@ def test_a_restart_runs_the_dataset_again_as_the_next_attempt(rig: Rig) -> None:
     assert rig.release().phase is Phase.CANARY
 
 
+def test_items_wait_for_the_app_prompt_caches_and_the_attempt_is_counted_once(
+    tmp_path: Path,
+) -> None:
+    rig = ladder_rig(tmp_path, DATASET + "  startAfter: 5m\n")
+    try:
+        runner = StaticRunner({1: GateOutcome.PASSED})
+        rig.controller.rungs.datasets = runner
+        rig.run(3)
+        release = rig.release()
+        assert release.phase is Phase.DATASET and runner.started == {}
+        assert release.dataset_attempt == 0
+        view = rig.controller.rungs.view_of(release)
+        assert view is not None and "startAfter" in view["reason"]
+        rig.run(4)
+        assert list(runner.started) == [(RELEASE, 1, 1)]
+        assert rig.release().dataset_attempt == 1
+    finally:
+        rig.close()
+
+
+def test_a_new_rollout_never_shows_the_last_rung_view(rig: Rig) -> None:
+    rig.controller.rungs.datasets = StaticRunner({1: GateOutcome.BLOCKED, 2: GateOutcome.PASSED})
+    rig.run(6, until=Phase.ROLLED_BACK)
+    assert rig.controller.rungs.view_of(rig.release()) is None
+    rig.labels.move("support-agent", "canary", 5)
+    rig.run(1)
+    release = rig.release()
+    assert (release.rollout, release.phase) == (2, Phase.DATASET)
+    view = rig.controller.rungs.view_of(release)
+    assert view is None or view["outcome"] is None  # never rollout 1's "blocked"
+
+
 def test_without_a_runner_the_dataset_rung_pauses_and_says_why(rig: Rig) -> None:
     rig.run(2)
     release = rig.release()

@@ -17,7 +17,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from pydantic.alias_generators import to_camel
 
-from policies.model import HttpUrl, Policy
+from policies.model import HttpUrl, Policy, Shadow
 
 Percent = Annotated[float, Strict(), Field(ge=0, le=100)]
 Rate = Annotated[float, Strict(), Field(ge=0, le=1)]
@@ -156,7 +156,7 @@ def initial_table(policy: Policy, canary_weight: float = 0.0, version: int = 0) 
             upstream=None if upstreams is None else upstreams.canary or upstreams.stable,
             prompt_label=prompt.canary_label if prompt else None,
         ),
-        shadow=shadow_route(policy),
+        shadow=initial_shadow(policy),
         reason="initial",
     )
 
@@ -166,6 +166,18 @@ def shadow_route(policy: Policy) -> ShadowRoute | None:
     shadow = policy.shadow
     if shadow is None:
         return None
+    return _route(shadow)
+
+
+def initial_shadow(policy: Policy) -> ShadowRoute | None:
+    """The mirroring of a table no rollout has set yet: a plain shadow's, but none for a
+    shadow rung (``shadow.gate``), whose copies go out only while a rollout stands at it."""
+    if policy.shadow is not None and policy.shadow.gate is not None:
+        return None
+    return shadow_route(policy)
+
+
+def _route(shadow: Shadow) -> ShadowRoute:
     return ShadowRoute(
         upstream=shadow.upstream,
         percent=shadow.percent,
