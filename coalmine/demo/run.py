@@ -8,9 +8,7 @@ everything it started.
 
 from __future__ import annotations
 
-import os
 import random
-import secrets
 import tempfile
 import threading
 import time
@@ -21,8 +19,9 @@ from typing import Any
 
 import httpx
 
-from coalmine.demo.processes import Processes, free_port, python
+from coalmine.demo.questions import QUESTIONS, chat_body
 from coalmine.demo.scenarios import PROMPT, RELEASE, Outcome, Scenario, policy_yaml
+from coalmine.demo.stack import DemoStack
 from coalmine.emulator.settings import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY
 
 SHADOW_TRACES_NEEDED = 20
@@ -36,6 +35,8 @@ class Traffic:
     proxy_url: str
     rate: float
     seed: int = 7
+    questions: tuple[str, ...] = QUESTIONS
+    """What the users ask, each request one of them at random."""
     sent: int = 0
     failed: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
@@ -66,12 +67,7 @@ class Traffic:
                 self._one(client, rng)
 
     def _one(self, client: httpx.Client, rng: random.Random) -> None:
-        question = rng.choice(QUESTIONS)
-        body = {
-            "model": "support-agent",
-            "messages": [{"role": "user", "content": question}],
-            "stream": rng.random() < 0.3,
-        }
+        body = {**chat_body(rng.choice(self.questions)), "stream": rng.random() < 0.3}
         headers = {"x-user-id": f"user-{rng.randrange(2000)}"}
         try:
             with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
@@ -84,16 +80,6 @@ class Traffic:
         self.by_status[status] = self.by_status.get(status, 0) + 1
         if status != 200:
             self.failed += 1
-
-
-QUESTIONS = (
-    "How do I reset my password?",
-    "Can I change the billing date of my plan?",
-    "The export to CSV fails with a timeout, what can I do?",
-    "How do I add a teammate to my workspace?",
-    "Where do I find my invoices?",
-    "Is there an API rate limit?",
-)
 
 
 @dataclass
@@ -149,138 +135,32 @@ def run_demo(
 
     ``metrics_port``: where `coalmine run` serves its metrics (default: a free port), so
     that a Prometheus started beforehand can scrape it."""
+    if scenario.candidates:
+        raise ValueError(f"scenario {scenario.name!r} releases candidates in turn: run_ladder")
     base = workdir or Path(tempfile.mkdtemp(prefix="coalmine-demo-"))
     base.mkdir(parents=True, exist_ok=True)
-    processes = Processes(base)
-    token = secrets.token_hex(16)
-    ports = {name: free_port() for name in ("emulator", "stable", "canary", "staging", "proxy")}
-    ports |= {"admin": free_port(), "metrics": metrics_port or free_port()}
-    emulator_url = f"http://127.0.0.1:{ports['emulator']}"
-    env = {
-        **os.environ,
-        "LANGFUSE_BASE_URL": emulator_url,
-        "LANGFUSE_PUBLIC_KEY": DEFAULT_PUBLIC_KEY,
-        "LANGFUSE_SECRET_KEY": DEFAULT_SECRET_KEY,
-        "COALMINE_ADMIN_TOKEN": token,
-        "COALMINE_REQUESTS_PER_MINUTE": "100000",
-        "COALMINE_TICK_SECONDS": "1",
-        "COALMINE_TRACE_SETTLE_SECONDS": "2",
-        # the demo decides within a minute: the proxy's counts are flushed every second
-        "COALMINE_AGGREGATES_FLUSH_SECONDS": "1",
-        "COALMINE_SCORE_FIRST_READ_SECONDS": "5",
-        "PYTHONUNBUFFERED": "1",
-    }
+    stack = DemoStack(base, metrics_port)
     traffic: Traffic | None = None
     started_at = time.time()
     try:
-        emulator = processes.start(
-            "emulator",
-            [
-                python(),
-                "-m",
-                "coalmine.cli",
-                "langfuse-emulator",
-                "--port",
-                str(ports["emulator"]),
-                "--log-level",
-                "warning",
-            ],
-            env,
-        )
-        processes.wait_http(emulator, f"{emulator_url}/api/public/health")
-        auth = (DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY)
-        with httpx.Client(base_url=emulator_url, auth=auth, timeout=10.0) as api:
-            for version in scenario.prompts:
-                created = api.post(
-                    "/api/public/v2/prompts",
-                    json={
-                        "name": PROMPT,
-                        "prompt": version.text,
-                        "type": "text",
-                        "config": version.config,
-                        "labels": list(version.labels),
-                    },
-                )
-                created.raise_for_status()
-        for name in ("stable", "canary", "staging"):
-            agent = processes.start(
-                f"agent-{name}",
-                [
-                    python(),
-                    "-m",
-                    "coalmine.demo.agent",
-                    "--port",
-                    str(ports[name]),
-                    "--name",
-                    name,
-                    "--llm-delay-ms",
-                    "30",
-                    "--prompt-cache-seconds",
-                    "1",
-                    "--log-level",
-                    "warning",
-                ],
-                env,
-            )
-            processes.wait_http(agent, f"http://127.0.0.1:{ports[name]}/healthz")
-        policy_file = base / "policy.yaml"
-        policy_file.write_text(
+        stack.start_emulator()
+        stack.create_prompts(scenario.prompts)
+        stack.start_agents()
+        stack.start_coalmine(
             policy_yaml(
                 scenario,
-                stable=f"http://127.0.0.1:{ports['stable']}",
-                canary=f"http://127.0.0.1:{ports['canary']}",
-                staging=f"http://127.0.0.1:{ports['staging']}",
+                stable=stack.url("stable"),
+                canary=stack.url("canary"),
+                staging=stack.url("staging"),
                 speed=speed,
             )
         )
-        admin_url = f"http://127.0.0.1:{ports['admin']}"
-        coalmine = processes.start(
-            "coalmine-run",
-            [
-                python(),
-                "-m",
-                "coalmine.cli",
-                "run",
-                "--policy",
-                str(policy_file),
-                "--state",
-                str(base / "state.db"),
-                "--listen",
-                f"127.0.0.1:{ports['proxy']}",
-                "--admin-listen",
-                f"127.0.0.1:{ports['admin']}",
-                "--metrics-listen",
-                f"127.0.0.1:{ports['metrics']}",
-                "--log-level",
-                "info",
-            ],
-            env,
-        )
-        processes.wait_http(coalmine, f"{admin_url}/healthz")
-        evaluator = processes.start(
-            "evaluator",
-            [
-                python(),
-                "-m",
-                "coalmine.demo.evaluator",
-                "--delay-seconds",
-                f"{max(3 / speed, 1):g}",
-                "--noise",
-                "0.1",
-                "--seed",
-                "1",
-                "--interval",
-                "1",
-                "--lookback-seconds",
-                "600",
-            ],
-            env,
-        )
-        del evaluator
+        stack.start_evaluator(speed)
+        admin_url, token, emulator_url = stack.admin_url, stack.token, stack.emulator_url
         dashboard = f"{admin_url}/"
         if on_started is not None:
             on_started(dashboard)
-        traffic = Traffic(f"http://127.0.0.1:{ports['proxy']}", rate=12.0 * speed)
+        traffic = Traffic(stack.proxy_url, rate=12.0 * speed)
         traffic.start()
         outcome, decided_at, detail = _watch(
             scenario,
@@ -311,13 +191,13 @@ def run_demo(
                 **{str(code): count for code, count in sorted(traffic.by_status.items())},
             },
             dashboard=dashboard,
-            pids=processes.pids(),
+            pids=stack.processes.pids(),
             logs=str(base),
         )
     finally:
         if traffic is not None:
             traffic.stop()
-        processes.stop_all()
+        stack.processes.stop_all()
 
 
 FINISHED = {"promoted": Outcome.PROMOTED, "rolled_back": Outcome.ROLLED_BACK}

@@ -8,18 +8,23 @@ output, in any process:
   prompt and every message plus ``MESSAGE_OVERHEAD_TOKENS`` each.
 * **Quality** of an answer, in [0, 1], is the prompt's quality plus a jitter of at most
   ``±QUALITY_JITTER / 2`` drawn from the same hash. Each sentence of the answer is a
-  helpful one with probability equal to that quality, a vague one otherwise.
+  helpful one (from ``HELPFUL_SENTENCES``) with probability equal to that quality, a
+  vague one (``VAGUE_SENTENCES``) otherwise.
+* **Topics**: a prompt version may be better or worse at a kind of request. When a user
+  message mentions a topic word (a word starting with it, in any case: ``refund``
+  matches "Refunds"), the topic's quality replaces the prompt's; when it mentions
+  several, the lowest of theirs applies.
 * **Errors**: a request fails when a draw seeded by its request key (the request id)
   falls below the prompt's error rate.
 
-A prompt version sets its quality and error rate in its Langfuse ``config``::
+A prompt version sets its quality, error rate and topics in its Langfuse ``config``::
 
-    {"quality": 0.85, "error_rate": 0.01}
+    {"quality": 0.85, "error_rate": 0.01, "topics": {"refund": 0.3}}
 
 or, when its config has no such keys, with markers anywhere in its text:
 ``[[quality=0.6]]`` and ``[[error_rate=0.05]]``. Without either, ``DEFAULT_QUALITY``
 and ``DEFAULT_ERROR_RATE`` apply. Values outside [0, 1] are clipped; values that are not
-numbers are ignored.
+numbers are ignored; so are topics that are not a non-empty word with a number.
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ INPUT_USD_PER_TOKEN: Final = 0.50 / 1_000_000
 OUTPUT_USD_PER_TOKEN: Final = 1.50 / 1_000_000
 
 _MARKER = re.compile(r"\[\[\s*(quality|error_rate)\s*=\s*([0-9]*\.?[0-9]+)\s*\]\]")
+_TOPIC_WORD = re.compile(r"^\w+$")
 
-_HELPFUL: Final = (
+HELPFUL_SENTENCES: Final = (
     "I have checked your account and the order is on its way.",
     "You can reset the password from the sign-in page under 'Forgot password'.",
     "The refund was issued today and reaches your card within five working days.",
@@ -54,7 +60,7 @@ _HELPFUL: Final = (
     "I have added a note to your case so the next agent sees the full history.",
     "The invoice is available under Billing, and I have sent a copy to your email.",
 )
-_VAGUE: Final = (
+VAGUE_SENTENCES: Final = (
     "Thank you for reaching out.",
     "Sometimes these things take a little while.",
     "Please try again later.",
@@ -70,6 +76,8 @@ class PromptTraits:
 
     quality: float = DEFAULT_QUALITY
     error_rate: float = DEFAULT_ERROR_RATE
+    topics: tuple[tuple[str, float], ...] = ()
+    """(word, quality) for requests about a topic, by word; words in lower case."""
 
     @classmethod
     def of(cls, text: str, config: Mapping[str, Any] | None = None) -> PromptTraits:
@@ -84,7 +92,22 @@ class PromptTraits:
         return cls(
             quality=_clip(found.get("quality", DEFAULT_QUALITY)),
             error_rate=_clip(found.get("error_rate", DEFAULT_ERROR_RATE)),
+            topics=_topics((config or {}).get("topics")),
         )
+
+    def quality_for(self, messages: Sequence[Mapping[str, str]]) -> float:
+        """The quality of an answer to ``messages``: the lowest of the topics their user
+        messages mention, else the prompt's."""
+        if not self.topics:
+            return self.quality
+        said = " ".join(m.get("content", "") for m in messages if m.get("role") == "user")
+        words = {word.lower() for word in re.findall(r"\w+", said)}
+        mentioned = [
+            quality
+            for topic, quality in self.topics
+            if any(word.startswith(topic) for word in words)
+        ]
+        return min(mentioned, default=self.quality)
 
 
 @dataclass(frozen=True)
@@ -121,11 +144,11 @@ def complete(
     """The answer to ``messages`` under the system prompt ``prompt``."""
     digest = _digest(json.dumps([prompt, [dict(m) for m in messages]], sort_keys=True))
     draws = _draws(digest)
-    quality = _clip(traits.quality + (next(draws) - 0.5) * QUALITY_JITTER)
+    quality = _clip(traits.quality_for(messages) + (next(draws) - 0.5) * QUALITY_JITTER)
     sentences = []
     for _ in range(2 + int(next(draws) * 3)):
         helpful = next(draws) < quality
-        bank = _HELPFUL if helpful else _VAGUE
+        bank = HELPFUL_SENTENCES if helpful else VAGUE_SENTENCES
         sentences.append(bank[int(next(draws) * len(bank))])
     text = " ".join(sentences)
     failed = _unit(_digest(f"error:{request_key}")) < traits.error_rate
@@ -167,6 +190,22 @@ def _draws(seed: bytes) -> Iterator[float]:
     while True:
         yield _unit(hashlib.sha256(seed + counter.to_bytes(8, "big")).digest())
         counter += 1
+
+
+def _topics(value: object) -> tuple[tuple[str, float], ...]:
+    """The valid topics of a config's ``topics`` mapping, sorted by word."""
+    if not isinstance(value, Mapping):
+        return ()
+    found: dict[str, float] = {}
+    for word, quality in value.items():
+        topic = str(word).strip().lower()
+        if (
+            _TOPIC_WORD.match(topic)
+            and isinstance(quality, int | float)
+            and not isinstance(quality, bool)
+        ):
+            found[topic] = _clip(float(quality))
+    return tuple(sorted(found.items()))
 
 
 def _clip(value: float) -> float:
