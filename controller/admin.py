@@ -17,6 +17,14 @@ error is ``{"error": {"code": ..., "message": ...}}``.
                                       the token)
     GET  /dashboard/data              what the dashboard draws: releases, weight steps,
                                       metric estimates and bounds over time, decisions
+    GET  /analysis/{name}             the verdict on the current rollout for an external
+                                      rollout (Argo Rollouts' ``web`` metric provider):
+                                      pass, fail, inconclusive or nodata, with the
+                                      evidence; ``?version=`` and ``?step=`` narrow it
+    POST /analysis/{name}/webhook/{gate}
+                                      a Flagger webhook: ``rollout`` answers 200 unless
+                                      the verdict is fail, ``promotion`` only on pass
+                                      (else 409); the token also as ``metadata.token``
     GET  /healthz                     the process serves
     GET  /readyz                      the last poll of Langfuse succeeded recently, or no
                                       release is running
@@ -25,6 +33,7 @@ error is ``{"error": {"code": ..., "message": ...}}``.
 from __future__ import annotations
 
 import hmac
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,9 +42,10 @@ from typing import TYPE_CHECKING, Any, Final
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from controller.analysis import GATES, Question, analysis, gate_open
 from controller.dashboard import DashboardSettings, mount_dashboard
 from controller.errors import (
     ApiError,
@@ -44,15 +54,17 @@ from controller.errors import (
     NotLeaderError,
 )
 from controller.evidence_log import judgement_summary
+from controller.judge import Verdict
 from controller.lifecycle import ReleaseState, judged_by, ladder_of, policy_digest
 from controller.loop import Controller
 from controller.release_store import Action, DecisionRecord, LabelMove
 from controller.source import health_of
 from controller.source.status import mismatches_of, reads_json
 from policies.domain import Phase
+from policies.model import Policy
 
 if TYPE_CHECKING:
-    from policies.model import Policy, Step
+    from policies.model import Step
 
 ACTIONS: Final = ("promote", "rollback", "pause", "resume", "abort", "start", "approve")
 ACTOR: Final = "admin-api"
@@ -62,6 +74,27 @@ RUNNING: Final = frozenset({Phase.CANARY, Phase.APPROVAL, Phase.PAUSED})
 DEFAULT_POLL_STALE_AFTER: Final = 300.0
 """Seconds after the last good poll when the controller stops being ready; a few of its
 tick intervals."""
+
+
+MAX_WEBHOOK_BODY: Final = 65_536
+"""Bytes of a webhook body read at most (Flagger's payload is a few hundred)."""
+
+
+class FlaggerPayload(BaseModel):
+    """The body Flagger POSTs to a webhook. Fields Flagger adds in later versions are
+    ignored rather than refused: a Flagger upgrade must not close every gate."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str | None = None
+    """The Canary's name."""
+    namespace: str | None = None
+    phase: str | None = None
+    """The Canary's phase (``Progressing`` during the analysis)."""
+    checksum: str | None = None
+    metadata: dict[str, str] | None = None
+    """The webhook's ``metadata``; ``token`` there stands for the bearer token, as
+    Flagger's webhooks cannot send headers."""
 
 
 class ActionBody(BaseModel):
@@ -102,6 +135,8 @@ def create_admin_app(
     _install_error_handlers(app)
     app.include_router(_open_routes(controller, clock, poll_stale_after))
     app.include_router(_release_routes(controller, clock), dependencies=[Depends(_bearer(token))])
+    app.include_router(_analysis_routes(controller), dependencies=[Depends(_bearer(token))])
+    app.include_router(_webhook_routes(controller, token))
     mount_dashboard(
         app,
         controller,
@@ -262,6 +297,161 @@ def _release_routes(controller: Controller, clock: Callable[[], float]) -> APIRo
     return router
 
 
+def _analysis_routes(controller: Controller) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/analysis/{name}")
+    def show_analysis(
+        name: str,
+        version: str | None = Query(
+            default=None,
+            min_length=1,
+            max_length=200,
+            description="The candidate version the caller rolls out: nodata until the "
+            "current rollout judges it.",
+        ),
+        step: int | None = Query(
+            default=None,
+            ge=1,
+            le=1000,
+            description="A step counted from 1: pass once the rollout is past it.",
+        ),
+    ) -> JSONResponse:
+        return JSONResponse(analysis_of(controller, name, Question(version, step)))
+
+    return router
+
+
+def _webhook_routes(controller: Controller, token: str) -> APIRouter:
+    router = APIRouter()
+
+    # the body is read and the token checked first, by the dependency; its fields
+    # identify the Canary, which the release name in the path already does
+    @router.post("/analysis/{name}/webhook/{gate}", dependencies=[Depends(_webhook_payload(token))])
+    def webhook(
+        name: str,
+        gate: str,
+        version: str | None = Query(default=None, min_length=1, max_length=200),
+        step: int | None = Query(default=None, ge=1, le=1000),
+    ) -> JSONResponse:
+        if gate not in GATES:
+            raise ApiError(404, "unknown_gate", f"unknown gate {gate!r}: one of {', '.join(GATES)}")
+        answer = analysis_of(controller, name, Question(version, step))
+        verdict = Verdict(answer["verdict"])
+        reply = {
+            "gate": gate,
+            "open": gate_open(gate, verdict),
+            "release": answer["release"],
+            "rollout": answer["rollout"],
+            "verdict": verdict.value,
+            "reason": answer["reason"],
+        }
+        if reply["open"]:
+            return JSONResponse(reply)
+        code = "canary_failed" if verdict is Verdict.FAIL else "not_passed"
+        message = f"{gate} gate closed: verdict {verdict.value}: {answer['reason']}"
+        return JSONResponse({"error": {"code": code, "message": message}, **reply}, status_code=409)
+
+    return router
+
+
+def _webhook_payload(token: str) -> Callable[..., Any]:
+    """Read a webhook's body (at most ``MAX_WEBHOOK_BODY`` bytes) and check the token,
+    from ``Authorization: Bearer`` or the body's ``metadata.token``, before anything
+    else: an unauthenticated caller learns nothing, not even whether its JSON parses."""
+    expected = token.encode()
+
+    async def read(
+        request: Request, authorization: str | None = Header(default=None)
+    ) -> FlaggerPayload | None:
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_WEBHOOK_BODY:
+                raise ApiError(
+                    413, "too_large", f"a webhook body has at most {MAX_WEBHOOK_BODY} bytes"
+                )
+        document: Any = None
+        malformed = False
+        if raw.strip():
+            try:
+                document = json.loads(raw)
+            except ValueError:
+                malformed = True
+        if not (
+            _bearer_matches(authorization, expected) or _metadata_token_matches(document, expected)
+        ):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or wrong token: send Authorization: Bearer, or metadata.token",
+                {"WWW-Authenticate": 'Bearer realm="coalmine"'},
+            )
+        if malformed:
+            raise ApiError(422, "invalid_request", "the body is not JSON")
+        if document is None:
+            return None
+        try:
+            return FlaggerPayload.model_validate(document)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "body"
+            raise ApiError(422, "invalid_request", f"{where}: {first['msg']}") from None
+
+    return read
+
+
+def _bearer_matches(authorization: str | None, expected: bytes) -> bool:
+    scheme, _, presented = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected)
+
+
+def _metadata_token_matches(document: Any, expected: bytes) -> bool:
+    metadata = document.get("metadata") if isinstance(document, dict) else None
+    presented = metadata.get("token") if isinstance(metadata, dict) else None
+    return isinstance(presented, str) and hmac.compare_digest(presented.encode(), expected)
+
+
+def analysis_of(controller: Controller, name: str, question: Question) -> dict[str, Any]:
+    """The verdict on release ``name``'s current rollout (404 for an unknown release),
+    from its live judgement, else the newest evidence its decision log holds for it."""
+    release = _known(controller, name)
+    policy = controller.policies().get(name)
+    judged = _rollout_policy(release, policy)
+    live = controller.last_judgement(name)
+    judgement: dict[str, Any] | None
+    source: str | None
+    if live is not None:
+        judgement, source = judgement_summary(live), "live"
+    else:
+        # after a restart, on a standby, or once finished: the newest logged evidence of
+        # this rollout (never an earlier rollout's)
+        records = controller.state.decisions(name, 50)
+        judgement = next(
+            (
+                record.evidence
+                for record in reversed(records)
+                if record.rollout == release.rollout and record.evidence.get("metrics")
+            ),
+            None,
+        )
+        source = "decision-log" if judgement is not None else None
+    answer: dict[str, Any] = finite(analysis(release, judged, judgement, source, question))
+    return answer
+
+
+def _rollout_policy(release: ReleaseState, policy: Policy | None) -> Policy | None:
+    """The policy the release's current rollout is judged by, None when there is none."""
+    if policy is not None:
+        return judged_by(release, policy)[0]
+    if not release.rollout_policy:
+        return None
+    try:
+        return Policy.model_validate_json(release.rollout_policy)
+    except ValueError:
+        return None
+
+
 def _known(controller: Controller, name: str) -> ReleaseState:
     release = controller.state.release(name)
     if release is None:
@@ -359,9 +549,7 @@ def release_detail(controller: Controller, release: ReleaseState, limit: int) ->
             "judgement": judgement,
             "judgementSource": judged_by,
             "traffic": controller.traffic_of(release.name),
-            "rung": controller.rungs.views.get(release.name)
-            if release.running and release.judged_since == release.rung_since
-            else None,
+            "rung": controller.rungs.view_of(release),
             "decisions": [_decision(record) for record in decisions],
             "labelMoves": [
                 _label_move(move) for move in controller.state.label_moves(release.name)

@@ -295,10 +295,10 @@ def test_controller_mode_keeps_the_cluster_mode_rules(render: Render) -> None:
     assert without_routes(render(CONTROLLER).one("Role")) == render().one("Role")["rules"]
 
 
-def test_controller_mode_without_httproutes_fails_with_a_message(render_as_given: Render) -> None:
-    with pytest.raises(helm.HelmRenderError) as failure:
-        render_as_given({"mode": "controller"})
-    assert "gatewayApi.httpRoutes is required with mode=controller" in str(failure.value)
+def test_controller_mode_without_httproutes_grants_none(render_as_given: Render) -> None:
+    # releases another system routes (routing.provider: none) need no route at all
+    rendered = render_as_given({"mode": "controller"})
+    assert rules_for(rendered.one("Role"), "httproutes") == []
 
 
 def test_controller_mode_with_own_rbac_needs_no_routes(render_as_given: Render) -> None:
