@@ -17,19 +17,22 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controller.judge import CheckState, Judgement, Verdict
+from coalmine.shared.build_info import build_labels
+from controller.judge import CheckState, Judgement, MetricResult, Scale, Verdict
 from controller.lifecycle import RUNGS, ReleaseState
 from controller.loop import Controller
 from controller.release_store import ActionStatus
 from controller.source import health_of
 from controller.source.health import ReadVerdict
 from policies.domain import Phase
+from policies.model import MetricSource
 
 SAMPLE_RATIO_CHECK: Final = "sample_ratio"
 """Name of the judge's sample-ratio guard (controller.judge.decide)."""
@@ -39,6 +42,44 @@ TRACE_LOSS_CHECK: Final = "trace_loss"
 log = logging.getLogger("coalmine.controller")
 
 FINISHED_ACTIONS: Final = (ActionStatus.DONE, ActionStatus.FAILED)
+
+BUILD: Final = build_labels()
+BUILD_LABELS: Final = tuple(BUILD)
+
+
+@dataclass(frozen=True, slots=True)
+class DifferenceUnit:
+    """Where a metric's estimate and bounds are exported: the key of the family (its
+    bounds' are the key plus ``_lower`` and ``_upper``) and the conversion from the
+    judge's figure to that family's unit."""
+
+    family: str
+    convert: Callable[[float], float]
+
+
+def _as_is(value: float) -> float:
+    return value
+
+
+DIFFERENCE_SECONDS: Final = DifferenceUnit("difference_seconds", lambda ms: ms / 1000.0)
+DIFFERENCE_RATIO: Final = DifferenceUnit("difference_ratio", _as_is)
+DIFFERENCE_SCORE: Final = DifferenceUnit("difference_score", _as_is)
+RELATIVE_DIFFERENCE: Final = DifferenceUnit("relative_difference", lambda ratio: ratio - 1.0)
+
+
+def difference_unit(metric: MetricResult, indicator: bool | None) -> DifferenceUnit | None:
+    """The family of one judged metric: latency compared by a tolerance in ms goes out
+    in seconds; error rates and 0/1 scores (boolean, categorical: ``indicator``) as a
+    difference of shares; numeric scores in the score's own scale; cost, and latency
+    compared by tolerancePercent (the judge's ratio scale), as canary over baseline
+    minus 1. None for a score whose kind is unknown (its series no longer held)."""
+    if metric.scale is Scale.RATIO:
+        return RELATIVE_DIFFERENCE
+    if metric.source == MetricSource.LATENCY:
+        return DIFFERENCE_SECONDS
+    if metric.source in (MetricSource.ERROR_RATE, MetricSource.TRACE_ERROR_RATE) or indicator:
+        return DIFFERENCE_RATIO
+    return None if indicator is None else DIFFERENCE_SCORE
 
 
 class ControllerCollector(Collector):
@@ -74,6 +115,7 @@ class ControllerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families = self._families()
+        families["build"].add_metric(list(BUILD.values()), 1.0)
         try:
             releases = self.controller.state.releases()
             self._releases(releases, families)
@@ -83,7 +125,7 @@ class ControllerCollector(Collector):
         for release in releases:
             judgement = self.controller.last_judgement(release.name)
             if judgement is not None:
-                _judgement(release.name, judgement, families)
+                _judgement(release.name, judgement, self._indicators(release.name), families)
                 self._proxies_counting(release.name, families["proxies_counting"])
         leading = self.leader is None or self.leader()
         if self.leader is not None:
@@ -110,9 +152,15 @@ class ControllerCollector(Collector):
                 "1 for the phase each release is in, 0 for the others.",
                 labels=["release", "phase"],
             ),
+            "build": gauge(
+                "coalmine_build_info",
+                "Always 1: the coalmine version and the Python version of this controller.",
+                labels=list(BUILD_LABELS),
+            ),
             "weight": gauge(
-                "coalmine_release_canary_weight_percent",
-                "Canary weight the controller wants in the routing table, by release.",
+                "coalmine_release_canary_weight_ratio",
+                "Canary weight the controller wants in the routing table, by release, from "
+                "0 to 1 (a weight of 10 in the policy is 0.1).",
                 labels=["release"],
             ),
             "step": gauge(
@@ -163,21 +211,7 @@ class ControllerCollector(Collector):
                 "Journalled actions not yet carried out (waiting for a retry), by release.",
                 labels=["release"],
             ),
-            "estimate": gauge(
-                "coalmine_metric_estimate",
-                "Canary minus (or over) baseline at the last look, in the metric's units.",
-                labels=["release", "metric"],
-            ),
-            "lower": gauge(
-                "coalmine_metric_lower_bound",
-                "Lower confidence-sequence bound on the estimate at the last look.",
-                labels=["release", "metric"],
-            ),
-            "upper": gauge(
-                "coalmine_metric_upper_bound",
-                "Upper confidence-sequence bound on the estimate at the last look.",
-                labels=["release", "metric"],
-            ),
+            **_difference_families(),
             "verdict": gauge(
                 "coalmine_metric_verdict",
                 "1 for each metric's verdict at the last look, 0 for the others.",
@@ -279,7 +313,7 @@ class ControllerCollector(Collector):
             name = release.name
             for phase in Phase:
                 families["phase"].add_metric([name, phase.value], float(phase is release.phase))
-            families["weight"].add_metric([name], release.canary_weight)
+            families["weight"].add_metric([name], release.canary_weight / 100.0)
             started = release.started_at is not None
             families["step"].add_metric([name], release.step + 1 if started else 0)
             families["rollout"].add_metric([name], release.rollout)
@@ -302,13 +336,20 @@ class ControllerCollector(Collector):
         release: ReleaseState,
         families: Mapping[str, GaugeMetricFamily | CounterMetricFamily],
     ) -> None:
-        view = self.controller.rungs.views.get(release.name)
+        view = self.controller.rungs.view_of(release)
         if view is None or release.phase not in RUNGS:
             return
         rung = str(view.get("rung"))
         families["rung_pairs"].add_metric([release.name, rung], float(view.get("pairs") or 0))
         if rung == Phase.DATASET.value:
             families["rung_unscored"].add_metric([release.name], float(_unscored(view)))
+
+    def _indicators(self, release: str) -> Mapping[str, bool]:
+        """Per metric judged: whether its observations are 0/1 (a rate)."""
+        live = self.controller.live.get(release)
+        if live is None:
+            return {}
+        return {name: series.indicator for name, series in live.evidence.series.items()}
 
     def _proxies_counting(
         self, release: str, family: CounterMetricFamily | GaugeMetricFamily
@@ -358,18 +399,21 @@ class ControllerCollector(Collector):
 def _judgement(
     release: str,
     judgement: Judgement,
+    indicators: Mapping[str, bool],
     families: Mapping[str, GaugeMetricFamily | CounterMetricFamily],
 ) -> None:
     for metric in judgement.metrics:
         labels = [release, metric.name]
-        for key, value in (
-            ("estimate", metric.estimate),
-            ("lower", metric.lower),
-            ("upper", metric.upper),
-        ):
-            # an unknown figure is left out rather than exported as NaN
-            if value is not None and not math.isnan(value):
-                families[key].add_metric(labels, value)
+        unit = difference_unit(metric, indicators.get(metric.name))
+        if unit is not None:
+            for bound, value in (
+                ("", metric.estimate),
+                ("_lower", metric.lower),
+                ("_upper", metric.upper),
+            ):
+                # an unknown figure is left out rather than exported as NaN
+                if value is not None and not math.isnan(value):
+                    families[unit.family + bound].add_metric(labels, unit.convert(value))
         for verdict in Verdict:
             families["verdict"].add_metric(
                 [*labels, verdict.value], float(verdict is metric.verdict)
@@ -384,6 +428,70 @@ def _judgement(
     for check in judgement.checks:
         if check.name == TRACE_LOSS_CHECK:
             families["trace_loss"].add_metric([release], float(check.state is CheckState.FAILED))
+
+
+def _difference_families() -> dict[str, GaugeMetricFamily]:
+    """Each metric's canary-against-baseline figure at the last look, in one family per
+    unit, and its two confidence-sequence bounds in families of their own: an estimate
+    and its bounds add up to nothing, so they are not the values of one family's label,
+    and ``coalmine_metric_difference_lower_bound_ratio > 0.02`` reads as it is meant."""
+    labels = ["release", "metric"]
+    seconds = GaugeMetricFamily(
+        "coalmine_metric_difference_seconds",
+        "At the last look, for each latency metric compared by an absolute tolerance: the "
+        "canary's quantile minus the baseline's, in seconds.",
+        labels=labels,
+    )
+    ratio = GaugeMetricFamily(
+        "coalmine_metric_difference_ratio",
+        "At the last look, for each rate metric (error_rate, trace_error_rate, boolean and "
+        "categorical scores): the canary's share minus the baseline's, shares from 0 to 1.",
+        labels=labels,
+    )
+    score = GaugeMetricFamily(
+        "coalmine_metric_difference_score",
+        "At the last look, for each numeric score metric: the canary's mean minus the "
+        "baseline's, unitless, in the score's own scale (a 1-5 rating differs by at most 4).",
+        labels=labels,
+    )
+    relative = GaugeMetricFamily(
+        "coalmine_metric_relative_difference_ratio",
+        "At the last look, for each cost metric and each latency metric compared by "
+        "tolerancePercent: canary over baseline minus 1 (0.1: the canary is 10% higher, "
+        "as tolerancePercent 10 allows).",
+        labels=labels,
+    )
+    return {
+        "difference_seconds": seconds,
+        "difference_seconds_lower": _bound(
+            "coalmine_metric_difference_lower_bound_seconds", seconds
+        ),
+        "difference_seconds_upper": _bound(
+            "coalmine_metric_difference_upper_bound_seconds", seconds
+        ),
+        "difference_ratio": ratio,
+        "difference_ratio_lower": _bound("coalmine_metric_difference_lower_bound_ratio", ratio),
+        "difference_ratio_upper": _bound("coalmine_metric_difference_upper_bound_ratio", ratio),
+        "difference_score": score,
+        "difference_score_lower": _bound("coalmine_metric_difference_lower_bound_score", score),
+        "difference_score_upper": _bound("coalmine_metric_difference_upper_bound_score", score),
+        "relative_difference": relative,
+        "relative_difference_lower": _bound(
+            "coalmine_metric_relative_difference_lower_bound_ratio", relative
+        ),
+        "relative_difference_upper": _bound(
+            "coalmine_metric_relative_difference_upper_bound_ratio", relative
+        ),
+    }
+
+
+def _bound(name: str, estimate: GaugeMetricFamily) -> GaugeMetricFamily:
+    side = "Lower" if "_lower_bound_" in name else "Upper"
+    return GaugeMetricFamily(
+        name,
+        f"{side} confidence-sequence bound (level 1 - alpha) of {estimate.name} at the last look.",
+        labels=["release", "metric"],
+    )
 
 
 class ControllerMetrics:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from coalmine.shared.build_info import build_labels
 from policies.domain import Arm
 from proxy.outcome import Failure, RequestOutcome
 
@@ -145,6 +146,13 @@ class ProxyMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        build = build_labels()
+        Gauge(
+            "coalmine_build_info",
+            "Always 1: the coalmine version and the Python version of this proxy.",
+            list(build),
+            registry=r,
+        ).labels(**build).set(1)
         self.answered = RequestTally(LATENCY_BUCKETS)
         r.register(self.answered)
         self.upstream_errors = Counter(
@@ -196,8 +204,9 @@ class ProxyMetrics:
             registry=r,
         )
         self.weight = Gauge(
-            "coalmine_proxy_canary_weight_percent",
-            "Canary weight the proxy applies, by release.",
+            "coalmine_proxy_canary_weight_ratio",
+            "Canary weight the proxy applies, by release, from 0 to 1 (a weight of 10 in "
+            "the routing table is 0.1).",
             ["release"],
             registry=r,
         )
@@ -290,7 +299,8 @@ class ProxyMetrics:
         self.shadow.labels(release, outcome).inc()
 
     def routing(self, release: str, weight: float, version: int) -> None:
-        self.weight.labels(release).set(weight)
+        """The routing table applied to ``release``: its weight in percent, its version."""
+        self.weight.labels(release).set(weight / 100.0)
         self.table_version.labels(release).set(version)
 
     def unrouted(self, release: str) -> None:

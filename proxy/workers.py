@@ -64,14 +64,15 @@ STOP_MARGIN_SECONDS = 5.0
 
 LEAST_OF_WORKERS = frozenset(
     {
-        "coalmine_proxy_canary_weight_percent",
+        "coalmine_build_info",
+        "coalmine_proxy_canary_weight_ratio",
         "coalmine_proxy_routing_table_version",
         "coalmine_proxy_routed_releases",
     }
 )
 """Gauges of the state a worker applies: exported as the least over the workers (the one
-that lags shows), the way the dashboard takes the least over replicas. Every other
-series is a count or an amount and is summed."""
+that lags shows), the way the dashboard takes the least over replicas; and the build
+info, 1 in every worker. Every other series is a count or an amount and is summed."""
 
 _PR_SET_PDEATHSIG = 1
 

@@ -7,23 +7,12 @@ from __future__ import annotations
 import re
 import subprocess
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-
-from coalmine.shared.retry import status_class
-from controller.metrics import ControllerMetrics
-from policies.domain import Arm
-from proxy.metrics import ProxyMetrics
-from proxy.outcome import Failure, RequestOutcome
-from tests.controller.release_rig import RELEASE, make_rig
-from tests.controller.test_judged_on_proxy_counts import _rig as proxy_counts_rig
-from tests.controller.test_ladder_loop import SHADOW, ladder_rig
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "charts" / "coalmine" / "files" / "alerts.yaml"
@@ -142,78 +131,17 @@ MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 BY = re.compile(r"\bby\s*\(([^)]*)\)\s*\(")
 
 
-def _outcome(arm: Arm, status: int, failure: Failure | None = None) -> RequestOutcome:
-    return RequestOutcome(
-        release=RELEASE,
-        arm=arm,
-        method="POST",
-        path="/v1/chat/completions",
-        status=status,
-        start_ns=0,
-        end_ns=30_000_000,
-        trace_id="0" * 32,
-        span_id="0" * 16,
-        parent_span_id=None,
-        request_id="r1",
-        prompt_label="production",
-        failure=failure,
-    )
-
-
 @pytest.fixture
-def exported(tmp_path: Path) -> Iterator[dict[str, dict[str, set[str]]]]:
-    """What a live controller and proxy export, by sample name: label name -> values.
-
-    A real controller on the release rig runs a canary (polls, judgements), is answered
-    429 once and rolls back; another judges a canary on two proxies' counts; a third
-    stands at a shadow rung; a real proxy's metrics count answered, failed and mirrored
-    requests."""
-    rig = make_rig(tmp_path)
-    counted = proxy_counts_rig(tmp_path / "counted")
-    (tmp_path / "shadowed").mkdir()
-    shadowed = ladder_rig(tmp_path / "shadowed", SHADOW.replace("percent: 50", "percent: 1"))
-    try:
-        at_rung = ControllerMetrics()
-        at_rung.watch(shadowed.controller, clock=shadowed.clock)
-        shadowed.run(3)
-        controller = ControllerMetrics()
-        controller.watch(
-            rig.controller,
-            clock=rig.clock,
-            policy_load_errors=lambda: 0,
-            notifications=lambda: {"sent": 1},
-        )
-        rig.run(4)
-        rig.traffic.request_counts[("observations", status_class(429))] = 1
-        rig.controller.manual(RELEASE, "rollback", actor="sre", now=rig.now)
-        proxy = ProxyMetrics()
-        proxy.observe(_outcome(Arm.BASELINE, 200))
-        proxy.observe(_outcome(Arm.CANARY, 502, Failure.CONNECT))
-        proxy.observe(_outcome(Arm.CANARY, 200, Failure.UPSTREAM))
-        proxy.observe_shadow(_outcome(Arm.SHADOW, 200))
-        proxy.observe_shadow(_outcome(Arm.SHADOW, 503))
-        proxy.shadow_dropped(RELEASE, "dropped_full")
-        on_counts = ControllerMetrics()
-        on_counts.watch(counted.controller, clock=lambda: counted.now)
-        counted.run(3)
-        samples: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-        registries = (controller.registry, on_counts.registry, at_rung.registry, proxy.registry)
-        for registry in registries:
-            text = generate_latest(registry).decode()
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    labels = samples[sample.name]
-                    for label, value in sample.labels.items():
-                        labels[label].add(value)
-        yield samples
-    finally:
-        rig.close()
-        shadowed.close()
-        if counted.controller.counts is not None:
-            counted.controller.counts.close()
-        counted.world.close()
-        counted.world.routing.close()
-        counted.state.close()
+def exported(expositions: list[str]) -> dict[str, dict[str, set[str]]]:
+    """What a live controller and proxy export, by sample name: label name -> values."""
+    samples: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for text in expositions:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = samples[sample.name]
+                for label, value in sample.labels.items():
+                    labels[label].add(value)
+    return samples
 
 
 def _matching_paren(text: str, opening: int) -> int:

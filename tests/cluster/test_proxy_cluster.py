@@ -81,7 +81,7 @@ def test_every_proxy_follows_the_routing_configmap(
     first = writer.write(initial_table(policy, 100.0), None)
     for pod in pods:
         wait_until(
-            lambda pod=pod: metric(pod, "coalmine_proxy_canary_weight_percent") == 100.0,
+            lambda pod=pod: metric(pod, "coalmine_proxy_canary_weight_ratio") == 1.0,
             what="the proxy to apply weight 100",
         )
         assert arms(pod, range(40)) == {"canary": 40}
@@ -120,7 +120,7 @@ def test_a_proxy_started_after_the_table_was_written_reports_what_it_applies(
     pod = start_pod(policy)
     assert arms(pod, range(20)) == {"canary": 20}
     wait_until(
-        lambda: metric(pod, "coalmine_proxy_canary_weight_percent") == 100.0,
+        lambda: metric(pod, "coalmine_proxy_canary_weight_ratio") == 1.0,
         what="the weight metric of the table applied at start",
     )
     assert metric(pod, "coalmine_proxy_routing_table_version") == 1.0

@@ -57,9 +57,7 @@ def test_a_release_added_while_running_follows_its_routing_configmap(
         writer = ConfigMapRoutingStore(api, NAMESPACE, PREFIX, ["billing"])
         writer.write(initial_table(billing, 100.0), None)
         wait_until(
-            lambda: (
-                proxy.metric("coalmine_proxy_canary_weight_percent", release="billing") == 100.0
-            ),
+            lambda: proxy.metric("coalmine_proxy_canary_weight_ratio", release="billing") == 1.0,
             what="the added release's table to be applied",
         )
         with httpx.Client(base_url=proxy.url, timeout=10) as client:

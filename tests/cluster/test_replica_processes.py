@@ -115,7 +115,7 @@ class Replica:
         return self.metric("coalmine_controller_leader")
 
     def proxy_weight(self) -> float | None:
-        return self.metric('coalmine_proxy_canary_weight_percent{release="support"}')
+        return self.metric('coalmine_proxy_canary_weight_ratio{release="support"}')
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -193,7 +193,7 @@ def test_a_standby_takes_over_from_a_killed_leader_and_carries_the_release_on(
         assert status is not None and status.json()["phase"] == "canary", "standbys serve status"
         for member in replicas:  # every pod's proxy follows the leader's routing table
             wait_until(
-                lambda member=member: member.proxy_weight() == 10.0,
+                lambda member=member: member.proxy_weight() == 0.1,
                 within=10,
                 what=f"{member.name}'s proxy at weight 10",
             )

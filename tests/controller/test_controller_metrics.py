@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib.metadata
+import platform
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.metrics import ControllerMetrics
-from policies.domain import Phase
-from tests.controller.release_rig import RELEASE, T0, Rig, make_rig
+from controller.judge import MetricResult, Scale, Verdict
+from controller.metrics import (
+    DIFFERENCE_RATIO,
+    DIFFERENCE_SCORE,
+    DIFFERENCE_SECONDS,
+    RELATIVE_DIFFERENCE,
+    ControllerMetrics,
+    DifferenceUnit,
+    difference_unit,
+)
+from controller.samples import Cursors, Poll
+from policies import Policy, load_policy
+from policies.domain import Arm, Phase
+from tests.controller.release_rig import POLICY, RELEASE, T0, Rig, make_rig
 
 
 @pytest.fixture
@@ -40,7 +54,7 @@ def test_phase_weight_and_step_of_each_release(rig: Rig) -> None:
         for phase in Phase
     }
     assert phases == {phase.value: float(phase is Phase.CANARY) for phase in Phase}
-    assert value(registry, "coalmine_release_canary_weight_percent", release=RELEASE) == 10.0
+    assert value(registry, "coalmine_release_canary_weight_ratio", release=RELEASE) == 0.1
     assert value(registry, "coalmine_release_step", release=RELEASE) == 1.0
     assert value(registry, "coalmine_release_rollout", release=RELEASE) == 1.0
 
@@ -68,11 +82,18 @@ def test_the_last_judgement_gives_estimates_bounds_verdicts_and_samples(rig: Rig
     rig.run(4)
     judgement = rig.controller.last_judgement(RELEASE)
     assert judgement is not None
+    # errors is an error rate, helpfulness a numeric score
+    units = {"errors": "ratio", "helpfulness": "score"}
     for metric in judgement.metrics:
         labels = {"release": RELEASE, "metric": metric.name}
-        assert value(registry, "coalmine_metric_estimate", **labels) == metric.estimate
-        assert value(registry, "coalmine_metric_lower_bound", **labels) == metric.lower
-        assert value(registry, "coalmine_metric_upper_bound", **labels) == metric.upper
+        unit = units[metric.name]
+        for name, figure in (
+            (f"coalmine_metric_difference_{unit}", metric.estimate),
+            (f"coalmine_metric_difference_lower_bound_{unit}", metric.lower),
+            (f"coalmine_metric_difference_upper_bound_{unit}", metric.upper),
+        ):
+            assert figure is not None
+            assert value(registry, name, **labels) == figure
         assert value(registry, "coalmine_metric_samples", arm="baseline", **labels) == (
             metric.n_baseline
         )
@@ -82,6 +103,134 @@ def test_the_last_judgement_gives_estimates_bounds_verdicts_and_samples(rig: Rig
         verdict = metric.verdict.value
         assert value(registry, "coalmine_metric_verdict", verdict=verdict, **labels) == 1.0
     assert value(registry, "coalmine_sample_ratio_mismatch", release=RELEASE) == 0.0
+
+
+SLOWER_AND_DEARER = """\
+    - {name: p95, source: latency, tolerance: 500}
+    - {name: p95_relative, source: latency, tolerancePercent: 20}
+    - {name: cost, source: cost, tolerancePercent: 10}
+"""
+
+
+def slower_and_dearer(rig: Rig, tmp_path: Path) -> None:
+    """The rig's policy with latency and cost metrics; the canary's requests take 600 ms
+    instead of 400 and cost twice as much."""
+    (tmp_path / "policy").mkdir()
+    path = tmp_path / "policy" / "support.yaml"
+    path.write_text(POLICY + SLOWER_AND_DEARER, encoding="utf-8")
+    rig.policies[RELEASE] = load_policy(path)
+    poll = rig.traffic.poll
+
+    def canary_slower(releases: Mapping[str, Policy], cursors: Cursors | None, now: float) -> Poll:
+        found = poll(releases, cursors, now)
+        traces = tuple(
+            replace(trace, latency_ms=600.0, cost_usd=0.002) if trace.arm is Arm.CANARY else trace
+            for trace in found.traces
+        )
+        return replace(found, traces=traces)
+
+    rig.traffic.poll = canary_slower  # type: ignore[method-assign]
+
+
+def test_latency_goes_out_in_seconds_and_cost_as_a_relative_difference(
+    rig: Rig, tmp_path: Path
+) -> None:
+    slower_and_dearer(rig, tmp_path)
+    registry = watch(rig)
+    rig.run(4)
+    judgement = rig.controller.last_judgement(RELEASE)
+    assert judgement is not None
+    results = {metric.name: metric for metric in judgement.metrics}
+    p95, relative, cost = results["p95"], results["p95_relative"], results["cost"]
+    # latency sketches hold quantiles to within 1%
+    assert p95.estimate == pytest.approx(200.0, abs=10.0)  # ms, as the judge has it
+    labels = {"release": RELEASE, "metric": "p95"}
+    for name, figure in (
+        ("coalmine_metric_difference_seconds", p95.estimate),
+        ("coalmine_metric_difference_lower_bound_seconds", p95.lower),
+        ("coalmine_metric_difference_upper_bound_seconds", p95.upper),
+    ):
+        assert figure is not None
+        assert value(registry, name, **labels) == pytest.approx(figure / 1000.0)
+    assert value(registry, "coalmine_metric_difference_seconds", **labels) == pytest.approx(
+        0.2, abs=0.01
+    )
+    for metric, expected in ((relative, 0.5), (cost, 1.0)):
+        labels = {"release": RELEASE, "metric": metric.name}
+        for name, figure in (
+            ("coalmine_metric_relative_difference_ratio", metric.estimate),
+            ("coalmine_metric_relative_difference_lower_bound_ratio", metric.lower),
+            ("coalmine_metric_relative_difference_upper_bound_ratio", metric.upper),
+        ):
+            assert figure is not None
+            assert value(registry, name, **labels) == pytest.approx(figure - 1.0)
+        exported = value(registry, "coalmine_metric_relative_difference_ratio", **labels)
+        assert exported == pytest.approx(expected, abs=0.02)
+
+
+def test_each_metric_goes_out_in_one_unit_only(rig: Rig, tmp_path: Path) -> None:
+    slower_and_dearer(rig, tmp_path)
+    registry = watch(rig)
+    rig.run(4)
+    families = text_string_to_metric_families(generate_latest(registry).decode())
+    units: dict[str, list[str]] = {}
+    for family in families:
+        if "difference" in family.name and "bound" not in family.name:
+            for sample in family.samples:
+                units.setdefault(sample.labels["metric"], []).append(family.name)
+    assert units == {
+        "errors": ["coalmine_metric_difference_ratio"],
+        "helpfulness": ["coalmine_metric_difference_score"],
+        "p95": ["coalmine_metric_difference_seconds"],
+        "p95_relative": ["coalmine_metric_relative_difference_ratio"],
+        "cost": ["coalmine_metric_relative_difference_ratio"],
+    }
+
+
+def _result(source: str, scale: Scale = Scale.DIFFERENCE) -> MetricResult:
+    return MetricResult(
+        name="m",
+        source=source,
+        verdict=Verdict.PASS,
+        critical=False,
+        reason="",
+        scale=scale,
+        estimate=0.0,
+        lower=0.0,
+        upper=0.0,
+        n_baseline=1,
+        n_canary=1,
+        n_baseline_step=1,
+        n_canary_step=1,
+        log_evalue=0.0,
+        log_threshold=1.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "scale", "indicator", "unit"),
+    [
+        ("error_rate", Scale.DIFFERENCE, True, DIFFERENCE_RATIO),
+        ("trace_error_rate", Scale.DIFFERENCE, True, DIFFERENCE_RATIO),
+        ("score", Scale.DIFFERENCE, True, DIFFERENCE_RATIO),  # boolean, categorical
+        ("score", Scale.DIFFERENCE, False, DIFFERENCE_SCORE),  # numeric
+        ("score", Scale.DIFFERENCE, None, None),  # its kind no longer known
+        ("latency", Scale.DIFFERENCE, False, DIFFERENCE_SECONDS),
+        ("latency", Scale.RATIO, False, RELATIVE_DIFFERENCE),
+        ("cost", Scale.RATIO, False, RELATIVE_DIFFERENCE),
+    ],
+)
+def test_the_unit_of_each_kind_of_metric(
+    source: str, scale: Scale, indicator: bool | None, unit: DifferenceUnit | None
+) -> None:
+    assert difference_unit(_result(source, scale), indicator) is unit
+
+
+def test_the_build_info_is_1_with_the_version(rig: Rig) -> None:
+    registry = watch(rig)
+    version = importlib.metadata.version("coalmine")
+    labels = {"version": version, "python_version": platform.python_version()}
+    assert value(registry, "coalmine_build_info", **labels) == 1.0
 
 
 def test_a_sample_ratio_mismatch_is_flagged(tmp_path: Path) -> None:

@@ -189,7 +189,7 @@ def test_a_good_canary_is_promoted_through_every_step(loop: Loop) -> None:
     assert loop.phase() is Phase.PROMOTED
     assert (loop.label("production"), loop.label("canary")) == (2, 2)
     # the canary build takes all traffic once promoted
-    loop.proxy.wait_for(100.0, "coalmine_proxy_canary_weight_percent", release="support")
+    loop.proxy.wait_for(1.0, "coalmine_proxy_canary_weight_ratio", release="support")
     assert loop.canary.seen and loop.stable.seen
 
 
@@ -200,7 +200,7 @@ def test_a_bad_canary_is_rolled_back_and_the_proxy_stops_sending_it_traffic(loop
     decisions = [record.decision for record in loop.service.state.decisions("support")]
     assert decisions == ["start", "rollback"]
     assert (loop.label("production"), loop.label("canary")) == (1, 1)
-    loop.proxy.wait_for(0.0, "coalmine_proxy_canary_weight_percent", release="support")
+    loop.proxy.wait_for(0.0, "coalmine_proxy_canary_weight_ratio", release="support")
     served = len(loop.canary.seen)
     with httpx.Client(base_url=loop.proxy.url) as client:
         for index in range(50):

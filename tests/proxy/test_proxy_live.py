@@ -358,7 +358,7 @@ def test_a_routing_table_change_is_applied_live_and_keeps_canary_users(
     assert at_five < at_fifty
     assert 120 <= len(at_fifty) <= 280
     assert failures == []
-    assert proxy.metric("coalmine_proxy_canary_weight_percent", release="support") == 50.0
+    assert proxy.metric("coalmine_proxy_canary_weight_ratio", release="support") == 0.5
     store.close()
 
 

@@ -410,7 +410,7 @@ def test_the_policy_refresher_applies_a_changed_set_and_counts_it(tmp_path: Path
         update = await refresher.refresh_once()
         assert update is not None and update.added == ("billing",)
         assert metric("coalmine_proxy_routed_releases") == 2
-        assert metric("coalmine_proxy_canary_weight_percent", release="billing") == 100.0
+        assert metric("coalmine_proxy_canary_weight_ratio", release="billing") == 1.0
         assert metric("coalmine_proxy_policy_sets_total", outcome="applied") == 1
         current[0] = {"billing": billing, "intruder": agent("intruder", "/billing")}
         update = await refresher.refresh_once()
@@ -420,7 +420,7 @@ def test_the_policy_refresher_applies_a_changed_set_and_counts_it(tmp_path: Path
         assert metric("coalmine_proxy_routed_releases") == 1
         assert (
             app.metrics.registry.get_sample_value(
-                "coalmine_proxy_canary_weight_percent", {"release": "support"}
+                "coalmine_proxy_canary_weight_ratio", {"release": "support"}
             )
             is None
         )

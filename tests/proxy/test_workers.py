@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.metrics import ProxyMetrics
 from proxy.settings import ProxySettings
 from proxy.workers import WorkerPool, WorkerSpec, merge
 from tests.proxy.proxy_support import UpstreamServed, make_policy, wait_until
@@ -34,7 +35,7 @@ def _worker_registry(requests: int, weight: float, version: int, seconds: float)
     registry = CollectorRegistry()
     counter = Counter("coalmine_proxy_requests", "r", ["release", "arm"], registry=registry)
     counter.labels("support", "baseline").inc(requests)
-    gauge = Gauge("coalmine_proxy_canary_weight_percent", "w", ["release"], registry=registry)
+    gauge = Gauge("coalmine_proxy_canary_weight_ratio", "w", ["release"], registry=registry)
     gauge.labels("support").set(weight)
     table = Gauge("coalmine_proxy_routing_table_version", "v", ["release"], registry=registry)
     table.labels("support").set(version)
@@ -57,7 +58,7 @@ def _merged_samples(*texts: str) -> dict[tuple[str, tuple[tuple[str, str], ...]]
 
 
 def test_counters_histograms_and_amounts_are_summed_over_workers() -> None:
-    merged = _merged_samples(_worker_registry(3, 5, 7, 0.05), _worker_registry(4, 5, 7, 0.5))
+    merged = _merged_samples(_worker_registry(3, 0.05, 7, 0.05), _worker_registry(4, 0.05, 7, 0.5))
     release = (("arm", "baseline"), ("release", "support"))
     assert merged[("coalmine_proxy_requests_total", release)] == 7
     assert merged[("coalmine_proxy_in_flight_requests", ())] == 4
@@ -69,16 +70,23 @@ def test_counters_histograms_and_amounts_are_summed_over_workers() -> None:
 
 def test_the_state_a_worker_applies_is_the_least_over_workers() -> None:
     """A worker that has not yet applied the newest routing table shows in the merge."""
-    merged = _merged_samples(_worker_registry(1, 25, 8, 0.05), _worker_registry(1, 5, 7, 0.05))
+    merged = _merged_samples(_worker_registry(1, 0.25, 8, 0.05), _worker_registry(1, 0.05, 7, 0.05))
     release = (("release", "support"),)
-    assert merged[("coalmine_proxy_canary_weight_percent", release)] == 5
+    assert merged[("coalmine_proxy_canary_weight_ratio", release)] == 0.05
     assert merged[("coalmine_proxy_routing_table_version", release)] == 7
+
+
+def test_the_build_info_of_several_workers_stays_1() -> None:
+    workers = [generate_latest(ProxyMetrics().registry).decode() for _ in range(3)]
+    merged = _merged_samples(*workers)
+    (value,) = [value for (name, _), value in merged.items() if name == "coalmine_build_info"]
+    assert value == 1
 
 
 def test_a_series_only_one_worker_has_is_exported_as_it_is() -> None:
     one = CollectorRegistry()
     Counter("coalmine_proxy_refused_requests", "r", ["reason"], registry=one).labels("x").inc(2)
-    merged = _merged_samples(generate_latest(one).decode(), _worker_registry(1, 5, 7, 0.05))
+    merged = _merged_samples(generate_latest(one).decode(), _worker_registry(1, 0.05, 7, 0.05))
     assert merged[("coalmine_proxy_refused_requests_total", (("reason", "x"),))] == 2
 
 
