@@ -40,6 +40,7 @@ from proxy.spans import (
     A_IS_APP_ROOT,
     A_OBS_LEVEL,
     A_OBS_STATUS_MESSAGE,
+    A_TRACE_SHADOW_OF,
     A_TRACE_TAGS,
     MAX_NAME_CHARS,
     OTLP_TRACES_PATH,
@@ -92,6 +93,8 @@ def sdk_attributes(outcome: RequestOutcome, path: str) -> Attributes:
         ("coalmine.shadow_of", outcome.shadow_of),
     )
     attributes.update((key, value) for key, value in optional if value)
+    if outcome.shadow_of:
+        attributes[A_TRACE_SHADOW_OF] = outcome.shadow_of
     return attributes
 
 
