@@ -296,6 +296,7 @@ def render(out: Path) -> str:
         "scale.md",
         "paired_shadow.md",
         "cluster_speed.md",
+        "gateway_rollback.md",
         "span_export.md",
         "notify_queue.md",
     ):

@@ -29,6 +29,7 @@ python -m bench.sampled_reads --out bench/out
 python -m bench.scale --out bench/out
 python -m bench.paired_shadow --runs 2000 --dataset-runs 2000 --workers 2 --out bench/out
 python -m bench.cluster_speed --out bench/out
+python -m bench.gateway_rollback --out bench/out
 python -m bench.span_export --out bench/out
 python -m bench.notify_queue --out bench/out
 python -m bench.summary --out bench/out --doc docs/benchmarks.md
