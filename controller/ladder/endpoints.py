@@ -3,7 +3,9 @@
 A prompt release has one application: both arms call it, told by coalmine's headers
 which prompt label to fetch, as the proxy tells it for live requests. An agent release
 calls each version's upstream directly (the stable one for the baseline, the canary one
-for the candidate), with the prompt label headers too when a prompt is also released.
+for the candidate), with the prompt label headers too when a prompt is also released;
+behind a Gateway API route, its stable and canary Services by their cluster DNS names
+(short names resolve in the controller's own namespace).
 """
 
 from __future__ import annotations
@@ -34,7 +36,15 @@ def arm_endpoints(policy: Policy, app_url: str | None) -> dict[Arm, ArmEndpoint]
     target = policy.target
     prompt = target.prompt
     upstreams = target.upstreams
-    if upstreams is None:
+    gateway = policy.routing.gateway_api
+    if gateway is not None and gateway.canary is not None:
+        # an agent behind a Gateway API route: its Services, by cluster DNS
+        where = "" if gateway.namespace is None else f".{gateway.namespace}.svc"
+        urls = {
+            arm: f"http://{service.name}{where}:{service.port}"
+            for arm, service in ((Arm.BASELINE, gateway.stable), (Arm.CANARY, gateway.canary))
+        }
+    elif upstreams is None:
         if not app_url:
             raise ValueError(
                 f"release '{policy.name}' releases a prompt, so its dataset items are sent "

@@ -9,6 +9,7 @@ import pytest
 
 from controller.ladder.dataset_gate import ArmEndpoint, arm_endpoints
 from policies.domain import Arm
+from policies.loader import load_policy_text
 from policies.model import Policy
 
 
@@ -87,3 +88,28 @@ def test_an_agent_release_without_a_candidate_is_refused() -> None:
     policy = _policy({"upstreams": {"stable": "http://v1"}})
     with pytest.raises(ValueError, match="no canary upstream"):
         arm_endpoints(policy, "http://app")
+
+
+def test_an_agent_behind_a_gateway_route_is_called_at_its_services() -> None:
+    text = """\
+apiVersion: coalmine/v1
+kind: Release
+name: agent
+target: {version: v2}
+routing:
+  provider: gatewayApi
+  gatewayApi:
+    httpRoute: route
+    rule: agent
+    stable: {name: agent-stable, port: 8080}
+    canary: {name: agent-canary, port: 9090}
+steps: [{weight: 10}]
+analysis: {metrics: [{name: e, source: error_rate, tolerance: 0.02}]}
+"""
+    endpoints = arm_endpoints(load_policy_text(text, "agent.yaml"), None)
+    assert endpoints[Arm.BASELINE].url == "http://agent-stable:8080"
+    assert endpoints[Arm.CANARY].url == "http://agent-canary:9090"
+    elsewhere = load_policy_text(
+        text.replace("rule: agent", "rule: agent\n    namespace: llm"), "a.yaml"
+    )
+    assert arm_endpoints(elsewhere, None)[Arm.CANARY].url == "http://agent-canary.llm.svc:9090"
