@@ -114,13 +114,15 @@ def create_admin_app(
     controller: Controller,
     *,
     token: str | None,
+    analysis_token: str | None = None,
     clock: Callable[[], float] = time.time,
     poll_stale_after: float = DEFAULT_POLL_STALE_AFTER,
     dashboard: DashboardSettings | None = None,
 ) -> FastAPI:
     """The admin app of one controller.
 
-    ``token`` is required (ValueError without one). ``poll_stale_after``: seconds after
+    ``token`` is required (ValueError without one); ``analysis_token``, if given, opens
+    the analysis routes only (never manual actions). ``poll_stale_after``: seconds after
     the last successful poll when ``/readyz`` turns 503 while a release is running.
     ``dashboard``: where the dashboard links traces to (default: no links).
     """
@@ -135,8 +137,9 @@ def create_admin_app(
     _install_error_handlers(app)
     app.include_router(_open_routes(controller, clock, poll_stale_after))
     app.include_router(_release_routes(controller, clock), dependencies=[Depends(_bearer(token))])
-    app.include_router(_analysis_routes(controller), dependencies=[Depends(_bearer(token))])
-    app.include_router(_webhook_routes(controller, token))
+    readers = (token,) if not analysis_token else (token, analysis_token)
+    app.include_router(_analysis_routes(controller), dependencies=[Depends(_bearer(*readers))])
+    app.include_router(_webhook_routes(controller, readers))
     mount_dashboard(
         app,
         controller,
@@ -150,14 +153,12 @@ def create_admin_app(
 # -- authentication -----------------------------------------------------------------------
 
 
-def _bearer(token: str) -> Callable[[str | None], Any]:
-    expected = token.encode()
+def _bearer(*tokens: str) -> Callable[[str | None], Any]:
+    """A check that the request's bearer token is one of ``tokens``."""
+    expected = tuple(token.encode() for token in tokens)
 
     async def check(authorization: str | None = Header(default=None)) -> None:
-        scheme, _, presented = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode(), expected
-        ):
+        if not _bearer_matches(authorization, expected):
             raise ApiError(
                 401,
                 "unauthorized",
@@ -322,12 +323,14 @@ def _analysis_routes(controller: Controller) -> APIRouter:
     return router
 
 
-def _webhook_routes(controller: Controller, token: str) -> APIRouter:
+def _webhook_routes(controller: Controller, tokens: tuple[str, ...]) -> APIRouter:
     router = APIRouter()
 
     # the body is read and the token checked first, by the dependency; its fields
     # identify the Canary, which the release name in the path already does
-    @router.post("/analysis/{name}/webhook/{gate}", dependencies=[Depends(_webhook_payload(token))])
+    @router.post(
+        "/analysis/{name}/webhook/{gate}", dependencies=[Depends(_webhook_payload(tokens))]
+    )
     def webhook(
         name: str,
         gate: str,
@@ -355,11 +358,11 @@ def _webhook_routes(controller: Controller, token: str) -> APIRouter:
     return router
 
 
-def _webhook_payload(token: str) -> Callable[..., Any]:
+def _webhook_payload(tokens: tuple[str, ...]) -> Callable[..., Any]:
     """Read a webhook's body (at most ``MAX_WEBHOOK_BODY`` bytes) and check the token,
     from ``Authorization: Bearer`` or the body's ``metadata.token``, before anything
     else: an unauthenticated caller learns nothing, not even whether its JSON parses."""
-    expected = token.encode()
+    expected = tuple(token.encode() for token in tokens)
 
     async def read(
         request: Request, authorization: str | None = Header(default=None)
@@ -401,15 +404,22 @@ def _webhook_payload(token: str) -> Callable[..., Any]:
     return read
 
 
-def _bearer_matches(authorization: str | None, expected: bytes) -> bool:
+def _bearer_matches(authorization: str | None, expected: tuple[bytes, ...]) -> bool:
     scheme, _, presented = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected)
+    return scheme.lower() == "bearer" and _one_of(presented.strip(), expected)
 
 
-def _metadata_token_matches(document: Any, expected: bytes) -> bool:
+def _metadata_token_matches(document: Any, expected: tuple[bytes, ...]) -> bool:
     metadata = document.get("metadata") if isinstance(document, dict) else None
     presented = metadata.get("token") if isinstance(metadata, dict) else None
-    return isinstance(presented, str) and hmac.compare_digest(presented.encode(), expected)
+    return isinstance(presented, str) and _one_of(presented, expected)
+
+
+def _one_of(presented: str, expected: tuple[bytes, ...]) -> bool:
+    """Whether ``presented`` is one of the ``expected`` tokens, each compared in
+    constant time (all of them, so the time does not say which one matched)."""
+    matches = [hmac.compare_digest(presented.encode(), token) for token in expected]
+    return any(matches)
 
 
 def analysis_of(controller: Controller, name: str, question: Question) -> dict[str, Any]:

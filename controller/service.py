@@ -14,7 +14,12 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from coalmine.shared.admin_token import weak_token
+from coalmine.shared.admin_token import (
+    MIN_DISTINCT_CHARS,
+    MIN_TOKEN_CHARS,
+    TOKEN_RULE,
+    weak_token,
+)
 from coalmine.shared.kube.client import KubeError, api_client
 from coalmine.shared.routing_tables.configmap import ConfigMapRoutingStore
 from coalmine.shared.routing_tables.store import RoutingTableStore, SqliteRoutingStore
@@ -164,6 +169,7 @@ class ControllerService:
         return create_admin_app(
             self.controller,
             token=token,
+            analysis_token=analysis_token(self.settings),
             clock=self.clock,
             poll_stale_after=3 * self.tick_seconds(),
             dashboard=DashboardSettings(
@@ -195,6 +201,18 @@ class ControllerService:
             if callable(close):
                 close()
         self.state.close()
+
+
+def analysis_token(settings: ControllerSettings) -> str | None:
+    """The analysis routes' own token, if set. Raises SetupError when it is too weak."""
+    if settings.analysis_token is None:
+        return None
+    token = settings.analysis_token.get_secret_value()
+    if len(token) < MIN_TOKEN_CHARS or len(set(token)) < MIN_DISTINCT_CHARS:
+        raise SetupError(
+            f"COALMINE_ANALYSIS_TOKEN: the analysis token is too weak; it needs {TOKEN_RULE}"
+        )
+    return token
 
 
 def admin_token(settings: ControllerSettings) -> str:

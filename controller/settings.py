@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from coalmine.shared.kube.client import ClusterSettings
@@ -31,6 +31,12 @@ class ControllerSettings(LangfuseConnection, AdminToken, ClusterSettings):
 
     metrics_listen: str | None = "127.0.0.1:9466"
     """HOST:PORT of the controller's Prometheus metrics; None: no endpoint."""
+
+    analysis_token: SecretStr | None = None
+    """A second token that opens only the analysis routes (``GET /analysis/...`` and
+    Flagger's webhooks), for an external rollout that must not hold the admin token,
+    which also allows manual actions (``COALMINE_ANALYSIS_TOKEN``; as strong as the
+    admin token)."""
 
     app_url: str | None = None
     """The application the proxy fronts (as the proxy's ``COALMINE_APP_URL``): a prompt

@@ -426,3 +426,22 @@ def test_a_promotion_the_judge_decided_but_the_controller_holds_does_not_pass() 
         state(Phase.CANARY, step=2), POLICY_3, judgement("promote", "pass"), Question()
     )
     assert held.verdict is Verdict.INCONCLUSIVE
+
+
+READER = "analysis-only-token-0123456789abcdef"
+
+
+def test_the_analysis_token_opens_the_analysis_and_nothing_else(rig: Rig) -> None:
+    app = create_admin_app(rig.controller, token=TOKEN, analysis_token=READER, clock=rig.clock)
+    rig.run(1)
+    reader = {"Authorization": f"Bearer {READER}"}
+    with TestClient(app) as client:
+        assert client.get(f"/analysis/{RELEASE}", headers=reader).status_code == 200
+        assert client.get(f"/analysis/{RELEASE}", headers=AUTH).status_code == 200
+        hook = {**FLAGGER, "metadata": {"token": READER}}
+        assert client.post(f"/analysis/{RELEASE}/webhook/rollout", json=hook).status_code == 200
+        # never the releases' routes, manual actions or the dashboard's data
+        assert client.get("/releases", headers=reader).status_code == 401
+        paused = client.post(f"/releases/{RELEASE}/pause", headers=reader, json={})
+        assert paused.status_code == 401
+    assert rig.release().phase is not Phase.PAUSED

@@ -286,3 +286,17 @@ def test_proxy_refuses_a_state_file_that_is_not_coalmines_with_one_line(
     assert line.startswith(f"coalmine: state file {tmp_path / 'state.db'}")
     assert says in line
     assert _snapshot(tmp_path / "state.db") == before
+
+
+def test_a_weak_analysis_token_is_refused_without_repeating_it() -> None:
+    from controller.errors import SetupError  # noqa: PLC0415
+    from controller.service import analysis_token  # noqa: PLC0415
+    from controller.settings import ControllerSettings  # noqa: PLC0415
+
+    assert analysis_token(ControllerSettings()) is None
+    strong = "0123456789abcdef0123456789abcdef"
+    assert analysis_token(ControllerSettings(analysis_token=strong)) == strong
+    with pytest.raises(SetupError) as refused:
+        analysis_token(ControllerSettings(analysis_token="short-token"))
+    assert "COALMINE_ANALYSIS_TOKEN" in str(refused.value)
+    assert "short-token" not in str(refused.value)
