@@ -66,9 +66,10 @@ def register(app: typer.Typer) -> None:
         labels and routing weights.
 
         Settings also come from the environment: COALMINE_STATE, COALMINE_ADMIN_LISTEN,
-        COALMINE_ADMIN_TOKEN (or COALMINE_ADMIN_TOKEN_FILE), COALMINE_ANALYSIS_TOKEN, COALMINE_WEBHOOK_URL,
-        COALMINE_SLACK_WEBHOOK_URL, COALMINE_REQUESTS_PER_MINUTE, and Langfuse's
-        LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_BASE_URL. Flags win.
+        COALMINE_ADMIN_TOKEN (or COALMINE_ADMIN_TOKEN_FILE), COALMINE_ANALYSIS_TOKEN,
+        COALMINE_WEBHOOK_URL, COALMINE_SLACK_WEBHOOK_URL, COALMINE_REQUESTS_PER_MINUTE,
+        and Langfuse's LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_BASE_URL. Flags
+        win.
 
         Cluster mode (COALMINE_CLUSTER=true): state in ConfigMaps, one acting replica
         elected by a Lease, Kubernetes Events; COALMINE_NAMESPACE, COALMINE_POD_NAME,
