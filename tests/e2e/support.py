@@ -95,6 +95,41 @@ class Background:
                 self.errors.append(repr(error))
 
 
+def detail_if(
+    stack: Stack, release: str, test: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any] | None:
+    """The release's detail when ``test`` holds for it (None: not yet, or the admin API
+    was too slow to answer this time)."""
+    try:
+        detail = stack.release(release)
+    except httpx.TimeoutException:
+        return None
+    return detail if detail is not None and test(detail) else None
+
+
+def rolled_back_at(
+    stack: Stack, recorder: Recorder, release: str, rung: str, within: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Wait for rollout 1 of ``release`` to end, and check that the controller rolled it
+    back at ``rung`` with nothing in between; its detail and the rollback's evidence."""
+    ended = wait_for(
+        "rollout 1 ending",
+        lambda: detail_if(stack, release, lambda d: d["rollout"] == 1 and d["phase"] in FINISHED),
+        within=within,
+        every=0.5,
+        state=lambda: recorder.latest(release),
+    )
+    assert ended["phase"] == "rolled_back", ended
+    decisions = sorted(ended["decisions"], key=lambda d: d["id"])
+    assert [(d["rollout"], d["decision"], d["actor"]) for d in decisions] == [
+        (1, "start", "controller"),
+        (1, "rollback", "controller"),
+    ], decisions
+    evidence: dict[str, Any] = decisions[-1]["evidence"]
+    assert evidence["rung"] == rung, evidence
+    return ended, evidence
+
+
 # -- the echo application -----------------------------------------------------------------
 
 

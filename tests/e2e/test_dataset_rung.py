@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -30,9 +29,11 @@ from tests.e2e.support import (
     RoutingRecorder,
     Stack,
     create_prompt,
+    detail_if,
     judged,
     place,
     project_keys,
+    rolled_back_at,
     wait_for,
 )
 
@@ -211,7 +212,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
             routing.start()
             wait_for(
                 "the release waiting for its first candidate",
-                lambda: _detail_if(stack, lambda d: d["phase"] == "pending"),
+                lambda: detail_if(stack, RELEASE, lambda d: d["phase"] == "pending"),
                 within=30,
             )
             yield Rig(stack, langfuse, app, recorder, routing, since, dataset.id)
@@ -220,14 +221,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
             recorder.stop()
             app.stop()
             langfuse.shutdown()
-
-
-def _detail_if(stack: Stack, test: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
-    try:
-        detail = stack.release(RELEASE)
-    except httpx.TimeoutException:
-        return None
-    return detail if detail is not None and test(detail) else None
 
 
 def _checked(rig: Rig, judge: ManagedJudge, check: Callable[[], None]) -> None:
@@ -258,21 +251,8 @@ def test_a_clearly_worse_candidate_is_rolled_back_at_the_dataset_rung(rig: Rig) 
 def _rolled_back(rig: Rig, judge: ManagedJudge) -> None:
     stack = rig.stack
     assert create_prompt(stack, PROMPT, WORSE_QUALITY, ("canary",), "Answer briefly.") == 2
-    ended = wait_for(
-        "rollout 1 ending",
-        lambda: _detail_if(stack, lambda d: d["rollout"] == 1 and d["phase"] in FINISHED),
-        within=ROLLOUT_WITHIN,
-        every=0.5,
-        state=lambda: rig.recorder.latest(RELEASE),
-    )
-    assert ended["phase"] == "rolled_back", ended
+    ended, evidence = rolled_back_at(stack, rig.recorder, RELEASE, "dataset", ROLLOUT_WITHIN)
     decisions = sorted(ended["decisions"], key=lambda d: d["id"])
-    assert [(d["rollout"], d["decision"], d["actor"]) for d in decisions] == [
-        (1, "start", "controller"),
-        (1, "rollback", "controller"),
-    ], decisions
-    evidence = decisions[-1]["evidence"]
-    assert evidence["rung"] == "dataset", evidence
     assert evidence["items"] == ITEMS and evidence["pairs"] == ITEMS, evidence
     assert evidence["candidateMean"] < evidence["baselineMean"] - 0.2, evidence
     assert "worse by more than tolerance" in decisions[-1]["reason"], decisions[-1]
@@ -325,8 +305,8 @@ def _paused(rig: Rig, judge: ManagedJudge) -> None:
     assert create_prompt(stack, PROMPT, STABLE_QUALITY, ("canary",), "Answer kindly.") == 2
     paused = wait_for(
         "rollout 1 paused",
-        lambda: _detail_if(
-            stack, lambda d: d["rollout"] == 1 and d["phase"] in {"paused", *FINISHED}
+        lambda: detail_if(
+            stack, RELEASE, lambda d: d["rollout"] == 1 and d["phase"] in {"paused", *FINISHED}
         ),
         within=ROLLOUT_WITHIN,
         every=0.5,

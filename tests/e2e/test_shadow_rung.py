@@ -30,8 +30,10 @@ from tests.e2e.support import (
     Stack,
     Users,
     create_prompt,
+    detail_if,
     judged,
     place,
+    rolled_back_at,
     wait_for,
 )
 
@@ -205,7 +207,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
             users.start()
             wait_for(
                 "the release waiting for its first candidate",
-                lambda: _detail_if(stack, lambda d: d["phase"] == "pending"),
+                lambda: detail_if(stack, RELEASE, lambda d: d["phase"] == "pending"),
                 within=30,
             )
             yield Rig(stack, stable, staging, users, scorer, recorder, routing)
@@ -217,14 +219,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
             staging.stop()
             stable.stop()
             api.close()
-
-
-def _detail_if(stack: Stack, test: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
-    try:
-        detail = stack.release(RELEASE)
-    except httpx.TimeoutException:
-        return None
-    return detail if detail is not None and test(detail) else None
 
 
 def _checked(rig: Rig, check: Callable[[], None]) -> None:
@@ -272,21 +266,8 @@ def test_a_worse_candidate_is_rolled_back_at_the_shadow_rung(rig: Rig) -> None:
 def _rolled_back(rig: Rig) -> None:
     stack = rig.stack
     assert create_prompt(stack, PROMPT, WORSE_QUALITY, ("canary",), "Answer briefly.") == 2
-    ended = wait_for(
-        "rollout 1 ending",
-        lambda: _detail_if(stack, lambda d: d["rollout"] == 1 and d["phase"] in FINISHED),
-        within=RUNG_WITHIN,
-        every=0.5,
-        state=lambda: rig.recorder.latest(RELEASE),
-    )
-    assert ended["phase"] == "rolled_back", ended
+    ended, _ = rolled_back_at(stack, rig.recorder, RELEASE, "shadow", RUNG_WITHIN)
     decisions = sorted(ended["decisions"], key=lambda d: d["id"])
-    assert [(d["rollout"], d["decision"], d["actor"]) for d in decisions] == [
-        (1, "start", "controller"),
-        (1, "rollback", "controller"),
-    ], decisions
-    evidence = decisions[-1]["evidence"]
-    assert evidence["rung"] == "shadow", evidence
     assert stack.labels(PROMPT, ("production", "canary")) == {"production": 1, "canary": 1}
     copies = _copies_stop(rig)
 
@@ -323,8 +304,10 @@ def _passed(rig: Rig) -> None:
     assert create_prompt(stack, PROMPT, STABLE_QUALITY, ("canary",), "Answer kindly.") == 2
     canary = wait_for(
         "rollout 1 at its canary steps",
-        lambda: _detail_if(
-            stack, lambda d: d["rollout"] == 1 and d["phase"] in {"canary", "paused", *FINISHED}
+        lambda: detail_if(
+            stack,
+            RELEASE,
+            lambda d: d["rollout"] == 1 and d["phase"] in {"canary", "paused", *FINISHED},
         ),
         within=RUNG_WITHIN,
         every=0.5,
