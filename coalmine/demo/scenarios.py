@@ -172,6 +172,20 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+CANARY_METRICS = """\
+  metrics:
+    - name: helpfulness
+      source: score
+      score: helpfulness
+      tolerance: 0.08
+      effectSize: 0.15
+      critical: true
+    - {name: errors, source: error_rate, tolerance: 0.04, critical: true}
+    - {name: cost, source: cost, tolerancePercent: 50}
+"""
+"""The metrics the canary scenarios judge (the ladder's canary steps too)."""
+
+
 def policy_yaml(scenario: Scenario, *, stable: str, canary: str, staging: str, speed: float) -> str:
     """The time-compressed release policy of a scenario (durations divided by ``speed``)."""
 
@@ -215,16 +229,7 @@ analysis:
   alpha: 0.05
   minSamples: 30
   scoreTimeout: {seconds(60)}
-  metrics:
-    - name: helpfulness
-      source: score
-      score: helpfulness
-      tolerance: 0.08
-      effectSize: 0.15
-      critical: true
-    - {{name: errors, source: error_rate, tolerance: 0.04, critical: true}}
-    - {{name: cost, source: cost, tolerancePercent: 50}}
-"""
+{CANARY_METRICS}"""
 
 
 def _ladder_policy(
@@ -272,14 +277,5 @@ analysis:
   alpha: 0.05
   minSamples: 30
   scoreTimeout: {seconds(30)}
-  metrics:
-    - name: helpfulness
-      source: score
-      score: helpfulness
-      tolerance: 0.08
-      effectSize: 0.15
-      critical: true
-    - {{name: errors, source: error_rate, tolerance: 0.04, critical: true}}
-    - {{name: cost, source: cost, tolerancePercent: 50}}
-approval: {{timeout: 1h, onTimeout: pause}}
+{CANARY_METRICS}approval: {{timeout: 1h, onTimeout: pause}}
 """
