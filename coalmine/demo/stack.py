@@ -156,47 +156,53 @@ class DemoStack:
         policy_file = self.base / "policy.yaml"
         policy_file.write_text(policy)
         coalmine = self.processes.start(
-            "coalmine-run",
-            [
-                python(),
-                "-m",
-                "coalmine.cli",
-                "run",
-                "--policy",
-                str(policy_file),
-                "--state",
-                str(self.base / "state.db"),
-                "--listen",
-                f"127.0.0.1:{self.ports['proxy']}",
-                "--admin-listen",
-                f"127.0.0.1:{self.ports['admin']}",
-                "--metrics-listen",
-                f"127.0.0.1:{self.ports['metrics']}",
-                "--log-level",
-                "info",
-            ],
-            self.env,
+            "coalmine-run", run_command(policy_file, self.base / "state.db", self.ports), self.env
         )
         self.processes.wait_http(coalmine, f"{self.admin_url}/healthz")
 
     def start_evaluator(self, speed: float) -> None:
         """The LLM-judge stand-in, scoring live traces a few seconds after they end."""
-        self.processes.start(
-            "evaluator",
-            [
-                python(),
-                "-m",
-                "coalmine.demo.evaluator",
-                "--delay-seconds",
-                f"{max(3 / speed, 1):g}",
-                "--noise",
-                "0.1",
-                "--seed",
-                "1",
-                "--interval",
-                "1",
-                "--lookback-seconds",
-                "600",
-            ],
-            self.env,
-        )
+        command = evaluator_command(delay_seconds=max(3 / speed, 1), lookback_seconds=600)
+        self.processes.start("evaluator", command, self.env)
+
+
+def run_command(policies: Path, state: Path, ports: dict[str, int]) -> list[str]:
+    """`coalmine run` on ``policies`` (a file or a directory), its proxy, admin API and
+    metrics on the loopback ``ports`` of those names."""
+    return [
+        python(),
+        "-m",
+        "coalmine.cli",
+        "run",
+        "--policy",
+        str(policies),
+        "--state",
+        str(state),
+        "--listen",
+        f"127.0.0.1:{ports['proxy']}",
+        "--admin-listen",
+        f"127.0.0.1:{ports['admin']}",
+        "--metrics-listen",
+        f"127.0.0.1:{ports['metrics']}",
+        "--log-level",
+        "info",
+    ]
+
+
+def evaluator_command(*, delay_seconds: float, lookback_seconds: float) -> list[str]:
+    """The LLM-judge stand-in (``coalmine.demo.evaluator``), seeded, polling every second."""
+    return [
+        python(),
+        "-m",
+        "coalmine.demo.evaluator",
+        "--delay-seconds",
+        f"{delay_seconds:g}",
+        "--noise",
+        "0.1",
+        "--seed",
+        "1",
+        "--interval",
+        "1",
+        "--lookback-seconds",
+        f"{lookback_seconds:g}",
+    ]

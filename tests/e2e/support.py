@@ -24,6 +24,7 @@ from typing import Any, TypeVar, cast
 import httpx
 
 from coalmine.demo.processes import Processes, Started, free_port, python
+from coalmine.demo.stack import evaluator_command, run_command
 from coalmine.emulator.settings import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY
 from coalmine.shared.conventions import ARM_HEADER, PROMPT_LABEL_HEADER, TRACEPARENT_HEADER
 from coalmine.shared.routing_tables.store import SqliteRoutingStore
@@ -308,50 +309,14 @@ class Stack:
 
     def start_coalmine(self, policies: Path) -> Started:
         self.coalmine = self.processes.start(
-            "coalmine-run",
-            [
-                python(),
-                "-m",
-                "coalmine.cli",
-                "run",
-                "--policy",
-                str(policies),
-                "--state",
-                str(self.base / "state.db"),
-                "--listen",
-                f"127.0.0.1:{self.ports['proxy']}",
-                "--admin-listen",
-                f"127.0.0.1:{self.ports['admin']}",
-                "--metrics-listen",
-                f"127.0.0.1:{self.ports['metrics']}",
-                "--log-level",
-                "info",
-            ],
-            self.env,
+            "coalmine-run", run_command(policies, self.base / "state.db", self.ports), self.env
         )
         self.processes.wait_http(self.coalmine, f"{self.admin_url}/healthz")
         return self.coalmine
 
     def start_evaluator(self, *, delay_seconds: float) -> None:
-        self.processes.start(
-            "evaluator",
-            [
-                python(),
-                "-m",
-                "coalmine.demo.evaluator",
-                "--delay-seconds",
-                f"{delay_seconds:g}",
-                "--noise",
-                "0.1",
-                "--seed",
-                "1",
-                "--interval",
-                "1",
-                "--lookback-seconds",
-                "120",
-            ],
-            self.env,
-        )
+        command = evaluator_command(delay_seconds=delay_seconds, lookback_seconds=120)
+        self.processes.start("evaluator", command, self.env)
 
     # -- looking at it ----------------------------------------------------------------
 
