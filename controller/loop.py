@@ -313,10 +313,11 @@ class Controller:
             # with scores read by trace the scores cursor waits for pending reads by design
             read_from = min(read_from, cursors.scores_from)
         upto = now if self._read_span is None else min(now, read_from + self._read_span)
-        # Pages come newest first: a poll cut short keeps the cursors where they were,
-        # and one that keeps being cut over the same window would read the same newest
-        # rows forever. So the next poll reads a shorter window past the cursors (its
-        # "now" earlier), until one completes and the cursors move on to it.
+        # Pages come newest first: a poll cut short keeps the cursors where they were.
+        # The source goes on with its read at the next poll when it can (``goes_on``);
+        # when it cannot, the same window would be read again from its newest rows, so
+        # the next poll reads a shorter window past the cursors (its "now" earlier),
+        # until one completes and the cursors move on to it.
         poll = self.source.poll(running, cursors, upto)
         self._pace(poll, upto - read_from, upto >= now)
         report.polled = True
@@ -347,7 +348,9 @@ class Controller:
         if poll.ok:
             if self._read_span is not None:
                 self._read_span = None if to_now else 2 * self._read_span
-        elif poll.requests:  # cut short after reading: the same window would be again
+        elif poll.requests and not poll.goes_on:
+            # cut short after reading, and the same window would be read again from its
+            # newest page: a shorter one can be read whole
             self._read_span = max(READ_SPAN_FLOOR, span / 2)
 
     def _feed(self, traces: list[TraceSample], scores: list[ScoreSample]) -> None:

@@ -70,3 +70,6 @@ class Poll:
     """With scores read by trace (a score sample): every trace whose ``scoreTimeout``
     ended before this time has had its last score read, though the scores cursor stays
     at the oldest trace with a read pending. None: the scores cursor says it."""
+    goes_on: bool = False
+    """An incomplete poll whose read the next poll goes on with from where it was cut
+    (same cursors, same windows), rather than starting it again."""

@@ -57,6 +57,15 @@ scores of the pages read, and the traces whose every observation lies in the pag
 read (rows come newest first, and a trace's observations start no earlier than its
 root, give or take ``CLOCK_SKEW``).
 
+Reads cut by the budget: when the request budget stops a poll after some pages, the
+next poll that starts from the same cursors, for the same releases, goes on from the
+next page of the same windows (the page cursors are keysets, so rows already read are
+not read again) instead of starting again from the newest page. Without that, a window
+holding more pages than one poll may request (a burst of traces within its lookback)
+would be cut at the same place at every poll, and reading would stop for good. Rows
+that become readable inside a window after its read went past them are read by the
+next window's lookback, as late rows always are.
+
 Known limits: a span the app exports more than ``settle`` seconds after its root
 ended is not counted in that trace's cost or errors (the trace was reported without
 it); observations without the release's tags (an app that does not propagate them)
@@ -147,6 +156,9 @@ MAX_OBSERVATIONS_PAGE: Final = 1000
 """Langfuse's largest page of observations v2."""
 SCORES_PAGE: Final = 100
 """Langfuse's largest page of scores v3."""
+DEFAULT_MAX_RESUMED_ROWS: Final = 100_000
+"""See ``SourceSettings.max_resumed_rows`` (a parsed observation takes about 350 bytes:
+some 35 MB)."""
 MAX_URL_BYTES: Final = 8192
 """Longest URL of a scores read by trace ids (servers and proxies commonly refuse
 longer request lines)."""
@@ -220,6 +232,11 @@ class SourceSettings:
     first_read: float = DEFAULT_FIRST_READ
     """With ``sampled``: age in seconds of a trace at its first score read (raised to
     its policy's ``scoreSettle`` when that is longer)."""
+
+    max_resumed_rows: int = DEFAULT_MAX_RESUMED_ROWS
+    """Most rows a read cut by the budget may hold while it waits for the next poll to
+    go on with it (see "Reads cut by the budget"); a larger one is dropped, and the
+    next poll reads a shorter window from its newest page."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.page_limit <= MAX_OBSERVATIONS_PAGE:
@@ -301,6 +318,8 @@ class _Reading:
     scores_oldest: float | None = None
     """Earliest timestamp among the scores read."""
     scores_done: bool = False
+    next_page: dict[str, str] = field(default_factory=dict)
+    """Per endpoint, the cursor of the next page to read (its read was cut there)."""
 
     def add(self, row: _Observation) -> None:
         self.rows[(row.trace_id, row.id)] = row
@@ -315,6 +334,20 @@ class _Reading:
             return math.inf
         # Pages come newest first: below the oldest row read, rows are still unread.
         return self.oldest + CLOCK_SKEW
+
+
+@dataclass(frozen=True, slots=True)
+class _Resume:
+    """A read the request budget cut short, to go on with from its next pages while
+    the cursors stay where it started (see "Reads cut by the budget")."""
+
+    start: Cursors
+    releases: frozenset[str]
+    windows: tuple[_Window, _Window]
+    reading: _Reading
+
+    def fits(self, start: Cursors, releases: Mapping[str, Policy]) -> bool:
+        return start == self.start and frozenset(releases) == self.releases
 
 
 class LangfuseSource(PublicApiClient):
@@ -376,6 +409,7 @@ class LangfuseSource(PublicApiClient):
         self._pending: dict[str, _Pending] = {}
         self._finished: dict[str, float] = {}
         self._scheduled = False
+        self._resume: _Resume | None = None
 
     def health(self, now: float) -> SourceHealth:
         """How the reads keep up at ``now``, and the score type mismatches of the
@@ -421,6 +455,9 @@ class LangfuseSource(PublicApiClient):
         observed = self._window(start.observations_from, self.lookback_for(releases), now)
         scored = self._window(start.scores_from, self.settings.score_lookback, now)
         reading = _Reading()
+        resume = self._take_resume(start, releases)
+        if resume is not None:
+            (observed, scored), reading = resume.windows, resume.reading
         self._poll_requests.clear()
         self._score_types.begin(releases)
         stop: _PollError | None = None
@@ -429,6 +466,7 @@ class LangfuseSource(PublicApiClient):
             self._read_scores(releases, scored, reading, now)
         except _PollError as stopped:
             stop = stopped
+        self._keep_for_resume(start, releases, (observed, scored), reading, stop)
         requests = dict(self._poll_requests)
         after = start if stop is not None else Cursors(observed.end, scored.end)
         self._score_types.forget_before(after.scores_from - self.settings.score_lookback)
@@ -460,6 +498,7 @@ class LangfuseSource(PublicApiClient):
                 scores=scores,
                 error=stop.message,
                 requests=requests,
+                goes_on=self._resume is not None,
             )
         self.consecutive_failures = 0
         self.retry_at = None
@@ -478,6 +517,9 @@ class LangfuseSource(PublicApiClient):
         if not self._scheduled:  # rebuild the schedule from the oldest pending read on
             observed = _Window(min(observed.start, start.scores_from), observed.end)
         reading = _Reading()
+        resume = self._take_resume(start, releases)
+        if resume is not None:
+            observed, reading = resume.windows[0], resume.reading
         self._poll_requests.clear()
         self._score_types.begin(releases)
         stop: _PollError | None = None
@@ -485,6 +527,7 @@ class LangfuseSource(PublicApiClient):
             self._read_observations(releases, observed, reading)
         except _PollError as stopped:
             stop = stopped
+        self._keep_for_resume(start, releases, (observed, observed), reading, stop)
         settled_before = min(now, observed.end) - self.settings.settle
         traces = self._traces(
             reading.rows.values(), releases, settled_before, reading.complete_from
@@ -517,6 +560,29 @@ class LangfuseSource(PublicApiClient):
             return poll
         last_reads = min((item.final_at for item in self._pending.values()), default=math.inf)
         return replace(poll, scores_complete_until=min(last_reads, after.observations_from))
+
+    def _take_resume(self, start: Cursors, releases: Mapping[str, Policy]) -> _Resume | None:
+        """The read cut short at the last poll, if this poll starts where it did."""
+        resume, self._resume = self._resume, None
+        return resume if resume is not None and resume.fits(start, releases) else None
+
+    def _keep_for_resume(
+        self,
+        start: Cursors,
+        releases: Mapping[str, Policy],
+        windows: tuple[_Window, _Window],
+        reading: _Reading,
+        stop: _PollError | None,
+    ) -> None:
+        """Keep a read the budget cut after some pages, for the next poll to go on with,
+        unless it holds more than ``max_resumed_rows`` (the loop then asks for a shorter
+        window)."""
+        if stop is None or not stop.budget:
+            return
+        if not (reading.next_page or reading.observations_done):
+            return
+        if reading.observation_rows + reading.score_rows <= self.settings.max_resumed_rows:
+            self._resume = _Resume(start, frozenset(releases), windows, reading)
 
     def _schedule(self, traces: Iterable[TraceSample], releases: Mapping[str, Policy]) -> None:
         """Note the score reads of new sampled traces; forget those of releases gone."""
@@ -587,7 +653,7 @@ class LangfuseSource(PublicApiClient):
     ) -> None:
         wanted = {item.trace_id: item for item in batch}
         query = _trace_query(list(wanted), names)
-        for page in self._pages(SCORES, query):
+        for page, _ in self._pages(SCORES, query):
             reading.score_rows += len(page)
             for raw in page:
                 score = self._parse_score(raw)
@@ -610,10 +676,13 @@ class LangfuseSource(PublicApiClient):
     def _read_observations(
         self, releases: Mapping[str, Policy], window: _Window, reading: _Reading
     ) -> None:
+        if reading.observations_done:
+            return
         tags = sorted(release_tag(name) for name in releases)
         if tags:
             query = self._observation_query(tags, window, shadow=_any_shadow_gate(releases))
-            for page in self._pages(OBSERVATIONS, query):
+            pages = self._pages(OBSERVATIONS, query, reading.next_page.get(OBSERVATIONS))
+            for page, next_page in pages:
                 reading.observation_rows += len(page)
                 for raw in page:
                     row = _parse_observation(raw)
@@ -622,6 +691,9 @@ class LangfuseSource(PublicApiClient):
                     else:
                         reading.add(row)
                         reading.roots += int(row.is_root)
+                if next_page:
+                    reading.next_page[OBSERVATIONS] = next_page
+        reading.next_page.pop(OBSERVATIONS, None)
         reading.observations_done = True
 
     def _read_scores(
@@ -629,12 +701,16 @@ class LangfuseSource(PublicApiClient):
     ) -> None:
         names = _score_names(releases.values())
         if names:
-            for page in self._pages(SCORES, _score_query(names, window)):
+            query = _score_query(names, window)
+            for page, next_page in self._pages(SCORES, query, reading.next_page.get(SCORES)):
                 reading.score_rows += len(page)
                 for raw in page:
                     score = self._parse_score(raw)
                     if score is not None:
                         self._take_score(raw, score, reading, now)
+                if next_page:
+                    reading.next_page[SCORES] = next_page
+        reading.next_page.pop(SCORES, None)
         reading.scores_done = True
 
     def _take_score(self, raw: Any, score: ScoreSample, reading: _Reading, now: float) -> None:
@@ -755,9 +831,11 @@ class LangfuseSource(PublicApiClient):
 
     # ------------------------------------------------------------------------- HTTP
 
-    def _pages(self, endpoint: str, query: dict[str, str]) -> Iterator[list[Any]]:
-        """The ``data`` of each page, following ``meta.cursor`` to the end."""
-        cursor: str | None = None
+    def _pages(
+        self, endpoint: str, query: dict[str, str], cursor: str | None = None
+    ) -> Iterator[tuple[list[Any], str | None]]:
+        """The ``data`` of each page from ``cursor`` (None: the first page) on, following
+        ``meta.cursor`` to the end, each with the cursor of the page after it."""
         path = OBSERVATIONS_PATH if endpoint == OBSERVATIONS else SCORES_PATH
         while True:
             params = dict(query) if cursor is None else {**query, "cursor": cursor}
@@ -769,7 +847,7 @@ class LangfuseSource(PublicApiClient):
             cursor = meta.get("cursor")
             if cursor is not None and not isinstance(cursor, str):
                 raise _PollError(f"{endpoint}: meta.cursor is not a string")
-            yield data
+            yield data, cursor or None
             if not cursor:
                 return
 

@@ -5,9 +5,11 @@ when told."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +20,12 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from coalmine.emulator.ratelimit import Clock
 from coalmine.emulator.settings import EmulatorSettings
 from coalmine.shared.conventions import trace_tags
+from coalmine.shared.routing_tables.store import SqliteRoutingStore
+from controller.labels import StaticPromptLabels
+from controller.loop import Controller
+from controller.release_store import ControllerState
+from controller.source.budget import BudgetSettings, RequestBudget
+from controller.source.langfuse import LangfuseSource, SourceSettings
 from policies.domain import Arm
 from policies.model import Policy
 from proxy.outcome import RequestOutcome
@@ -252,3 +260,53 @@ def clear_faults(http: httpx.Client) -> None:
 def refuse_requests(request: httpx.Request) -> httpx.Response:
     """A transport handler for tests that must make no request."""
     raise AssertionError(f"unexpected request {request.method} {request.url}")
+
+
+def held(name: str) -> Policy:
+    """A release of prompt ``prompt-<name>`` scored on helpfulness, held in its first
+    step for hours."""
+    document = policy(name, prompt=f"prompt-{name}", scores=["helpfulness"]).model_dump(
+        by_alias=True, exclude_none=True, mode="json"
+    )
+    document["steps"] = [{"weight": 50, "minDuration": "2h", "maxDuration": "4h"}]
+    return Policy.model_validate(document)
+
+
+@contextmanager
+def controller_on_mock(
+    path: Path,
+    clock: FakeClock,
+    answer: Callable[[httpx.Request], httpx.Response],
+    *,
+    per_minute: int,
+    settings: SourceSettings,
+    policies: dict[str, Policy],
+) -> Iterator[tuple[Controller, ControllerState, LangfuseSource]]:
+    """A controller whose Langfuse is ``answer``, within a budget of ``per_minute``, its
+    releases' prompts on production 1 and canary 2."""
+    state = ControllerState(path)
+    routing = SqliteRoutingStore(path)
+    source = LangfuseSource(
+        "http://langfuse.invalid",
+        "pk-lf-test",
+        "sk-lf-test",
+        budget=RequestBudget(BudgetSettings(per_minute=per_minute), clock=clock),
+        settings=settings,
+        transport=httpx.MockTransport(answer),
+        clock=clock,
+        rng=random.Random(3),
+    )
+    labels = {f"prompt-{name}": {"production": 1, "canary": 2} for name in policies}
+    controller = Controller(
+        state=state,
+        routing=routing,
+        source=source,
+        labels=StaticPromptLabels(labels),
+        policies=lambda: policies,
+    )
+    try:
+        yield controller, state, source
+    finally:
+        source.close()
+        state.close()
+        routing.close()

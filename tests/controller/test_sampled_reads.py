@@ -378,3 +378,52 @@ def test_requests_a_minute_do_not_grow_with_traffic() -> None:
         assert result.per_minute["first_reads"] == 20
     assert small.per_minute["observations"] == large.per_minute["observations"] == 2
     assert small.per_minute["scores"] == large.per_minute["scores"] == 2
+
+
+# --------------------------------------------------------------------------- cut reads
+
+
+def _burst(http: httpx.Client, count: int) -> None:
+    for number in range(1, count + 1):
+        send_trace(http, number, T0 + 10 + number * 0.5)
+
+
+def test_a_read_the_budget_cuts_goes_on_from_its_next_page(
+    http: httpx.Client, emulator: LiveEmulator, clock: FakeClock, recorder: Recorder
+) -> None:
+    # 12 traces of 2 observations: 5 pages of 5 rows; the budget allows 2 a minute
+    _burst(http, 12)
+    budget = RequestBudget(BudgetSettings(per_minute=2), clock=clock)
+    settings = SourceSettings(sampled=True, page_limit=5)
+    seen: list[str] = []
+    polls: list[Poll] = []
+    with make(emulator, budget, recorder, settings) as source:
+        start = Cursors(observations_from=T0, scores_from=T0)
+        for now in (T0 + 60, T0 + 40, T0 + 30):  # the loop asks for less after a cut
+            polls.append(source.poll(RELEASES, start, now))
+            seen += [trace.trace_id for trace in polls[-1].traces]
+            clock.advance(60)
+    assert [poll.ok for poll in polls] == [False, False, True]
+    assert [poll.goes_on for poll in polls] == [True, True, False]
+    assert [poll.cursors for poll in polls[:2]] == [start, start]
+    # the window of the first poll, read whole: no page read twice
+    assert polls[-1].cursors.observations_from == T0 + 60
+    assert recorder.count("/v2/observations") == 5
+    assert sorted(set(seen)) == sorted(trace_id(n) for n in range(1, 13))
+
+
+def test_a_cut_read_over_its_row_limit_starts_again_next_poll(
+    http: httpx.Client, emulator: LiveEmulator, clock: FakeClock, recorder: Recorder
+) -> None:
+    _burst(http, 12)
+    budget = RequestBudget(BudgetSettings(per_minute=2), clock=clock)
+    settings = SourceSettings(sampled=True, page_limit=5, max_resumed_rows=9)
+    with make(emulator, budget, recorder, settings) as source:
+        start = Cursors(observations_from=T0, scores_from=T0)
+        first = source.poll(RELEASES, start, T0 + 60)
+        clock.advance(60)
+        second = source.poll(RELEASES, start, T0 + 60)
+    assert not first.ok and not first.goes_on
+    # both polls began at the newest page
+    cursors = [url.params.get("cursor") for url in recorder.urls]
+    assert cursors[0] is None and cursors[2] is None and not second.ok

@@ -114,9 +114,11 @@ def test_a_budget_too_small_for_the_traffic_starves_the_reads() -> None:
     assert (reads.budget_per_minute, reads.poll_interval_seconds) == (24, 10.0)
     assert reads.requests_last_minute == 24
     assert reads.traces_per_minute == 30.0
-    # the first three polls completed; the cursors stayed where the third left them
-    assert reads.last_complete_poll_at == T0 + 20
-    assert reads.lag_seconds == now + 5 - (T0 + 20)
+    # the first three polls completed and spent the minute's budget; from T0 + 60 each
+    # poll gets the 8 requests of the poll a minute before it, and a read cut there goes
+    # on at the next polls until it completes at T0 + 90
+    assert reads.last_complete_poll_at == T0 + 90
+    assert reads.lag_seconds == now + 5 - (T0 + 90)
     assert reads.last_error == "request budget spent"
     assert reads.message == (
         "Langfuse reads are starved: 48 requests/min needed at this traffic, budget 24 "

@@ -9,7 +9,6 @@ every running release at once, so a cut poll holds the newest rows of all of the
 from __future__ import annotations
 
 import math
-import random
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -17,16 +16,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from coalmine.shared.routing_tables.store import SqliteRoutingStore
-from controller.labels import StaticPromptLabels
-from controller.loop import Controller
 from controller.release_store import ControllerState
-from controller.source.budget import BudgetSettings, RequestBudget
 from controller.source.health import ReadVerdict
-from controller.source.langfuse import LangfuseSource, SourceSettings
-from policies import Policy
+from controller.source.langfuse import SourceSettings
 from policies.domain import Phase
-from tests.controller.source_support import T0, FakeClock, policy, tags_of
+from tests.controller.source_support import T0, FakeClock, controller_on_mock, held, tags_of
 
 RELEASES = ("alpha", "beta", "gamma")
 EVERY = 2
@@ -87,15 +81,6 @@ def langfuse(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json={"data": rows[offset : offset + PAGE], "meta": meta})
 
 
-def held(name: str) -> Policy:
-    """A release with a prompt, held in its first step for the whole test."""
-    document = policy(name, prompt=f"prompt-{name}", scores=["helpfulness"]).model_dump(
-        by_alias=True, exclude_none=True, mode="json"
-    )
-    document["steps"] = [{"weight": 50, "minDuration": "2h", "maxDuration": "4h"}]
-    return Policy.model_validate(document)
-
-
 def newest_read(state: ControllerState, name: str) -> float:
     return max((trace.ts for trace in state.traces(name, 0.0)), default=-math.inf)
 
@@ -106,32 +91,19 @@ def test_every_release_reads_on_while_polls_are_cut(tmp_path: Path, per_minute: 
     # minute): a budget of 4 cuts every poll after the observations of about 1.5
     # releases' worth of rows; 6 lets every poll complete.
     clock = FakeClock(T0)
-    path = tmp_path / "state.db"
-    state = ControllerState(path)
-    routing = SqliteRoutingStore(path)
-    source = LangfuseSource(
-        "http://langfuse.invalid",
-        "pk-lf-test",
-        "sk-lf-test",
-        budget=RequestBudget(BudgetSettings(per_minute=per_minute), clock=clock),
-        settings=SourceSettings(page_limit=PAGE, lookback=120.0),
-        transport=httpx.MockTransport(langfuse),
-        clock=clock,
-        rng=random.Random(3),
-    )
     policies = {name: held(name) for name in RELEASES}
-    labels = {f"prompt-{name}": {"production": 1, "canary": 2} for name in RELEASES}
-    controller = Controller(
-        state=state,
-        routing=routing,
-        source=source,
-        labels=StaticPromptLabels(labels),
-        policies=lambda: policies,
-    )
+    settings = SourceSettings(page_limit=PAGE, lookback=120.0)
     newest: list[dict[str, float]] = []
     read_to: list[float] = []
     cut = 0
-    try:
+    with controller_on_mock(
+        tmp_path / "state.db",
+        clock,
+        langfuse,
+        per_minute=per_minute,
+        settings=settings,
+        policies=policies,
+    ) as (controller, state, source):
         for _ in range(TICKS):
             report = controller.tick(clock.now)
             cut += report.poll_error is not None
@@ -142,10 +114,6 @@ def test_every_release_reads_on_while_polls_are_cut(tmp_path: Path, per_minute: 
         reads = source.health(clock.now).reads
         phases = {name: getattr(state.release(name), "phase", None) for name in RELEASES}
         assert phases == dict.fromkeys(RELEASES, Phase.CANARY)
-    finally:
-        source.close()
-        state.close()
-        routing.close()
     if per_minute == 4:
         assert cut >= TICKS // 3
         # what every running release's status, admin JSON and metric say
