@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from coalmine.shared.build_info import build_labels
 from policies.domain import Arm
-from proxy.outcome import Failure, RequestOutcome
+from proxy.outcome import Failure, RequestOutcome, Usage
 
 LATENCY_BUCKETS = (
     0.005,
@@ -140,6 +140,58 @@ class RequestTally(Collector):
         yield durations
 
 
+class UsageTally(Collector):
+    """What responses said they used (their OpenAI-style ``usage``, ``proxy.usage``), by
+    release and arm, over 100% of the traffic: exported at scrape time as
+    ``coalmine_proxy_usage_responses_total``, ``coalmine_proxy_tokens_total`` (``type``
+    ``input`` or ``output``) and ``coalmine_proxy_cost_usd_total`` (the cost the
+    responses reported, of those that reported one). Counted as ``RequestTally``
+    counts: a plain dict on the event loop, copied in one step by a scrape."""
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, str], list[float]] = {}
+        """Per (release, arm): responses with a usage, input tokens, output tokens,
+        cost in US dollars."""
+
+    def add(self, release: str, arm: str, usage: Usage) -> None:
+        totals = self.totals.get((release, arm))
+        if totals is None:
+            totals = self.totals[release, arm] = [0, 0, 0, 0.0]
+        totals[0] += 1
+        totals[1] += usage.prompt_tokens
+        totals[2] += usage.completion_tokens
+        if usage.cost_usd is not None:
+            totals[3] += usage.cost_usd
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        responses = CounterMetricFamily(
+            "coalmine_proxy_usage_responses",
+            "Responses that reported their usage (tokens), by release and arm.",
+            labels=["release", "arm"],
+        )
+        tokens = CounterMetricFamily(
+            "coalmine_proxy_tokens",
+            "Tokens the responses reported, by release, arm and type (input: prompt, "
+            "output: completion).",
+            labels=["release", "arm", "type"],
+        )
+        cost = CounterMetricFamily(
+            "coalmine_proxy_cost_usd",
+            "Cost in US dollars the responses reported (usage.cost or "
+            "x-litellm-response-cost), by release and arm.",
+            labels=["release", "arm"],
+        )
+        for (release, arm), live in list(self.totals.items()):
+            totals = list(live)
+            responses.add_metric([release, arm], totals[0])
+            tokens.add_metric([release, arm, "input"], totals[1])
+            tokens.add_metric([release, arm, "output"], totals[2])
+            cost.add_metric([release, arm], totals[3])
+        yield responses
+        yield tokens
+        yield cost
+
+
 class ProxyMetrics:
     """Every metric the proxy exports."""
 
@@ -155,6 +207,8 @@ class ProxyMetrics:
         ).labels(**build).set(1)
         self.answered = RequestTally(LATENCY_BUCKETS)
         r.register(self.answered)
+        self.used = UsageTally()
+        r.register(self.used)
         self.upstream_errors = Counter(
             "coalmine_proxy_upstream_errors",
             "Upstream failures (connect, timeout, broken response), by release, arm and kind.",
@@ -279,6 +333,9 @@ class ProxyMetrics:
         seconds = (outcome.end_ns - outcome.start_ns) / 1e9
         cells[bisect_left(tally.bounds, seconds)] += 1
         cells[-1] += seconds
+        usage = outcome.usage
+        if usage is not None:
+            self.used.add(release, arm, usage)
         failure = outcome.failure
         if failure is None:
             return

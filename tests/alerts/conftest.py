@@ -19,7 +19,7 @@ from coalmine.shared.retry import status_class
 from controller.metrics import ControllerMetrics
 from policies.domain import Arm
 from proxy.metrics import ProxyMetrics, SpanCounts
-from proxy.outcome import Failure, RequestOutcome
+from proxy.outcome import Failure, RequestOutcome, Usage
 from proxy.settings import ProxySettings
 from proxy.workers import Worker, WorkerMetrics, WorkerPool, WorkerSpec
 from tests.controller.release_rig import RELEASE, make_rig
@@ -70,7 +70,9 @@ def rule_tests() -> list[dict[str, Any]]:
     return [case for test in document["tests"] for case in test.get("alert_rule_test", [])]
 
 
-def _outcome(arm: Arm, status: int, failure: Failure | None = None) -> RequestOutcome:
+def _outcome(
+    arm: Arm, status: int, failure: Failure | None = None, usage: Usage | None = None
+) -> RequestOutcome:
     return RequestOutcome(
         release=RELEASE,
         arm=arm,
@@ -85,6 +87,7 @@ def _outcome(arm: Arm, status: int, failure: Failure | None = None) -> RequestOu
         request_id="r1",
         prompt_label="production",
         failure=failure,
+        usage=usage,
     )
 
 
@@ -137,7 +140,7 @@ def expositions(tmp_path: Path) -> Iterator[list[str]]:
         rig.traffic.request_counts[("observations", status_class(429))] = 1
         rig.controller.manual(RELEASE, "rollback", actor="sre", now=rig.now)
         proxy = ProxyMetrics()
-        proxy.observe(_outcome(Arm.BASELINE, 200))
+        proxy.observe(_outcome(Arm.BASELINE, 200, usage=Usage(120, 30, 0.0021)))
         proxy.observe(_outcome(Arm.CANARY, 502, Failure.CONNECT))
         proxy.observe(_outcome(Arm.CANARY, 200, Failure.UPSTREAM))
         proxy.observe_shadow(_outcome(Arm.SHADOW, 200))

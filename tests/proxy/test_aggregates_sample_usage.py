@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
 from coalmine.shared.aggregates.model import MinuteCell
 from policies.domain import Arm
 from proxy.aggregates import AggregateRecorder
@@ -93,3 +95,31 @@ def test_sampled_requests_usage_tokens_and_cost_moments_are_counted_per_cell() -
 
 def test_a_cell_without_sample_or_usage_has_them_at_zero() -> None:
     assert counted([outcome(B), outcome(B)]) == {(B, T): (2, 0, 0, 0, 0, 0, 0.0, 0.0)}
+
+
+def _usage_metrics(metrics: ProxyMetrics, arm: Arm) -> tuple[float, float, float, float]:
+    def value(name: str, **more: str) -> float:
+        found = metrics.registry.get_sample_value(name, {"release": "support", "arm": arm, **more})
+        return 0.0 if found is None else found
+
+    return (
+        value("coalmine_proxy_usage_responses_total"),
+        value("coalmine_proxy_tokens_total", type="input"),
+        value("coalmine_proxy_tokens_total", type="output"),
+        value("coalmine_proxy_cost_usd_total"),
+    )
+
+
+def test_the_proxy_metrics_count_reported_tokens_and_cost_per_arm() -> None:
+    metrics = ProxyMetrics()
+    for each in (
+        outcome(C, usage=Usage(120, 30, 0.0025)),
+        outcome(C, usage=Usage(80, 20, None)),  # no cost reported: tokens only
+        outcome(C),  # no usage: nothing
+        outcome(C, status=502, failure=Failure.UPSTREAM, usage=Usage(10, 0, 0.0005)),
+        outcome(B, usage=Usage(100, 40, 0.001)),
+    ):
+        metrics.observe(each)
+    assert _usage_metrics(metrics, C) == pytest.approx((3.0, 210.0, 50.0, 0.003))
+    assert _usage_metrics(metrics, B) == pytest.approx((1.0, 100.0, 40.0, 0.001))
+    assert _usage_metrics(metrics, Arm.SHADOW) == (0.0, 0.0, 0.0, 0.0)

@@ -154,13 +154,17 @@ def test_a_stream_without_usage_gives_none(proxied: Proxied) -> None:
 
 
 def test_a_whole_completion_gives_its_tokens(proxied: Proxied) -> None:
-    client, recorded, _ = proxied
+    client, recorded, proxy = proxied
     completion = client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
     )
     assert completion.usage is not None
     assert completion.usage.completion_tokens == 3
-    assert _outcome(recorded).usage == Usage(12, 3, None)
+    outcome = _outcome(recorded)
+    assert outcome.usage == Usage(12, 3, None)
+    tokens = "coalmine_proxy_tokens_total"
+    proxy.wait_for(12.0, tokens, release="support", arm=outcome.arm.value, type="input")
+    assert proxy.metric(tokens, release="support", arm=outcome.arm.value, type="output") == 3.0
 
 
 def test_a_malformed_usage_is_none_and_counted(proxied: Proxied) -> None:
