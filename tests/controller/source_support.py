@@ -310,3 +310,31 @@ def controller_on_mock(
         source.close()
         state.close()
         routing.close()
+
+
+def root_row(key: str, trace: str, start: str, end: str, tags: list[str]) -> dict[str, object]:
+    """A root observation as ``GET /api/public/v2/observations`` lists it (times ISO)."""
+    return {
+        "id": f"root-{key}",
+        "traceId": trace,
+        "startTime": start,
+        "endTime": end,
+        "isRootObservation": True,
+        "level": "DEFAULT",
+        "type": "SPAN",
+        "tags": tags,
+    }
+
+
+def trace_score_row(key: str, trace: str, at: str, value: float = 0.8) -> dict[str, object]:
+    """A numeric ``helpfulness`` score of ``trace`` as ``GET /api/public/v3/scores``
+    lists it (``at`` ISO)."""
+    return {
+        "id": f"score-{key}",
+        "name": "helpfulness",
+        "dataType": "NUMERIC",
+        "value": value,
+        "timestamp": at,
+        "createdAt": at,
+        "subject": {"kind": "trace", "id": trace},
+    }

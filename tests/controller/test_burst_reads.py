@@ -22,7 +22,15 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from controller.source.langfuse import SourceSettings
-from tests.controller.source_support import T0, FakeClock, controller_on_mock, held, tags_of
+from tests.controller.source_support import (
+    T0,
+    FakeClock,
+    controller_on_mock,
+    held,
+    root_row,
+    tags_of,
+    trace_score_row,
+)
 
 NAME = "alpha"
 PAGE = 100
@@ -50,25 +58,8 @@ def _times(since: int, until: int) -> list[int]:
 def _row(at: int, observations: bool) -> dict[str, object]:
     arm = "canary" if at % 4000 else "baseline"
     if observations:
-        return {
-            "id": f"root-{at}",
-            "traceId": f"trace-{at}",
-            "startTime": _iso(at),
-            "endTime": _iso(at + 500),
-            "isRootObservation": True,
-            "level": "DEFAULT",
-            "type": "SPAN",
-            "tags": tags_of(NAME, arm),
-        }
-    return {
-        "id": f"score-{at}",
-        "name": "helpfulness",
-        "dataType": "NUMERIC",
-        "value": 0.8,
-        "timestamp": _iso(at),
-        "createdAt": _iso(at),
-        "subject": {"kind": "trace", "id": f"trace-{at}"},
-    }
+        return root_row(str(at), f"trace-{at}", _iso(at), _iso(at + 500), tags_of(NAME, arm))
+    return trace_score_row(str(at), f"trace-{at}", _iso(at))
 
 
 def langfuse(request: httpx.Request) -> httpx.Response:

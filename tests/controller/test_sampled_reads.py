@@ -24,6 +24,7 @@ from tests.controller.source_support import (
     app_span,
     policy,
     post_score,
+    root_row,
     send_spans,
     tags_of,
     trace_id,
@@ -342,16 +343,13 @@ def mock(handler: Any, budget: RequestBudget) -> LangfuseSource:
 def roots(count: int, *, width: int) -> list[dict[str, object]]:
     """Sampled root rows of alpha's canary, started at T0 + 10, with ids ``width`` long."""
     return [
-        {
-            "id": f"root-{n}",
-            "traceId": f"{n:0{width}x}",
-            "startTime": "2026-01-01T00:00:10.000Z",
-            "endTime": "2026-01-01T00:00:10.500Z",
-            "isRootObservation": True,
-            "level": "DEFAULT",
-            "type": "SPAN",
-            "tags": [*tags_of("alpha", "canary"), SAMPLED_TAG],
-        }
+        root_row(
+            str(n),
+            f"{n:0{width}x}",
+            "2026-01-01T00:00:10.000Z",
+            "2026-01-01T00:00:10.500Z",
+            [*tags_of("alpha", "canary"), SAMPLED_TAG],
+        )
         for n in range(1, count + 1)
     ]
 

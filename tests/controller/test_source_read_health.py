@@ -16,7 +16,14 @@ from controller.source.budget import BudgetSettings, RequestBudget
 from controller.source.health import ReadVerdict
 from controller.source.langfuse import LangfuseSource, SourceSettings
 from policies.model import Policy
-from tests.controller.source_support import T0, FakeClock, policy, tags_of
+from tests.controller.source_support import (
+    T0,
+    FakeClock,
+    policy,
+    root_row,
+    tags_of,
+    trace_score_row,
+)
 
 RELEASES: dict[str, Policy] = {"alpha": policy("alpha", scores=["helpfulness"])}
 EVERY = 2
@@ -45,32 +52,12 @@ def langfuse(request: httpx.Request) -> httpx.Response:
     if request.url.path.endswith("/observations"):
         times = _times(_seconds(query["fromStartTime"]), _seconds(query["toStartTime"]))
         rows = [
-            {
-                "id": f"root-{at}",
-                "traceId": f"trace-{at}",
-                "startTime": _iso(at),
-                "endTime": _iso(at + 0.5),
-                "isRootObservation": True,
-                "level": "DEFAULT",
-                "type": "SPAN",
-                "tags": tags_of("alpha", "canary"),
-            }
+            root_row(str(at), f"trace-{at}", _iso(at), _iso(at + 0.5), tags_of("alpha", "canary"))
             for at in times
         ]
     else:
         times = _times(_seconds(query["fromTimestamp"]), _seconds(query["toTimestamp"]))
-        rows = [
-            {
-                "id": f"score-{at}",
-                "name": "helpfulness",
-                "dataType": "NUMERIC",
-                "value": 0.8,
-                "timestamp": _iso(at),
-                "createdAt": _iso(at),
-                "subject": {"kind": "trace", "id": f"trace-{at}"},
-            }
-            for at in times
-        ]
+        rows = [trace_score_row(str(at), f"trace-{at}", _iso(at)) for at in times]
     page = rows[offset : offset + limit]
     more = offset + limit < len(rows)
     meta = {"cursor": str(offset + limit)} if more else {}

@@ -20,7 +20,15 @@ from controller.release_store import ControllerState
 from controller.source.health import ReadVerdict
 from controller.source.langfuse import SourceSettings
 from policies.domain import Phase
-from tests.controller.source_support import T0, FakeClock, controller_on_mock, held, tags_of
+from tests.controller.source_support import (
+    T0,
+    FakeClock,
+    controller_on_mock,
+    held,
+    root_row,
+    tags_of,
+    trace_score_row,
+)
 
 RELEASES = ("alpha", "beta", "gamma")
 EVERY = 2
@@ -45,29 +53,18 @@ def _rows(request: httpx.Request) -> list[dict[str, object]]:
     times = sorted(range(first, math.ceil(until), EVERY), reverse=True)
     if observations:
         return [
-            {
-                "id": f"root-{name}-{at}",
-                "traceId": f"trace-{name}-{at}",
-                "startTime": _iso(at),
-                "endTime": _iso(at + 0.5),
-                "isRootObservation": True,
-                "level": "DEFAULT",
-                "type": "SPAN",
-                "tags": tags_of(name, "canary" if at % 4 else "baseline"),
-            }
+            root_row(
+                f"{name}-{at}",
+                f"trace-{name}-{at}",
+                _iso(at),
+                _iso(at + 0.5),
+                tags_of(name, "canary" if at % 4 else "baseline"),
+            )
             for at in times
             for name in RELEASES
         ]
     return [
-        {
-            "id": f"score-{name}-{at}",
-            "name": "helpfulness",
-            "dataType": "NUMERIC",
-            "value": 0.8,
-            "timestamp": _iso(at),
-            "createdAt": _iso(at),
-            "subject": {"kind": "trace", "id": f"trace-{name}-{at}"},
-        }
+        trace_score_row(f"{name}-{at}", f"trace-{name}-{at}", _iso(at))
         for at in times
         for name in RELEASES
     ]
