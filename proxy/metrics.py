@@ -143,31 +143,35 @@ class RequestTally(Collector):
 class UsageTally(Collector):
     """What responses said they used (their OpenAI-style ``usage``, ``proxy.usage``), by
     release and arm, over 100% of the traffic: exported at scrape time as
-    ``coalmine_proxy_usage_responses_total``, ``coalmine_proxy_tokens_total`` (``type``
+    ``coalmine_proxy_usage_responses_total`` (``cost`` ``reported`` or ``none``: whether
+    the response also said what it cost), ``coalmine_proxy_tokens_total`` (``type``
     ``input`` or ``output``) and ``coalmine_proxy_cost_usd_total`` (the cost the
-    responses reported, of those that reported one). Counted as ``RequestTally``
-    counts: a plain dict on the event loop, copied in one step by a scrape."""
+    responses reported; no series until one did, so that an app whose answers report no
+    cost shows no cost rather than a cost of 0). Counted as ``RequestTally`` counts: a
+    plain dict on the event loop, copied in one step by a scrape."""
 
     def __init__(self) -> None:
         self.totals: dict[tuple[str, str], list[float]] = {}
         """Per (release, arm): responses with a usage, input tokens, output tokens,
-        cost in US dollars."""
+        responses with a cost, cost in US dollars."""
 
     def add(self, release: str, arm: str, usage: Usage) -> None:
         totals = self.totals.get((release, arm))
         if totals is None:
-            totals = self.totals[release, arm] = [0, 0, 0, 0.0]
+            totals = self.totals[release, arm] = [0, 0, 0, 0, 0.0]
         totals[0] += 1
         totals[1] += usage.prompt_tokens
         totals[2] += usage.completion_tokens
         if usage.cost_usd is not None:
-            totals[3] += usage.cost_usd
+            totals[3] += 1
+            totals[4] += usage.cost_usd
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         responses = CounterMetricFamily(
             "coalmine_proxy_usage_responses",
-            "Responses that reported their usage (tokens), by release and arm.",
-            labels=["release", "arm"],
+            "Responses that reported their usage (tokens), by release, arm and whether "
+            "they reported their cost too (cost: reported or none).",
+            labels=["release", "arm", "cost"],
         )
         tokens = CounterMetricFamily(
             "coalmine_proxy_tokens",
@@ -183,10 +187,12 @@ class UsageTally(Collector):
         )
         for (release, arm), live in list(self.totals.items()):
             totals = list(live)
-            responses.add_metric([release, arm], totals[0])
+            responses.add_metric([release, arm, "reported"], totals[3])
+            responses.add_metric([release, arm, "none"], totals[0] - totals[3])
             tokens.add_metric([release, arm, "input"], totals[1])
             tokens.add_metric([release, arm, "output"], totals[2])
-            cost.add_metric([release, arm], totals[3])
+            if totals[3]:
+                cost.add_metric([release, arm], totals[4])
         yield responses
         yield tokens
         yield cost

@@ -97,13 +97,13 @@ def test_a_cell_without_sample_or_usage_has_them_at_zero() -> None:
     assert counted([outcome(B), outcome(B)]) == {(B, T): (2, 0, 0, 0, 0, 0, 0.0, 0.0)}
 
 
-def _usage_metrics(metrics: ProxyMetrics, arm: Arm) -> tuple[float, float, float, float]:
-    def value(name: str, **more: str) -> float:
-        found = metrics.registry.get_sample_value(name, {"release": "support", "arm": arm, **more})
-        return 0.0 if found is None else found
+def _usage_metrics(metrics: ProxyMetrics, arm: Arm) -> tuple[float | None, ...]:
+    def value(name: str, **more: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"release": "support", "arm": arm, **more})
 
     return (
-        value("coalmine_proxy_usage_responses_total"),
+        value("coalmine_proxy_usage_responses_total", cost="reported"),
+        value("coalmine_proxy_usage_responses_total", cost="none"),
         value("coalmine_proxy_tokens_total", type="input"),
         value("coalmine_proxy_tokens_total", type="output"),
         value("coalmine_proxy_cost_usd_total"),
@@ -118,8 +118,10 @@ def test_the_proxy_metrics_count_reported_tokens_and_cost_per_arm() -> None:
         outcome(C),  # no usage: nothing
         outcome(C, status=502, failure=Failure.UPSTREAM, usage=Usage(10, 0, 0.0005)),
         outcome(B, usage=Usage(100, 40, 0.001)),
+        outcome(Arm.SHADOW, usage=Usage(7, 3, None)),  # tokens, never a cost
     ):
         metrics.observe(each)
-    assert _usage_metrics(metrics, C) == pytest.approx((3.0, 210.0, 50.0, 0.003))
-    assert _usage_metrics(metrics, B) == pytest.approx((1.0, 100.0, 40.0, 0.001))
-    assert _usage_metrics(metrics, Arm.SHADOW) == (0.0, 0.0, 0.0, 0.0)
+    assert _usage_metrics(metrics, C) == pytest.approx((2.0, 1.0, 210.0, 50.0, 0.003))
+    assert _usage_metrics(metrics, B) == pytest.approx((1.0, 0.0, 100.0, 40.0, 0.001))
+    # no cost reported: no cost series, rather than a cost of 0
+    assert _usage_metrics(metrics, Arm.SHADOW) == (0.0, 1.0, 7.0, 3.0, None)
